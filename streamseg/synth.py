@@ -1,0 +1,496 @@
+"""Synthetic moving-shapes video with exact ground-truth instance masks.
+
+A `World` is one clip: a static background and 1-8 flat-coloured circles, squares and triangles
+that move, spin, bounce off or leave through the frame edges, and occlude each other. Shapes are
+painted back to front without anti-aliasing into the image and into an id map with the same
+rasterizer, so each instance's mask is exactly its visible pixels.
+
+Lengths below are for a 640x480 frame and scale with min(width, height) / 480.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
+CIRCLE, SQUARE, TRIANGLE = 1, 2, 3  # category ids; 0 is background
+
+BackgroundKind = Literal["solid", "gradient", "noise", "clutter"]
+BACKGROUNDS: tuple[BackgroundKind, ...] = ("solid", "gradient", "noise", "clutter")
+
+REF_SIDE = 480  # min(width, height) at which the lengths below hold
+SIZE_RANGE = (15.0, 220.0)  # px, log-uniform: circle diameter, square side, triangle side
+MAX_SHAPES = 8
+SPEED_RANGE = (0.5, 8.0)  # px / frame
+MAX_SPIN = 0.08  # rad / frame, squares and triangles
+WRAP_PROB = 0.2  # share of shapes that leave at one edge and come back at the opposite one
+MIN_AREA = 20  # px: an instance with fewer visible pixels is not an annotation
+MIN_BG_CONTRAST = 80.0  # RGB distance of a shape's colour to every background cell mean
+MIN_SHAPE_CONTRAST = 50.0  # RGB distance between the colours of two shapes
+MAX_WARMUP = 16  # random_sample advances a fresh world 0..MAX_WARMUP-1 steps
+_SHIFT = 4  # fractional bits of cv2 fixed-point coordinates: sub-pixel motion
+_COLOR_TRIES = 32
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value, compare by identity
+class Sample:
+    """One rendered frame and its ground truth.
+
+    image: uint8[H, W, 3], RGB.
+    labels: int64[N], category ids 1..3 (index into CLASSES + 1).
+    masks: bool[N, H, W], visible pixels of each instance (disjoint).
+    boxes: float32[N, 4], xyxy, frame pixels, x2/y2 exclusive, tight around the mask.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    boxes: np.ndarray
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One moving shape; positions in frame pixels (sub-pixel), angles in radians."""
+
+    label: int  # category id: 1 circle, 2 square, 3 triangle
+    color: tuple[int, int, int]  # RGB
+    radius: float  # px, of the circumscribed circle
+    corners: tuple[float, ...]  # vertex angles on that circle before rotation; () for a circle
+    x: float  # centre
+    y: float
+    vx: float = 0.0  # px / frame
+    vy: float = 0.0
+    angle: float = 0.0
+    spin: float = 0.0  # rad / frame
+    wrap: bool = False  # leave through an edge and re-enter at the opposite one; else bounce
+    margin: float = 0.0  # bounce: px the centre may pass an edge; -radius keeps it all inside
+
+
+def make_shape(
+    label: int,
+    size: float,
+    color: tuple[int, int, int],
+    x: float,
+    y: float,
+    *,
+    vx: float = 0.0,
+    vy: float = 0.0,
+    angle: float = 0.0,
+    spin: float = 0.0,
+    wrap: bool = False,
+    margin: float | None = None,
+) -> Shape:
+    """A regular shape of `size` px (circle diameter, square side, equilateral triangle side).
+
+    `margin` defaults to -radius: the shape bounces before any part leaves the frame.
+    """
+    if label == CIRCLE:
+        radius, corners = size / 2, ()
+    elif label == SQUARE:
+        radius, corners = (
+            size / math.sqrt(2),
+            tuple(math.pi / 4 + k * math.pi / 2 for k in range(4)),
+        )
+    elif label == TRIANGLE:
+        radius, corners = size / math.sqrt(3), _TRIANGLE_CORNERS
+    else:
+        raise ValueError(
+            f"shape label must be 1..{len(CLASSES)} ({', '.join(CLASSES)}), got {label}"
+        )
+    return Shape(
+        label=label,
+        color=color,
+        radius=radius,
+        corners=corners,
+        x=x,
+        y=y,
+        vx=vx,
+        vy=vy,
+        angle=angle,
+        spin=spin,
+        wrap=wrap,
+        margin=-radius if margin is None else margin,
+    )
+
+
+_TRIANGLE_CORNERS = tuple(-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+
+
+def outline(shape: Shape) -> np.ndarray:
+    """float64[K, 2] polygon vertices (x, y) in frame pixels; K = 0 for a circle."""
+    a = np.asarray(shape.corners, np.float64) + shape.angle
+    return np.stack([shape.x + shape.radius * np.cos(a), shape.y + shape.radius * np.sin(a)], 1)
+
+
+def _move(pos: float, vel: float, extent: int, shape: Shape) -> tuple[float, float]:
+    """New (position, velocity) along one axis of length `extent` px."""
+    r = shape.radius
+    if shape.wrap:
+        return (pos + vel + r) % (extent + 2 * r) - r, vel
+    # A shape too big for its margin is held at the middle instead of jittering.
+    lo = min(-shape.margin, extent / 2)
+    hi = max(extent + shape.margin, extent / 2)
+    pos += vel
+    for _ in range(8):  # several reflections only if |vel| exceeds the free range
+        if pos < lo:
+            pos, vel = 2 * lo - pos, abs(vel)
+        elif pos > hi:
+            pos, vel = 2 * hi - pos, -abs(vel)
+        else:
+            break
+    return min(max(pos, lo), hi), vel
+
+
+def step_shape(shape: Shape, width: int, height: int) -> Shape:
+    """The shape one frame later on a `width` x `height` frame."""
+    x, vx = _move(shape.x, shape.vx, width, shape)
+    y, vy = _move(shape.y, shape.vy, height, shape)
+    return replace(shape, x=x, y=y, vx=vx, vy=vy, angle=(shape.angle + shape.spin) % math.tau)
+
+
+def _paint(image: np.ndarray, idmap: np.ndarray, shape: Shape, value: int) -> tuple[int, ...]:
+    """Paint `shape` into image (its colour) and idmap (`value`); return its clipped
+    bounding region (x0, y0, x1, y1), exclusive, possibly empty."""
+    k = 1 << _SHIFT
+    if shape.label == CIRCLE:
+        centre = (round(shape.x * k), round(shape.y * k))
+        radius = round(shape.radius * k)
+        cv2.circle(image, centre, radius, shape.color, -1, cv2.LINE_8, _SHIFT)
+        cv2.circle(idmap, centre, radius, value, -1, cv2.LINE_8, _SHIFT)
+        xmin, xmax = shape.x - shape.radius, shape.x + shape.radius
+        ymin, ymax = shape.y - shape.radius, shape.y + shape.radius
+    else:
+        pts = outline(shape)
+        poly = [np.round(pts * k).astype(np.int32)]
+        cv2.fillPoly(image, poly, shape.color, cv2.LINE_8, _SHIFT)
+        cv2.fillPoly(idmap, poly, value, cv2.LINE_8, _SHIFT)
+        (xmin, ymin), (xmax, ymax) = pts.min(0), pts.max(0)
+    h, w = idmap.shape
+    # One pixel of slack on each side for the rasterizer's rounding.
+    x0, y0 = max(0, math.floor(xmin) - 1), max(0, math.floor(ymin) - 1)
+    x1, y1 = min(w, math.ceil(xmax) + 2), min(h, math.ceil(ymax) + 2)
+    return x0, y0, max(x0, x1), max(y0, y1)
+
+
+def render_shapes(background: np.ndarray, shapes: Sequence[Shape], min_area: int) -> Sample:
+    """Paint `shapes` back to front (first is lowest) over `background` (uint8[H, W, 3], RGB).
+
+    Instances with fewer than `min_area` visible pixels are left out of the ground truth
+    (their pixels stay in the image).
+    """
+    h, w = background.shape[:2]
+    image = background.copy()
+    idmap = np.zeros((h, w), np.int16)
+    regions = [_paint(image, idmap, s, i + 1) for i, s in enumerate(shapes)]
+    kept: list[tuple[int, tuple[int, ...], np.ndarray]] = []
+    boxes = []
+    for i, (shape, (x0, y0, x1, y1)) in enumerate(zip(shapes, regions, strict=True)):
+        sub = idmap[y0:y1, x0:x1] == i + 1
+        if np.count_nonzero(sub) < min_area:
+            continue
+        cols, rows = np.flatnonzero(sub.any(0)), np.flatnonzero(sub.any(1))
+        boxes.append((x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1))
+        kept.append((shape.label, (x0, y0, x1, y1), sub))
+    masks = np.zeros((len(kept), h, w), bool)
+    for j, (_, (x0, y0, x1, y1), sub) in enumerate(kept):
+        masks[j, y0:y1, x0:x1] = sub
+    return Sample(
+        image=image,
+        labels=np.array([label for label, _, _ in kept], np.int64),
+        masks=masks,
+        boxes=np.array(boxes, np.float32).reshape(-1, 4),
+    )
+
+
+# --- backgrounds -------------------------------------------------------------------------------
+
+
+def _upsample(small: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8[H, W, 3] from a float[h, w, 3] field, clipped to 0..255, bilinear."""
+    small8 = np.clip(small, 0, 255).astype(np.uint8)
+    return cv2.resize(small8, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def random_background(
+    rng: np.random.Generator, width: int, height: int, kind: BackgroundKind | None = None
+) -> np.ndarray:
+    """uint8[height, width, 3] RGB background of `kind` (random if None).
+
+    solid: one colour. gradient: linear blend of two colours in a random direction.
+    noise: smooth multi-scale noise around a base colour. clutter: one of the others plus small
+    irregular blobs and thin lines, far smaller than the shapes.
+    """
+    if kind is None:
+        kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    s = min(width, height) / REF_SIDE
+    if kind == "solid":
+        color = rng.integers(0, 256, 3)
+        return cv2.merge([np.full((height, width), int(c), np.uint8) for c in color])
+    if kind == "gradient":
+        c0, c1 = rng.integers(0, 256, (2, 3)).astype(np.float32)
+        theta = rng.uniform(0, math.tau)
+        gh, gw = max(2, height // 16), max(2, width // 16)
+        gy, gx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+        t = gx / (gw - 1) * math.cos(theta) * width + gy / (gh - 1) * math.sin(theta) * height
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        return _upsample(c0 + t[..., None] * (c1 - c0), width, height)
+    if kind == "noise":
+        base = rng.uniform(30, 225, 3).astype(np.float32)
+        gh, gw = max(2, height // 4), max(2, width // 4)
+        cells = int(rng.integers(2, 9))  # coarse blobs across the short side
+        ch, cw = cells * height // min(width, height) + 1, cells * width // min(width, height) + 1
+        coarse = rng.standard_normal((ch, cw, 3)).astype(np.float32) * rng.uniform(10, 50)
+        fine = rng.standard_normal((gh, gw, 3)).astype(np.float32) * rng.uniform(0, 12)
+        field = cv2.resize(coarse, (gw, gh), interpolation=cv2.INTER_CUBIC) + fine
+        return _upsample(base + field, width, height)
+    if kind == "clutter":
+        image = random_background(rng, width, height, BACKGROUNDS[rng.integers(3)])
+        _add_clutter(image, rng, s)
+        return image
+    raise ValueError(f"background kind must be one of {', '.join(BACKGROUNDS)}, got {kind!r}")
+
+
+def _add_clutter(image: np.ndarray, rng: np.random.Generator, s: float) -> None:
+    """Draw small distractors into `image` in place: irregular blobs < 10 px and thin lines."""
+    h, w = image.shape[:2]
+    n = int(rng.integers(15, 80) * max(w * h / (640 * 480), 0.1))
+    for _ in range(n):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        if rng.random() < 0.6:
+            k = int(rng.integers(4, 8))
+            angles = np.sort(rng.uniform(0, math.tau, k))
+            radii = rng.uniform(1.0, 4.5, k) * s + 0.5
+            pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1)
+            cv2.fillPoly(image, [np.round(pts).astype(np.int32)], color, cv2.LINE_AA)
+        else:
+            length, theta = rng.uniform(8, 60) * s, rng.uniform(0, math.pi)
+            dx, dy = length * math.cos(theta) / 2, length * math.sin(theta) / 2
+            p0, p1 = (round(cx - dx), round(cy - dy)), (round(cx + dx), round(cy + dy))
+            cv2.line(image, p0, p1, color, int(rng.integers(1, 3)), cv2.LINE_AA)
+
+
+# --- random worlds -----------------------------------------------------------------------------
+
+
+def _pick_color(
+    rng: np.random.Generator, background_cells: np.ndarray, others: Sequence[tuple[int, int, int]]
+) -> tuple[int, int, int]:
+    """A random RGB colour far from every background cell mean (float32[P, 3]) and from the
+    `others` colours; the best of the tries when none is far enough."""
+    cand = rng.integers(0, 256, (_COLOR_TRIES, 3)).astype(np.float32)
+    d_bg = np.linalg.norm(cand[:, None] - background_cells[None], axis=2).min(1)
+    score = d_bg / MIN_BG_CONTRAST
+    if others:
+        ref = np.asarray(others, np.float32)
+        d_sh = np.linalg.norm(cand[:, None] - ref[None], axis=2).min(1)
+        score = np.minimum(score, d_sh / MIN_SHAPE_CONTRAST)
+    ok = np.flatnonzero(score >= 1)
+    i = int(ok[0]) if ok.size else int(np.argmax(score))
+    return int(cand[i, 0]), int(cand[i, 1]), int(cand[i, 2])
+
+
+def random_shapes(
+    rng: np.random.Generator, width: int, height: int, background: np.ndarray
+) -> tuple[Shape, ...]:
+    """1..MAX_SHAPES random shapes in random z-order (first is lowest), coloured to stand out
+    from `background` (uint8[H, W, 3]) wherever they go."""
+    s = min(width, height) / REF_SIDE
+    # Means over an 8x6 grid stand for the local background anywhere in the frame.
+    cells = cv2.resize(background, (8, 6), interpolation=cv2.INTER_AREA)
+    cells = cells.reshape(-1, 3).astype(np.float32)
+    shapes: list[Shape] = []
+    for _ in range(int(rng.integers(1, MAX_SHAPES + 1))):
+        label = int(rng.integers(1, len(CLASSES) + 1))
+        size = max(3.0, math.exp(rng.uniform(*np.log(SIZE_RANGE))) * s)
+        color = _pick_color(rng, cells, [sh.color for sh in shapes])
+        speed, heading = rng.uniform(*SPEED_RANGE) * s, rng.uniform(0, math.tau)
+        wrap = bool(rng.random() < WRAP_PROB)
+        shape = make_shape(
+            label,
+            size,
+            color,
+            0.0,
+            0.0,
+            vx=speed * math.cos(heading),
+            vy=speed * math.sin(heading),
+            angle=rng.uniform(0, math.tau) if label != CIRCLE else 0.0,
+            spin=rng.uniform(-MAX_SPIN, MAX_SPIN) if label != CIRCLE else 0.0,
+            wrap=wrap,
+        )
+        r = shape.radius
+        if label == TRIANGLE and rng.random() < 0.5:
+            # Irregular triangle: every angle stays within 40..80 degrees.
+            jitter = rng.uniform(-math.radians(20), math.radians(20), 3)
+            shape = replace(shape, corners=tuple(float(c) for c in _TRIANGLE_CORNERS + jitter))
+        # Half the bouncing shapes stay inside; the rest may drift up to 70% of r outside.
+        margin = -r if rng.random() < 0.5 else rng.uniform(-r, 0.7 * r)
+        if wrap:
+            x, y = rng.uniform(0, width), rng.uniform(0, height)
+        else:
+            x = rng.uniform(min(-margin, width / 2), max(width + margin, width / 2))
+            y = rng.uniform(min(-margin, height / 2), max(height + margin, height / 2))
+        shapes.append(replace(shape, x=x, y=y, margin=margin))
+    return tuple(shapes)
+
+
+class World:
+    """A clip's state: a static background and moving shapes.
+
+    `background` (uint8[height, width, 3], RGB) and `shapes` (back to front) default to random
+    ones drawn from `rng`; `step` and `render` use no randomness.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        rng: np.random.Generator,
+        *,
+        background: np.ndarray | BackgroundKind | None = None,
+        shapes: Sequence[Shape] | None = None,
+    ) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"world size must be positive, got {width}x{height}")
+        self.width, self.height = width, height
+        s = min(width, height) / REF_SIDE
+        # Floor of 4 px so tiny test frames do not annotate single-pixel slivers.
+        self.min_area = max(4, round(MIN_AREA * s * s))
+        if background is None or isinstance(background, str):
+            background = random_background(rng, width, height, background)
+        if background.shape != (height, width, 3) or background.dtype != np.uint8:
+            raise ValueError(
+                f"background must be uint8[{height}, {width}, 3], "
+                f"got {background.dtype}{list(background.shape)}"
+            )
+        self.background = background
+        if shapes is None:
+            shapes = random_shapes(rng, width, height, background)
+        self.shapes: tuple[Shape, ...] = tuple(shapes)
+        self.frame = 0
+
+    def step(self) -> None:
+        """Advance one frame."""
+        self.shapes = tuple(step_shape(s, self.width, self.height) for s in self.shapes)
+        self.frame += 1
+
+    def render(self) -> Sample:
+        """The current frame and its ground truth."""
+        return render_shapes(self.background, self.shapes, self.min_area)
+
+
+def random_sample(rng: np.random.Generator, width: int = 640, height: int = 480) -> Sample:
+    """One independent training frame: a fresh random World advanced a random number of steps."""
+    world = World(width, height, rng)
+    for _ in range(int(rng.integers(MAX_WARMUP))):
+        world.step()
+    return world.render()
+
+
+# --- clip + COCO ground truth ------------------------------------------------------------------
+
+
+def coco_annotations(sample: Sample, *, image_id: int, first_id: int) -> list[dict[str, Any]]:
+    """COCO annotations (compressed RLE, str counts) of `sample`, ids from `first_id` on."""
+    if len(sample.labels) == 0:
+        return []
+    stacked = np.asfortranarray(sample.masks.transpose(1, 2, 0).astype(np.uint8))
+    rles = mask_utils.encode(stacked)
+    anns = []
+    for j, (rle, label, box) in enumerate(zip(rles, sample.labels, sample.boxes, strict=True)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        anns.append(
+            {
+                "id": first_id + j,
+                "image_id": image_id,
+                "category_id": int(label),
+                "segmentation": {
+                    "size": [int(v) for v in rle["size"]],
+                    "counts": rle["counts"].decode("ascii"),
+                },
+                "area": float(np.count_nonzero(sample.masks[j])),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "iscrowd": 0,
+            }
+        )
+    return anns
+
+
+def _check_clip_args(frames: int, size: tuple[int, int], fps: int, crf: int) -> None:
+    width, height = size
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if fps < 1:
+        raise ValueError(f"fps must be >= 1, got {fps}")
+    if width < 2 or height < 2 or width % 2 or height % 2:
+        raise ValueError(
+            f"size must be even and >= 2 (libx264 yuv420p), got {width}x{height}; use e.g. 640x480"
+        )
+    if not 0 <= crf <= 51:
+        raise ValueError(f"crf must be in 0..51 (libx264), got {crf}")
+
+
+def write_clip(
+    path: str | Path,
+    gt_path: str | Path,
+    *,
+    seed: int = 0,
+    frames: int = 150,
+    size: tuple[int, int] = (640, 480),
+    fps: int = 30,
+    crf: int = 18,
+) -> dict[str, Any]:
+    """Write an H.264 MP4 (libx264, yuv420p, `frames` frames at `fps`) of one random World and
+    its COCO ground truth JSON. Same seed, same output. Returns the COCO dict.
+
+    `size` is (width, height). Image ids are frame + 1; "frame" is the 0-based decode index.
+    """
+    _check_clip_args(frames, size, fps, crf)
+    import av  # here, not at the top: training workers need no codec library
+
+    path, gt_path = Path(path), Path(gt_path)
+    width, height = size
+    world = World(width, height, np.random.default_rng(seed))
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    container = av.open(str(path), mode="w")
+    try:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in range(frames):
+            sample = world.render()
+            video_frame = av.VideoFrame.from_ndarray(sample.image, format="rgb24")
+            container.mux(stream.encode(video_frame))
+            images.append(
+                {
+                    "id": frame + 1,
+                    "frame": frame,
+                    "file_name": f"{path.name}#{frame}",
+                    "width": width,
+                    "height": height,
+                }
+            )
+            annotations += coco_annotations(
+                sample, image_id=frame + 1, first_id=len(annotations) + 1
+            )
+            world.step()
+        container.mux(stream.encode(None))
+    finally:
+        container.close()
+    coco = {
+        "info": {"generator": "streamseg.synth", "seed": seed, "fps": fps, "frames": frames},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)],
+    }
+    gt_path.write_text(json.dumps(coco))
+    return coco

@@ -1,0 +1,233 @@
+"""Tests for streamseg.synth: exact masks, occlusion, boxes, determinism, clip round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from streamseg.synth import (
+    BACKGROUNDS,
+    CIRCLE,
+    CLASSES,
+    SQUARE,
+    TRIANGLE,
+    Sample,
+    World,
+    make_shape,
+    random_background,
+    random_sample,
+    write_clip,
+)
+
+BG = (40, 50, 60)
+
+
+def solid(width: int, height: int, color: tuple[int, int, int] = BG) -> np.ndarray:
+    return np.broadcast_to(np.array(color, np.uint8), (height, width, 3)).copy()
+
+
+def check_sample(sample: Sample, width: int, height: int) -> None:
+    """Shapes, dtypes and invariants every Sample must satisfy."""
+    n = len(sample.labels)
+    assert sample.image.shape == (height, width, 3) and sample.image.dtype == np.uint8
+    assert sample.labels.shape == (n,) and sample.labels.dtype == np.int64
+    assert sample.masks.shape == (n, height, width) and sample.masks.dtype == np.bool_
+    assert sample.boxes.shape == (n, 4) and sample.boxes.dtype == np.float32
+    assert np.all((sample.labels >= 1) & (sample.labels <= len(CLASSES)))
+    assert sample.masks.sum(0).max(initial=0) <= 1  # disjoint
+    for mask, box in zip(sample.masks, sample.boxes, strict=True):
+        ys, xs = np.nonzero(mask)
+        assert xs.size > 0
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_masks_match_drawn_pixels() -> None:
+    rng = np.random.default_rng(0)
+    shapes = [
+        make_shape(CIRCLE, 40, (255, 0, 0), 30.5, 40.25),
+        make_shape(SQUARE, 35, (0, 255, 0), 70.3, 50.7, angle=0.4),
+        make_shape(TRIANGLE, 45, (0, 0, 255), 120.1, 60.9, angle=1.1),
+        make_shape(SQUARE, 30, (255, 255, 0), 155.0, 10.0, angle=0.2, margin=10.0),  # cut by edge
+    ]
+    world = World(160, 120, rng, background=solid(160, 120), shapes=shapes)
+    sample = world.render()
+    check_sample(sample, 160, 120)
+    assert sample.labels.tolist() == [CIRCLE, SQUARE, TRIANGLE, SQUARE]
+    for mask, shape in zip(sample.masks, shapes, strict=True):
+        assert np.all(sample.image[mask] == shape.color)
+    outside = ~sample.masks.any(0)
+    assert np.all(sample.image[outside] == BG)
+
+
+def test_random_worlds_masks_match_pixels() -> None:
+    """Any random world over a solid background: mask pixels carry their shape's colour."""
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        world = World(320, 240, rng, background=solid(320, 240, (0, 0, 0)))
+        for _ in range(3):
+            world.step()
+        sample = world.render()
+        check_sample(sample, 320, 240)
+        colors = {s.color for s in world.shapes}
+        for mask in sample.masks:
+            values = {tuple(v) for v in np.unique(sample.image[mask], axis=0)}
+            assert len(values) == 1 and values <= colors
+
+
+def test_occlusion() -> None:
+    lower = make_shape(SQUARE, 60, (200, 0, 0), 50, 50)
+    upper = make_shape(CIRCLE, 40, (0, 200, 0), 75, 50)
+    world = World(160, 120, np.random.default_rng(0), background=solid(160, 120))
+    world.shapes = (lower, upper)
+    sample = world.render()
+    check_sample(sample, 160, 120)
+    assert sample.labels.tolist() == [SQUARE, CIRCLE]
+    low, up = sample.masks
+    alone = World(160, 120, np.random.default_rng(0), background=solid(160, 120), shapes=[lower])
+    full_low = alone.render().masks[0]
+    assert not np.any(low & up)
+    assert np.array_equal(low, full_low & ~up)
+    assert np.any(full_low & up)  # they do overlap
+    assert np.all(sample.image[up] == upper.color)
+
+
+def test_hidden_and_tiny_instances_are_dropped() -> None:
+    big = make_shape(SQUARE, 80, (200, 0, 0), 80, 60)
+    hidden = make_shape(CIRCLE, 20, (0, 200, 0), 80, 60)
+    world = World(160, 120, np.random.default_rng(0), background=solid(160, 120))
+    world.shapes = (hidden, big)  # hidden is below big
+    sample = world.render()
+    assert sample.labels.tolist() == [SQUARE]
+    # Almost entirely outside: a one-pixel sliver in the corner is not an annotation.
+    sliver = make_shape(SQUARE, 6, (0, 200, 0), -2.6, -2.6)
+    world.shapes = (sliver,)
+    sample = world.render()
+    check_sample(sample, 160, 120)
+    assert len(sample.labels) == 0
+    assert np.count_nonzero(np.any(sample.image != BG, axis=2)) == 1
+
+
+def test_empty_frame() -> None:
+    world = World(64, 48, np.random.default_rng(0), background=solid(64, 48), shapes=[])
+    sample = world.render()
+    check_sample(sample, 64, 48)
+    assert len(sample.labels) == 0
+    assert np.all(sample.image == BG)
+    outside = make_shape(CIRCLE, 10, (255, 255, 255), -50, -50, wrap=True)
+    world = World(64, 48, np.random.default_rng(0), background=solid(64, 48), shapes=[outside])
+    check_sample(world.render(), 64, 48)
+    assert len(world.render().labels) == 0
+
+
+def test_motion_bounce_wrap_spin() -> None:
+    bouncer = make_shape(SQUARE, 20, (255, 0, 0), 150, 60, vx=5, spin=0.1)
+    wrapper = make_shape(CIRCLE, 20, (0, 255, 0), 150, 60, vx=5, wrap=True)
+    world = World(160, 120, np.random.default_rng(0), background=solid(160, 120))
+    world.shapes = (bouncer, wrapper)
+    xs_b, xs_w = [], []
+    for _ in range(10):
+        world.step()
+        xs_b.append(world.shapes[0].x)
+        xs_w.append(world.shapes[1].x)
+    r = bouncer.radius
+    assert max(xs_b) <= 160 - r + 1e-9 and world.shapes[0].vx < 0  # bounced back
+    assert world.shapes[0].angle == pytest.approx(1.0)
+    assert min(xs_w) < 0  # wrapped round to the left edge
+    assert world.shapes[1].vx == 5
+
+
+@pytest.mark.parametrize("kind", BACKGROUNDS)
+def test_backgrounds(kind: str) -> None:
+    a = random_background(np.random.default_rng(1), 96, 64, kind)  # type: ignore[arg-type]
+    b = random_background(np.random.default_rng(1), 96, 64, kind)  # type: ignore[arg-type]
+    assert a.shape == (64, 96, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert (len(np.unique(a.reshape(-1, 3), axis=0)) == 1) == (kind == "solid")
+
+
+def test_determinism() -> None:
+    a = random_sample(np.random.default_rng(7), 320, 240)
+    b = random_sample(np.random.default_rng(7), 320, 240)
+    c = random_sample(np.random.default_rng(8), 320, 240)
+    for name in ("image", "labels", "masks", "boxes"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_invalid_arguments(tmp_path: Path) -> None:
+    out, gt = tmp_path / "x.mp4", tmp_path / "x.json"
+    for kwargs in ({"frames": 0}, {"size": (161, 120)}, {"size": (160, 121)}, {"fps": 0}):
+        with pytest.raises(ValueError, match=r"frames|size|fps"):
+            write_clip(out, gt, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="background"):
+        World(16, 16, np.random.default_rng(0), background=np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="label"):
+        make_shape(4, 10, (0, 0, 0), 0, 0)
+
+
+def test_write_clip_round_trip(tmp_path: Path) -> None:
+    out, gt = tmp_path / "clip.mp4", tmp_path / "clip.json"
+    coco = write_clip(out, gt, seed=3, frames=12, size=(160, 120), fps=30)
+    assert json.loads(gt.read_text()) == coco
+
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 30
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(decoded) == 12
+    assert decoded[0].shape == (120, 160, 3)
+    first = World(160, 120, np.random.default_rng(3)).render().image
+    assert np.abs(decoded[0].astype(int) - first).mean() < 8  # lossy, but the same picture
+
+    api = COCO(str(gt))
+    assert sorted(api.getImgIds()) == list(range(1, 13))
+    assert [api.imgs[i]["frame"] for i in range(1, 13)] == list(range(12))
+    assert api.imgs[1]["file_name"] == "clip.mp4#0"
+    assert {c["name"] for c in api.loadCats(api.getCatIds())} == set(CLASSES)
+    assert coco["info"] == {"generator": "streamseg.synth", "seed": 3, "fps": 30, "frames": 12}
+    ids = [a["id"] for a in coco["annotations"]]
+    assert ids == list(range(1, len(ids) + 1))
+    for ann in coco["annotations"]:
+        m = mask_utils.decode(ann["segmentation"])
+        assert m.shape == (120, 160)
+        assert m.sum() == ann["area"]
+        ys, xs = np.nonzero(m)
+        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+
+    # Ground truth scored against itself is perfect: COCOeval runs on this format.
+    dets = [dict(a, score=1.0) for a in coco["annotations"]]
+    if dets:
+        ev = COCOeval(api, api.loadRes(dets), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        assert ev.stats[0] == pytest.approx(1.0)
+
+    again = write_clip(tmp_path / "b.mp4", tmp_path / "b.json", seed=3, frames=12, size=(160, 120))
+    assert again["annotations"] == coco["annotations"]
+    assert (tmp_path / "b.mp4").read_bytes() == out.read_bytes()
+
+
+def test_variety() -> None:
+    rng = np.random.default_rng(123)
+    drawn, visible, labels, sizes = [], [], set(), []
+    for _ in range(200):
+        world = World(320, 240, rng)
+        drawn.append(len(world.shapes))
+        sizes += [s.radius for s in world.shapes if s.label == CIRCLE]
+        sample = random_sample(rng, 320, 240)
+        visible.append(len(sample.labels))
+        labels |= set(sample.labels.tolist())
+    assert set(drawn) == set(range(1, 9))
+    assert min(visible) <= 1 and max(visible) >= 6
+    assert labels == {1, 2, 3}
+    # Circle diameters span ~15..220 px at 480 scale, i.e. half that at 240.
+    diameters = 2 * np.array(sizes) * 480 / 240
+    assert diameters.min() < 25 and diameters.max() > 150
