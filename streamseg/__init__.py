@@ -1,0 +1,17 @@
+"""streamseg: real-time Mask R-CNN instance masks for video files, RTSP cameras and webcams."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from torchvision.models.detection import MaskRCNN
+
+
+def load_model(config_path: str, device: str | None = None) -> MaskRCNN:
+    """The configured model as a plain torchvision MaskRCNN, exactly as the pipeline runs it."""
+    from streamseg.model import load_model as _load
+
+    return _load(config_path, device=device)

@@ -1,0 +1,288 @@
+"""Mask R-CNN models: building, loading weights, and the compact forward pass.
+
+This is the only module that imports torchvision's detection models. Every model is a plain
+torchvision `MaskRCNN`; streamseg never re-implements any part of it.
+
+Architectures:
+  maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2   torchvision's COCO models (91 labels)
+  shapes_mobilenet_v3_fpn                           the small offline model trained by
+                                                    `streamseg train` on synthetic shapes
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+from collections import OrderedDict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v3_large
+from torchvision.models.detection import (
+    MaskRCNN,
+    MaskRCNN_ResNet50_FPN_V2_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
+    maskrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn_v2,
+)
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import resize_boxes
+
+from streamseg.config import ModelConfig, load_config
+
+CHECKPOINT_FORMAT = "streamseg.checkpoint/1"
+
+_COCO_WEIGHTS = {
+    "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+    "maskrcnn_resnet50_fpn_v2": MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+}
+COCO_LABELS: tuple[str, ...] = tuple(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be had or do not fit; the message says how to supply them."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(f"device {name!r} asked for, but CUDA is not available here; use 'auto'")
+    return device
+
+
+# -- architectures --------------------------------------------------------------------------------
+
+
+def _shapes_backbone(fpn_channels: int) -> BackboneWithFPN:
+    """MobileNetV3-Large body with a 4-level FPN (strides 4, 8, 16, 32) plus a max-pool level.
+
+    torchvision's own mobilenet FPN taps only stride-32 features; small shapes need stride 4.
+    Each tap is the last block of its stride. Trained from scratch, so plain (trainable)
+    BatchNorm everywhere: frozen BatchNorm cannot learn from scratch.
+    """
+    body = mobilenet_v3_large(weights=None).features
+    taps = {"3": "0", "6": "1", "12": "2", "15": "3"}  # stride 4, 8, 16, 32
+    in_channels = [body[int(i)].out_channels for i in taps]
+    return BackboneWithFPN(
+        body, taps, in_channels, fpn_channels, norm_layer=partial(nn.BatchNorm2d, momentum=0.03)
+    )
+
+
+def _shapes_mobilenet_v3_fpn(num_classes: int, **kwargs: Any) -> MaskRCNN:
+    fpn_channels = 64
+    backbone = _shapes_backbone(fpn_channels)
+    # Input is small (min_size ~240), objects 7..110 px there: anchors one octave below COCO's.
+    anchors = AnchorGenerator(
+        sizes=((8,), (16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5
+    )
+    bn = partial(nn.BatchNorm2d, momentum=0.03)
+    return MaskRCNN(
+        backbone,
+        num_classes=None,  # the predictors below carry it
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+        # At most 8 shapes a frame: far fewer proposals than COCO needs, which is most of the speed.
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        box_batch_size_per_image=128,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes),
+        mask_head=MaskRCNNHeads(fpn_channels, [64, 64, 64, 64], 1, norm_layer=bn),
+        mask_predictor=MaskRCNNPredictor(64, 64, num_classes),
+        **kwargs,
+    )
+
+
+def build_model(
+    arch: str,
+    *,
+    num_classes: int,
+    min_size: int = 800,
+    max_size: int = 1333,
+    score_threshold: float = 0.05,
+    detections_per_img: int = 100,
+) -> MaskRCNN:
+    """An untrained torchvision MaskRCNN of `arch` with the given transform and detection limits."""
+    common = dict(
+        min_size=min_size,
+        max_size=max_size,
+        box_score_thresh=score_threshold,
+        box_detections_per_img=detections_per_img,
+    )
+    if arch == "maskrcnn_resnet50_fpn":
+        return maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=num_classes, **common
+        )
+    if arch == "maskrcnn_resnet50_fpn_v2":
+        return maskrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=num_classes, **common
+        )
+    if arch == "shapes_mobilenet_v3_fpn":
+        return _shapes_mobilenet_v3_fpn(num_classes, **common)
+    raise ValueError(f"unknown arch {arch!r}")
+
+
+# -- weights --------------------------------------------------------------------------------------
+
+
+def _coco_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """COCO weights from the torch hub cache, else downloaded; a clear WeightsError otherwise."""
+    weights = _COCO_WEIGHTS.get(arch)
+    if weights is None:
+        raise WeightsError(f"there are no COCO weights for arch {arch!r}")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # an unreachable network must fail, not hang
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights.url, progress=True, check_hash=True, weights_only=True
+        )
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        reason = getattr(e, "reason", e)
+        raise WeightsError(
+            f"COCO weights for {arch} are not in the torch hub cache ({cached}) and could not be "
+            f"downloaded ({reason}). On a machine with network access download {weights.url} and "
+            f"either copy it to {cached} or set `weights = \"/path/to/{cached.name}\"` in [model]."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint as {"model": state_dict, "arch": str|None, "labels": list|None}.
+
+    Accepts torchvision's own format (a bare state_dict, e.g. the COCO .pth files) and streamseg's
+    (a dict with format == CHECKPOINT_FORMAT). Never unpickles code: weights_only=True.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file is the user's input problem, not a bug
+        raise WeightsError(f"{path}: not a loadable weights file ({type(e).__name__}: {e})") from None
+    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        return {"model": data["model"], "arch": data.get("arch"), "labels": data.get("labels")}
+    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return {"model": data, "arch": None, "labels": None}
+    raise WeightsError(f"{path}: neither a torchvision state_dict nor a streamseg checkpoint")
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    labels: tuple[str, ...],
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+) -> None:
+    """Write a streamseg checkpoint atomically (write, then rename)."""
+    state = model.state_dict()
+    if half:  # halves the file; loading casts back to float32
+        state = OrderedDict(
+            (k, v.half() if v.is_floating_point() else v) for k, v in state.items()
+        )
+    data = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "labels": list(labels),
+        "model": state,
+        **(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def _load_state(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source} does not fit this architecture: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            "check `arch` in the config"
+        )
+
+
+# -- the public entry point -----------------------------------------------------------------------
+
+
+def load_model(config: str | Path | ModelConfig, device: str | None = None) -> MaskRCNN:
+    """The configured model exactly as the pipeline runs it: a plain torchvision MaskRCNN in eval
+    mode, weights loaded, the config's thresholds and limits set on the model's own parameters,
+    on the config's device (or `device`). `model(list_of_float_CHW_tensors_in_0_1)` is the
+    reference the pipeline's results match. The label names are on `model.streamseg_labels`.
+    """
+    cfg = config if isinstance(config, ModelConfig) else load_config(config)
+    labels: tuple[str, ...] = tuple(cfg.labels)
+    state: dict[str, torch.Tensor] | None = None
+    source = cfg.weights
+    if cfg.weights == "coco":
+        state = _coco_state_dict(cfg.arch)
+        labels = labels or COCO_LABELS
+    elif cfg.weights != "random":
+        ckpt = read_checkpoint(cfg.weights)
+        if ckpt["arch"] not in (None, cfg.arch):
+            raise WeightsError(f"{cfg.weights} holds a {ckpt['arch']} model, config says {cfg.arch}")
+        state = ckpt["model"]
+        labels = labels or tuple(ckpt["labels"] or ())
+    if not labels:
+        labels = COCO_LABELS if cfg.arch != "shapes_mobilenet_v3_fpn" else ()
+    if not labels:
+        raise WeightsError(f"{cfg.path}: set `labels` in [model] (names by label id, 0 background)")
+    model = build_model(
+        cfg.arch,
+        num_classes=len(labels),
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        score_threshold=cfg.score_threshold,
+        detections_per_img=cfg.detections_per_img,
+    )
+    if state is not None:
+        _load_state(model, state, source)
+    model.streamseg_labels = labels  # type: ignore[attr-defined]
+    return model.eval().to(resolve_device(device or cfg.device))
+
+
+def model_labels(model: MaskRCNN) -> tuple[str, ...]:
+    return tuple(getattr(model, "streamseg_labels", ()))
+
+
+# -- inference ------------------------------------------------------------------------------------
+
+
+def compact_forward(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """torchvision's MaskRCNN forward pass, stopping short of pasting masks into the frame.
+
+    Args:
+        images: float[3, H_i, W_i] tensors in [0, 1], on the model's device.
+    Returns, per image: boxes float[N, 4] (xyxy, frame pixels), scores float[N], labels int64[N],
+        masks float[N, 1, 28, 28] (the mask head's probabilities for each instance's label).
+        Pasting `masks` into `boxes` (streamseg.masks.paste_masks) gives exactly what
+        `model(images)` returns.
+    """
+    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    image_list, _ = model.transform(images)
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    for det, resized, original in zip(detections, image_list.image_sizes, original_sizes):
+        det["boxes"] = resize_boxes(det["boxes"], resized, original)
+    return detections

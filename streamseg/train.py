@@ -1,0 +1,205 @@
+"""`streamseg train`: train the small shapes Mask R-CNN on generated data.
+
+Every training frame is generated on the fly by `streamseg.synth.random_sample`, seeded by
+(seed, iteration, index), so a resumed run sees exactly the frames an uninterrupted run would.
+Two files are written every `checkpoint_every` iterations, each atomically:
+  OUT              the model alone (a streamseg checkpoint: what configs point at)
+  OUT.resume.pt    model + optimizer + iteration, for `--resume`
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamseg import synth
+from streamseg.config import ConfigError, ModelConfig, load_config, read_toml
+from streamseg.model import (
+    build_model,
+    read_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
+from streamseg.progress import Progress
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = 6000
+    """Optimizer steps in the whole schedule."""
+    batch_size: int = 8
+    lr: float = 0.002
+    """AdamW peak learning rate, reached after `warmup`, then cosine decay to 5% of it."""
+    weight_decay: float = 0.05
+    warmup: int = 300
+    grad_clip: float = 10.0
+    seed: int = 0
+    frame_sizes: tuple[tuple[int, int], ...] = ((640, 480),)
+    """(width, height) choices for generated frames; the model resizes them to min_size."""
+    checkpoint_every: int = 100
+    log_every: int = 20
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    table = dict(read_toml(path).get("train", {}))
+    known = {f.name for f in fields(TrainConfig)}
+    bad = set(table) - known
+    if bad:
+        raise ConfigError(f"{path}: unknown field(s) {sorted(bad)} in [train]")
+    if "frame_sizes" in table:
+        table["frame_sizes"] = tuple((int(w), int(h)) for w, h in table["frame_sizes"])
+    table.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**table)
+
+
+def learning_rate(it: int, *, lr: float, warmup: int, iterations: int) -> float:
+    """Linear warmup to `lr`, then cosine decay to 5% of it at `iterations`."""
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    progress = min(1.0, (it - warmup) / max(1, iterations - warmup))
+    return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def make_batch(
+    seed: int, it: int, batch_size: int, frame_sizes: tuple[tuple[int, int], ...]
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Generated frames and torchvision-style targets for iteration `it`.
+
+    Returns images float[3, H, W] in [0, 1] and targets with boxes float[N, 4] (xyxy, px),
+    labels int64[N], masks uint8[N, H, W].
+    """
+    images, targets = [], []
+    for i in range(batch_size):
+        rng = np.random.default_rng([seed, it, i])
+        w, h = frame_sizes[int(rng.integers(len(frame_sizes)))]
+        s = synth.random_sample(rng, w, h)
+        images.append(torch.from_numpy(s.image).permute(2, 0, 1).float().div_(255.0))
+        targets.append(
+            {
+                "boxes": torch.from_numpy(s.boxes).float().reshape(-1, 4),
+                "labels": torch.from_numpy(s.labels).long(),
+                "masks": torch.from_numpy(s.masks).to(torch.uint8),
+            }
+        )
+    return images, targets
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    init: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> Path:
+    """Run (or continue) the training schedule; returns the path of the final checkpoint."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    labels = tuple(model_cfg.labels) or ("__background__", *synth.CLASSES)
+    model = build_model(
+        model_cfg.arch,
+        num_classes=len(labels),
+        min_size=model_cfg.min_size,
+        max_size=model_cfg.max_size,
+        score_threshold=model_cfg.score_threshold,
+        detections_per_img=model_cfg.detections_per_img,
+    )
+    if init:
+        model.load_state_dict(read_checkpoint(init)["model"])
+    model.to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    resume_path = out.with_name(out.name + ".resume.pt")
+    start = 0
+    if resume and resume_path.is_file():
+        state = torch.load(resume_path, map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["iteration"])
+        print(f"resuming from {resume_path} at iteration {start}", flush=True)
+    elif resume:
+        print(f"no {resume_path} yet; starting from iteration 0", flush=True)
+
+    def save(it: int) -> None:
+        save_checkpoint(out, model, arch=model_cfg.arch, labels=labels, extra={"iteration": it})
+        tmp = resume_path.with_name(resume_path.name + ".tmp")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it}, tmp
+        )
+        tmp.replace(resume_path)
+
+    bar = Progress(cfg.iterations, unit="it")
+    bar.done = start
+    sums: dict[str, float] = {}
+    seen, t_log = 0, time.monotonic()
+    for it in range(start, cfg.iterations):
+        lr = learning_rate(it, lr=cfg.lr, warmup=cfg.warmup, iterations=cfg.iterations)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        images, targets = make_batch(cfg.seed, it, cfg.batch_size, cfg.frame_sizes)
+        images = [im.to(dev, non_blocking=True) for im in images]
+        targets = [{k: v.to(dev, non_blocking=True) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at iteration {it}; lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        seen += 1
+        bar.update(extra=f"loss {float(loss.detach()):.3f}")
+        done = it + 1
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            now = time.monotonic()
+            parts = " ".join(
+                f"{k.removeprefix('loss_')} {v / seen:.3f}" for k, v in sorted(sums.items())
+            )
+            bar.line(
+                f"it {done}/{cfg.iterations} lr {lr:.2e} {parts} "
+                f"({(now - t_log) / seen:.2f} s/it)"
+            )
+            sums, seen, t_log = {}, 0, now
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            save(done)
+    bar.close()
+    if start >= cfg.iterations:
+        print(f"already trained to {cfg.iterations} iterations: {out}")
+    return out
+
+
+def main(
+    config: str,
+    out: str,
+    *,
+    resume: bool = False,
+    init: str | None = None,
+    iterations: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> int:
+    model_cfg = load_config(config, weights="random")
+    cfg = load_train_config(config, iterations=iterations, batch_size=batch_size)
+    path = train(
+        model_cfg,
+        cfg,
+        Path(out),
+        resume=resume,
+        init=init,
+        device=device,
+        threads=threads,
+    )
+    print(f"checkpoint: {path}")
+    return 0
