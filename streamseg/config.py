@@ -89,10 +89,15 @@ def load_config(path: str | Path, **overrides: Any) -> ModelConfig:
     data = read_toml(path)
     unknown = set(data) - {"model", "runtime", "train"}
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; expected [model], [runtime]")
+        raise ConfigError(
+            f"{path}: unknown table(s) {sorted(unknown)}; expected [model], [runtime]"
+        )
     model = dict(data.get("model", {}))
     runtime = dict(data.get("runtime", {}))
-    for table, keys, allowed in (("model", model, _MODEL_KEYS), ("runtime", runtime, _RUNTIME_KEYS)):
+    for table, keys, allowed in (
+        ("model", model, _MODEL_KEYS),
+        ("runtime", runtime, _RUNTIME_KEYS),
+    ):
         bad = set(keys) - allowed
         if bad:
             raise ConfigError(f"{path}: unknown field(s) {sorted(bad)} in [{table}]")
@@ -118,7 +123,9 @@ def validate(cfg: ModelConfig) -> None:
     if not 0.0 <= cfg.score_threshold <= 1.0 or not 0.0 < cfg.mask_threshold < 1.0:
         raise ConfigError(f"{where}: score_threshold must be in [0, 1], mask_threshold in (0, 1)")
     if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.detections_per_img < 1:
-        raise ConfigError(f"{where}: max_batch and detections_per_img must be >= 1, max_wait_ms >= 0")
+        raise ConfigError(
+            f"{where}: max_batch and detections_per_img must be >= 1, max_wait_ms >= 0"
+        )
     if cfg.min_size < 32 or cfg.max_size < cfg.min_size:
         raise ConfigError(f"{where}: need 32 <= min_size <= max_size")
 

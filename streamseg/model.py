@@ -51,7 +51,7 @@ class WeightsError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    """ "auto" -> CUDA when present, else CPU; anything else is passed to torch.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -154,7 +154,7 @@ def _coco_state_dict(arch: str) -> dict[str, torch.Tensor]:
         raise WeightsError(
             f"COCO weights for {arch} are not in the torch hub cache ({cached}) and could not be "
             f"downloaded ({reason}). On a machine with network access download {weights.url} and "
-            f"either copy it to {cached} or set `weights = \"/path/to/{cached.name}\"` in [model]."
+            f'either copy it to {cached} or set `weights = "/path/to/{cached.name}"` in [model].'
         ) from None
     finally:
         socket.setdefaulttimeout(old_timeout)
@@ -172,7 +172,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file is the user's input problem, not a bug
-        raise WeightsError(f"{path}: not a loadable weights file ({type(e).__name__}: {e})") from None
+        raise WeightsError(
+            f"{path}: not a loadable weights file ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         return {"model": data["model"], "arch": data.get("arch"), "labels": data.get("labels")}
     if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -192,9 +194,7 @@ def save_checkpoint(
     """Write a streamseg checkpoint atomically (write, then rename)."""
     state = model.state_dict()
     if half:  # halves the file; loading casts back to float32
-        state = OrderedDict(
-            (k, v.half() if v.is_floating_point() else v) for k, v in state.items()
-        )
+        state = OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in state.items())
     data = {
         "format": CHECKPOINT_FORMAT,
         "arch": arch,
@@ -240,7 +240,9 @@ def load_model(config: str | Path | ModelConfig, device: str | None = None) -> M
     elif cfg.weights != "random":
         ckpt = read_checkpoint(cfg.weights)
         if ckpt["arch"] not in (None, cfg.arch):
-            raise WeightsError(f"{cfg.weights} holds a {ckpt['arch']} model, config says {cfg.arch}")
+            raise WeightsError(
+                f"{cfg.weights} holds a {ckpt['arch']} model, config says {cfg.arch}"
+            )
         state = ckpt["model"]
         labels = labels or tuple(ckpt["labels"] or ())
     if not labels:
@@ -283,6 +285,8 @@ def compact_forward(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[st
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features)
     detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-    for det, resized, original in zip(detections, image_list.image_sizes, original_sizes):
+    for det, resized, original in zip(
+        detections, image_list.image_sizes, original_sizes, strict=True
+    ):
         det["boxes"] = resize_boxes(det["boxes"], resized, original)
     return detections

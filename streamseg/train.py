@@ -167,8 +167,7 @@ def train(
                 f"{k.removeprefix('loss_')} {v / seen:.3f}" for k, v in sorted(sums.items())
             )
             bar.line(
-                f"it {done}/{cfg.iterations} lr {lr:.2e} {parts} "
-                f"({(now - t_log) / seen:.2f} s/it)"
+                f"it {done}/{cfg.iterations} lr {lr:.2e} {parts} ({(now - t_log) / seen:.2f} s/it)"
             )
             sums, seen, t_log = {}, 0, now
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:

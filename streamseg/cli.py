@@ -1,0 +1,223 @@
+"""The `streamseg` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs" / "shapes.toml"
+PIPELINES = ROOT / "pipelines"
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="model config (configs/*.toml); default: the offline shapes model (%(default)s)",
+    )
+    p.add_argument("--device", help="override the config's device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--score-threshold", type=float, help="override the config's score threshold")
+    p.add_argument("--max-batch", type=int, help="override the config's max_batch")
+    p.add_argument("--max-wait-ms", type=float, help="override the config's max_wait_ms")
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        help="annotated video (.mp4); with several inputs {stream} in the name is replaced by "
+        "the stream id (else NAME.STREAM.mp4)",
+    )
+    p.add_argument("--results", help="results file (.jsonl, one JSON object per frame; see README)")
+    p.add_argument("--publish", help="also publish results on this ZeroMQ PUB endpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging from every stage")
+
+
+def _load_model_config(args: argparse.Namespace):
+    from streamseg.config import load_config
+
+    return load_config(
+        args.config,
+        device=args.device,
+        score_threshold=args.score_threshold,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+    )
+
+
+def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
+    from streamseg.runner import load_pipeline, run, summary
+    from streamseg.source import parse_sources
+
+    pipeline = load_pipeline(pipeline_path)
+    if getattr(args, "realtime", False):
+        pipeline = type(pipeline)(**{**pipeline.__dict__, "realtime": True})
+    model = _load_model_config(args)
+    specs = parse_sources(sources)
+    for spec in specs:
+        if spec.kind == "file" and not Path(spec.url).exists():
+            print(f"streamseg: error: no such file: {spec.url}", file=sys.stderr)
+            return 2
+    if not (args.output or args.results or args.publish or pipeline.publish):
+        print(
+            "streamseg: error: nothing to write: give -o VIDEO, --results FILE or --publish",
+            file=sys.stderr,
+        )
+        return 2
+    live_options = {}
+    for key in ("retry_max_s", "give_up_s", "stall_s"):
+        if getattr(args, key, None) is not None:
+            live_options[key] = getattr(args, key)
+    report = run(
+        pipeline,
+        specs,
+        model,
+        video=args.output,
+        results=args.results,
+        publish=args.publish,
+        live_options=live_options,
+        quiet=args.quiet,
+        verbose=args.verbose,
+    )
+    print(summary(report), file=sys.stderr)
+    return report.exit_code
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, args.pipeline, args.inputs)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, args.pipeline, args.sources)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from streamseg import synth
+
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        print(f"streamseg synth: error: --size must be WxH, got {args.size!r}", file=sys.stderr)
+        return 2
+    gt = args.gt or str(Path(args.output).with_suffix(".json"))
+    try:
+        coco = synth.write_clip(
+            args.output, gt, seed=args.seed, frames=args.frames, size=(w, h), fps=args.fps
+        )
+    except ValueError as e:
+        print(f"streamseg synth: error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.output} ({args.frames} frames {w}x{h} @ {args.fps} fps) and {gt} "
+        f"({len(coco['annotations'])} instances)"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from streamseg import train
+
+    return train.main(
+        args.config,
+        args.out,
+        resume=args.resume,
+        init=args.init,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        device=args.device or "auto",
+        threads=args.threads,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamseg",
+        description="Per-frame instance masks (Mask R-CNN) for video files, RTSP cameras and "
+        "webcams. Stages (decode, batched inference, postprocess/sinks) run as separate "
+        "processes linked by ZeroMQ.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "annotate",
+        help="masks, annotated video and results file for video files",
+        description="Run every frame of each INPUT through the model (nothing dropped) and write "
+        "the annotated video (-o) and/or the per-frame results (--results). Exit code 0 only "
+        "when every decoded frame has results; 2 for unusable input; 3 when frames were lost.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video file(s), [NAME=]PATH")
+    p.add_argument(
+        "--pipeline", default=str(PIPELINES / "annotate.toml"), help="pipeline file (%(default)s)"
+    )
+    _model_args(p)
+    _output_args(p)
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser(
+        "run",
+        help="run any pipeline file over sources",
+        description="Run the stages and endpoints described by a pipeline file (pipelines/*.toml)"
+        " over SOURCES.",
+    )
+    p.add_argument("pipeline", help="pipeline file, e.g. pipelines/annotate.toml")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="[NAME=]file, rtsp:// URL, camera")
+    p.add_argument("--realtime", action="store_true", help="play files at their frame rate")
+    _model_args(p)
+    _output_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic moving-shapes video with COCO ground truth",
+        description="Write an H.264 video of moving circles, squares and triangles and its exact "
+        "ground-truth instance masks (COCO JSON, one image per frame).",
+    )
+    p.add_argument("output", help="video file to write (.mp4)")
+    p.add_argument("--gt", help="ground truth JSON (default: OUTPUT with .json)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--frames", type=int, default=150, help="frame count (default %(default)s)")
+    p.add_argument("--size", default="640x480", help="WxH, even numbers (default %(default)s)")
+    p.add_argument("--fps", type=int, default=30, help="frame rate (default %(default)s)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        "train",
+        help="train the small shapes Mask R-CNN on generated data",
+        description="Train the config's model on synthetic shapes generated on the fly, with "
+        "resumable checkpoints every [train].checkpoint_every iterations (OUT.resume.pt).",
+    )
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config with [train] table")
+    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.resume.pt if present")
+    p.add_argument("--init", help="start from these weights (fine-tuning)")
+    p.add_argument("--iterations", type=int, help="override [train].iterations")
+    p.add_argument("--batch-size", type=int, help="override [train].batch_size")
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="streamseg: %(message)s")
+    from streamseg.config import ConfigError
+    from streamseg.model import WeightsError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, WeightsError) as e:
+        print(f"streamseg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streamseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

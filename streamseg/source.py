@@ -1,0 +1,216 @@
+"""Source stage: decode a video file, RTSP stream or camera with PyAV and send its frames.
+
+One process per stream. Each frame goes out stamped (stream, frame, pts, wall_time). A file is
+sent losslessly (a full inference queue blocks the decoder), then an end-of-stream with the count
+of frames sent. Live sources (streamseg.live) never block and reconnect when the stream stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from streamseg import transport
+from streamseg.accounting import Counters
+from streamseg.protocol import EndOfStream, Frame, StreamStart
+from streamseg.stage import BusyTimer, StatsReporter, setup_process
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    stream: str
+    """Stream id: given as NAME=URL, else derived from the URL."""
+    url: str
+    kind: str
+    """"file", "rtsp" or "camera"."""
+
+
+def _derive_id(url: str, kind: str) -> str:
+    if kind == "camera":
+        return "cam" + re.sub(r"\D", "", url)
+    if kind == "rtsp":
+        rest = re.sub(r"^[a-z]+://([^@/]*@)?", "", url)  # drop scheme and credentials
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", rest).strip("_") or "rtsp"
+    return Path(url).stem or "video"
+
+
+def parse_source(arg: str) -> SourceSpec:
+    """ "[NAME=]URL" -> SourceSpec. URL: rtsp://..., /dev/videoN, a camera index, or a file path."""
+    name = ""
+    if "=" in arg and not arg.startswith(("rtsp://", "rtsps://", "/", ".")):
+        name, arg = arg.split("=", 1)
+    if arg.startswith(("rtsp://", "rtsps://")):
+        kind = "rtsp"
+    elif arg.isdigit() or re.fullmatch(r"/dev/video\d+", arg):
+        kind = "camera"
+        arg = arg if arg.startswith("/dev/") else f"/dev/video{arg}"
+    else:
+        kind = "file"
+    return SourceSpec(stream=name or _derive_id(arg, kind), url=arg, kind=kind)
+
+
+def parse_sources(args: list[str]) -> list[SourceSpec]:
+    """Parse many sources; derived ids that collide get -2, -3, ... suffixes."""
+    specs, seen = [], set()
+    for arg in args:
+        spec = parse_source(arg)
+        stream, n = spec.stream, 2
+        while stream in seen:
+            stream, n = f"{spec.stream}-{n}", n + 1
+        seen.add(stream)
+        specs.append(SourceSpec(stream, spec.url, spec.kind))
+    return specs
+
+
+def open_input(spec: SourceSpec, *, timeout_s: float = 10.0) -> Any:
+    """Open a PyAV input container, turning every failure into a one-line SourceError."""
+    if spec.kind == "file" and not os.path.exists(spec.url):
+        raise SourceError(f"no such file: {spec.url}")
+    kwargs: dict[str, Any] = {}
+    if spec.kind == "rtsp":
+        kwargs = {"options": {"rtsp_transport": "tcp"}, "timeout": (timeout_s, timeout_s)}
+    elif spec.kind == "camera":
+        kwargs = {"format": "v4l2"}
+    try:
+        container = av.open(spec.url, **kwargs)
+    except av.error.FFmpegError as e:
+        what = "not a video file PyAV can read" if spec.kind == "file" else "cannot open"
+        raise SourceError(f"{spec.url}: {what} ({e.strerror or e})") from None
+    if not container.streams.video:
+        container.close()
+        raise SourceError(f"{spec.url}: has no video stream")
+    return container
+
+
+def stream_info(
+    container: Any, spec: SourceSpec, *, live: bool, reconnects: int = 0
+) -> StreamStart:
+    vs = container.streams.video[0]
+    rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+    fps = float(rate) if rate else 30.0
+    frames = int(vs.frames) if vs.frames and spec.kind == "file" else None
+    ctx = vs.codec_context
+    return StreamStart(spec.stream, ctx.width, ctx.height, fps, frames, spec.url, live, reconnects)
+
+
+def decode_frames(container: Any) -> Iterator[tuple[float | None, np.ndarray]]:
+    """(pts seconds or None, uint8[H, W, 3] RGB) for each decoded frame, in decode order."""
+    vs = container.streams.video[0]
+    vs.thread_type = "AUTO"
+    for frame in container.decode(vs):
+        yield frame.time, frame.to_ndarray(format="rgb24")
+
+
+def run_file(
+    spec: SourceSpec,
+    send: Callable[[Any], bool],
+    counters: Counters,
+    reporter: StatsReporter,
+    *,
+    realtime: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> EndOfStream:
+    """Decode a whole file and send it; returns the end-of-stream message (already sent).
+
+    `realtime` paces frames at the file's own rate (a file standing in for a camera)."""
+    container = open_input(spec)
+    info = stream_info(container, spec, live=realtime)
+    reporter.extra["frames_expected"] = info.frames
+    send(info)
+    count, error = 0, ""
+    t0 = clock()
+    try:
+        frames = decode_frames(container)
+        while True:
+            with BusyTimer(reporter):
+                try:
+                    item = next(frames)
+                except StopIteration:
+                    break
+                except av.error.FFmpegError as e:
+                    error = f"decoding stopped after {count} frames: {e.strerror or e}"
+                    break
+            pts, image = item
+            if pts is None:
+                pts = count / info.fps
+            if realtime:
+                delay = t0 + pts - clock()
+                if delay > 0:
+                    sleep(delay)
+            counters.count_in(spec.stream)
+            if send(Frame(spec.stream, count, float(pts), time.time(), image)):
+                counters.count_out(spec.stream)
+            else:
+                counters.drop(spec.stream, "queue_full")
+            count += 1
+            reporter.tick()
+    finally:
+        container.close()
+    lost = bool(error)
+    if info.frames and count < info.frames:
+        lost = True
+        error = error or f"decoded {count} of {info.frames} frames (truncated file?)"
+    eos = EndOfStream(spec.stream, count, error, lost)
+    send(eos)
+    return eos
+
+
+def main(
+    *,
+    source: str,
+    stream: str,
+    kind: str,
+    frames_endpoint: str,
+    stats_endpoint: str | None = None,
+    live: bool = False,
+    realtime: bool = False,
+    verbose: bool = False,
+    **live_options: Any,
+) -> int:
+    """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable."""
+    setup_process(f"source[{stream}]", verbose=verbose)
+    spec = SourceSpec(stream, source, kind)
+    counters = Counters()
+    counters[stream]  # report the stream even if it never yields a frame
+    reporter = StatsReporter(stats_endpoint, "source", counters)
+    sock = transport.push(frames_endpoint, hwm=4 if live else 8)
+    code = 0
+    try:
+        if kind == "file" and not live:
+            eos = run_file(
+                spec, lambda m: transport.send(sock, m), counters, reporter, realtime=realtime
+            )
+        else:
+            from streamseg.live import run_live
+
+            eos = run_live(spec, sock, counters, reporter, realtime=realtime, **live_options)
+        if eos.error:
+            log.warning("%s: %s", stream, eos.error)
+        code = 3 if eos.lost else 0
+    except SourceError as e:
+        log.error("%s", e)
+        transport.send(sock, EndOfStream(stream, 0, str(e), True))
+        reporter.extra["error"] = str(e)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        reporter.final()
+        transport.close_all()
+    return code

@@ -1,0 +1,89 @@
+"""The thin shell every stage process shares: process hygiene, logging and stats reporting."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streamseg import transport
+from streamseg.accounting import Counters
+from streamseg.protocol import Stats
+
+_PR_SET_PDEATHSIG = 1
+
+
+def setup_process(stage: str, *, verbose: bool = False) -> None:
+    """Make this stage die with its parent (no orphans) and stop cleanly on SIGTERM."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"streamseg {stage}: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class StatsReporter:
+    """Sends the stage's counters to the runner every `every_s` seconds and once at the end."""
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        stage: str,
+        counters: Counters,
+        *,
+        every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sock = transport.push(endpoint, hwm=100) if endpoint else None
+        self.stage = stage
+        self.counters = counters
+        self.every_s = every_s
+        self.clock = clock
+        self.last = clock()
+        self.busy_s = 0.0
+        self.extra: dict[str, Any] = {}
+
+    def tick(self) -> None:
+        """Report if the interval has passed; never blocks."""
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._send(final=False)
+
+    def final(self) -> None:
+        self._send(final=True)
+
+    def _send(self, *, final: bool) -> None:
+        if self.sock is None:
+            return
+        msg = Stats(self.stage, self.counters.to_json(), self.busy_s, final, dict(self.extra))
+        transport.send(self.sock, msg, block=final)
+
+
+class BusyTimer:
+    """Adds the time spent inside `with` blocks to a StatsReporter's busy_s."""
+
+    def __init__(self, reporter: StatsReporter, clock: Callable[[], float] = time.perf_counter):
+        self.reporter = reporter
+        self.clock = clock
+
+    def __enter__(self) -> None:
+        self.t0 = self.clock()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.reporter.busy_s += self.clock() - self.t0

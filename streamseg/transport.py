@@ -1,0 +1,124 @@
+"""ZeroMQ sockets for the stages: the only module that imports zmq.
+
+Stages talk in `streamseg.protocol` messages. Every socket has a high-water mark, so memory is
+bounded: a PUSH to a full peer blocks (lossless file runs: backpressure) or, with block=False,
+returns False (live runs count a drop); a PUB to a slow subscriber drops at the subscriber's queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from streamseg.protocol import Message, ProtocolError, Result, decode, encode, encode_published
+
+log = logging.getLogger(__name__)
+
+_LINGER_MS = 3000  # let a closing stage deliver its end-of-stream, but never hang on a dead peer
+
+
+def _ctx() -> zmq.Context:
+    return zmq.Context.instance()
+
+
+def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> zmq.Socket:
+    if endpoint.startswith("ipc://"):
+        Path(endpoint[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sock.bind(endpoint) if bind else sock.connect(endpoint)
+    except zmq.ZMQError as e:
+        sock.close(0)
+        verb = "bind" if bind else "connect"
+        raise OSError(f"cannot {verb} ZeroMQ endpoint {endpoint}: {e}") from None
+    return sock
+
+
+def _socket(kind: int, endpoint: str, *, bind: bool, hwm: int) -> zmq.Socket:
+    sock = _ctx().socket(kind)
+    sock.setsockopt(zmq.LINGER, _LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    return _attach(sock, endpoint, bind)
+
+
+def push(endpoint: str, *, bind: bool = False, hwm: int = 8) -> zmq.Socket:
+    return _socket(zmq.PUSH, endpoint, bind=bind, hwm=hwm)
+
+
+def pull(endpoint: str, *, bind: bool = True, hwm: int = 8) -> zmq.Socket:
+    return _socket(zmq.PULL, endpoint, bind=bind, hwm=hwm)
+
+
+def publisher(endpoint: str, *, hwm: int = 100) -> zmq.Socket:
+    """A PUB socket; each subscriber gets its own queue of `hwm` messages, then drops."""
+    return _socket(zmq.PUB, endpoint, bind=True, hwm=hwm)
+
+
+def subscriber(endpoint: str, topics: list[str] | None = None, *, hwm: int = 1000) -> zmq.Socket:
+    sock = _ctx().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    for topic in topics or [""]:
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    return _attach(sock, endpoint, bind=False)
+
+
+def send(sock: zmq.Socket, msg: Message, *, block: bool = True) -> bool:
+    """Send `msg` (arrays zero-copy). With block=False, False means the peer's queue is full."""
+    parts = encode(msg)
+    try:
+        sock.send_multipart(parts, flags=0 if block else zmq.NOBLOCK, copy=len(parts) == 1)
+    except zmq.Again:
+        return False
+    return True
+
+
+def publish(sock: zmq.Socket, result: Result) -> None:
+    """Publish a result under its stream's topic; never blocks (PUB drops for slow subscribers)."""
+    try:
+        sock.send_multipart(encode_published(result), flags=zmq.NOBLOCK)
+    except zmq.Again:  # PUB does not raise this in practice: slow subscribers drop in libzmq
+        pass
+
+
+class Receiver:
+    """Receives messages from one or more sockets, counting and logging malformed ones."""
+
+    def __init__(self, *socks: zmq.Socket, name: str = "") -> None:
+        self.poller = zmq.Poller()
+        for s in socks:
+            self.poller.register(s, zmq.POLLIN)
+        self.socks = socks
+        self.name = name
+        self.rejected = 0
+
+    def recv(self, timeout_ms: float | None) -> Message | None:
+        """The next valid message, or None when none came within `timeout_ms` (None: wait)."""
+        while True:
+            ready = dict(self.poller.poll(None if timeout_ms is None else int(timeout_ms)))
+            if not ready:
+                return None
+            for sock in self.socks:
+                if sock in ready:
+                    parts = sock.recv_multipart(copy=False)
+                    try:
+                        return decode(parts)
+                    except ProtocolError as e:
+                        self.rejected += 1
+                        log.warning("%s: rejected a malformed message (%s)", self.name, e)
+            timeout_ms = 0  # a rejected message: look once more without waiting
+
+
+def recv_raw(sock: zmq.Socket, timeout_ms: float | None) -> list[Any] | None:
+    """The next multipart message's frames as bytes, or None on timeout (for subscribers)."""
+    if sock.poll(None if timeout_ms is None else int(timeout_ms)):
+        return sock.recv_multipart()
+    return None
+
+
+def close_all() -> None:
+    """Close every socket of this process, giving each up to its linger to deliver."""
+    _ctx().destroy(linger=_LINGER_MS)
