@@ -51,17 +51,20 @@ def _load_model_config(args: argparse.Namespace):
 
 def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
     from streamseg.runner import load_pipeline, run, summary
-    from streamseg.source import parse_sources
+    from streamseg.source import SourceError, open_input, parse_sources
 
     pipeline = load_pipeline(pipeline_path)
     if getattr(args, "realtime", False):
         pipeline = type(pipeline)(**{**pipeline.__dict__, "realtime": True})
     model = _load_model_config(args)
     specs = parse_sources(sources)
-    for spec in specs:
-        if spec.kind == "file" and not Path(spec.url).exists():
-            print(f"streamseg: error: no such file: {spec.url}", file=sys.stderr)
-            return 2
+    for spec in specs:  # unusable files fail here, in a second, before any stage starts
+        if spec.kind == "file":
+            try:
+                open_input(spec).close()
+            except SourceError as e:
+                print(f"streamseg: error: {e}", file=sys.stderr)
+                return 2
     if not (args.output or args.results or args.publish or pipeline.publish):
         print(
             "streamseg: error: nothing to write: give -o VIDEO, --results FILE or --publish",
@@ -92,6 +95,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, args.pipeline, args.sources)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
     return _run_pipeline(args, args.pipeline, args.sources)
 
 
@@ -171,6 +178,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
+        "watch",
+        help="watch live sources (RTSP, cameras, files in real time) and publish results",
+        description="Run live: each SOURCE ([NAME=]rtsp://..., /dev/videoN or a camera index, or "
+        "a file played at its own frame rate) gets a stream id; all share one inference stage. "
+        "A live stream never falls behind: while inference is busy only the newest frames wait "
+        "and every drop is counted. RTSP sources reconnect with capped exponential backoff; a "
+        "watchdog catches streams that stall without closing. Results are published on a "
+        "ZeroMQ PUB socket, one topic per stream id (docs/protocol.md). Stop with Ctrl-C.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="[NAME=]URL, device or file")
+    p.add_argument(
+        "--pipeline", default=str(PIPELINES / "watch.toml"), help="pipeline file (%(default)s)"
+    )
+    p.add_argument("--realtime", action="store_true", help="(files always play in real time)")
+    p.add_argument("--retry-max-s", type=float, help="longest wait between reconnect attempts")
+    p.add_argument(
+        "--give-up-s", type=float, help="end a stream that stays down this long (default: never)"
+    )
+    p.add_argument("--stall-s", type=float, help="watchdog: no frame for this long = stalled")
+    _model_args(p)
+    _output_args(p)
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser(
         "synth",
         help="generate a synthetic moving-shapes video with COCO ground truth",
         description="Write an H.264 video of moving circles, squares and triangles and its exact "
@@ -199,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(func=cmd_train)
+
+    from streamseg import bench
+
+    bench.register(sub)
     return parser
 
 
@@ -206,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="streamseg: %(message)s")
-    from streamseg.config import ConfigError
-    from streamseg.model import WeightsError
+    from streamseg.config import ConfigError, WeightsError
 
     try:
         return int(args.func(args) or 0)

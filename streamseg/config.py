@@ -19,10 +19,111 @@ from pathlib import Path
 from typing import Any
 
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "shapes_mobilenet_v3_fpn")
+COCO_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+
+# torchvision's COCO category names by label id (its weights' meta["categories"]); a test
+# checks they match. Kept here so that resolving names needs no torch import.
+COCO_LABELS: tuple[str, ...] = (
+    "__background__",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "N/A",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "N/A",
+    "backpack",
+    "umbrella",
+    "N/A",
+    "N/A",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "N/A",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "N/A",
+    "dining table",
+    "N/A",
+    "N/A",
+    "toilet",
+    "N/A",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "N/A",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+)
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the field and the fix."""
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be had or do not fit; the message says how to supply them."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +135,8 @@ class ModelConfig:
     """"coco" (torchvision's weights API: the hub cache, or a download when online), "random"
     (untrained, for plumbing and benchmarks), or a path to a checkpoint file."""
     labels: tuple[str, ...] = ()
-    """Label names by label id (index 0 is background). Empty: COCO names (for "coco" weights) or
-    the names stored in the checkpoint."""
+    """Label names by label id (index 0 is background). Default for the COCO architectures:
+    torchvision's COCO names; other architectures must name theirs."""
     score_threshold: float = 0.5
     """Instances scoring below this are dropped (torchvision's box_score_thresh)."""
     mask_threshold: float = 0.5
@@ -110,6 +211,8 @@ def load_config(path: str | Path, **overrides: Any) -> ModelConfig:
     if weights not in ("coco", "random"):
         fields["weights"] = str((path.parent / weights).resolve())
     fields.update({k: v for k, v in overrides.items() if v is not None})
+    if not fields.get("labels") and fields["arch"] in COCO_ARCHS:
+        fields["labels"] = COCO_LABELS
     cfg = ModelConfig(**fields, path=str(path))
     validate(cfg)
     return cfg
@@ -126,6 +229,8 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"{where}: max_batch and detections_per_img must be >= 1, max_wait_ms >= 0"
         )
+    if not cfg.labels:
+        raise ConfigError(f"{where}: set `labels` in [model]: names by label id, 0 = background")
     if cfg.min_size < 32 or cfg.max_size < cfg.min_size:
         raise ConfigError(f"{where}: need 32 <= min_size <= max_size")
 
@@ -135,3 +240,21 @@ def replace(cfg: ModelConfig, **changes: Any) -> ModelConfig:
     out = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     validate(out)
     return out
+
+
+def to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """Every field, JSON-ready: how a resolved config travels to a stage process."""
+    data = dataclasses.asdict(cfg)
+    data["labels"] = list(cfg.labels)
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Inverse of to_dict, validated."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(data) - fields
+    if unknown:
+        raise ConfigError(f"unknown model config field(s) {sorted(unknown)}")
+    cfg = ModelConfig(**{**data, "labels": tuple(data.get("labels", ()))})
+    validate(cfg)
+    return cfg

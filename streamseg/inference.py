@@ -20,7 +20,7 @@ import torch
 from streamseg import transport
 from streamseg.accounting import Counters
 from streamseg.batching import Batch, Batcher
-from streamseg.config import ModelConfig, load_config
+from streamseg.config import ModelConfig, from_dict
 from streamseg.model import compact_forward, load_model
 from streamseg.protocol import Detections, EndOfStream, Frame, StreamStart
 from streamseg.stage import StatsReporter, setup_process
@@ -136,6 +136,7 @@ def serve(
     thread.start()
     ended, batches, batched = 0, 0, 0
     reporter.extra["device"] = str(runner.device)
+    reporter.ready()
     try:
         while streams == 0 or ended < streams:
             with cond:
@@ -179,7 +180,7 @@ def serve(
 
 def main(
     *,
-    config: str,
+    model: dict[str, Any],
     frames_endpoint: str,
     detections_endpoint: str,
     stats_endpoint: str | None = None,
@@ -187,12 +188,11 @@ def main(
     live: bool = False,
     depth: int = 1,
     forward_images: bool = True,
-    device: str | None = None,
     verbose: bool = False,
-    **overrides: Any,
 ) -> int:
+    """`model`: every field of a ModelConfig (config.to_dict), as the runner resolved it."""
     setup_process("inference", verbose=verbose)
-    cfg = load_config(config, device=device, **overrides)
+    cfg = from_dict(model)
     torch.set_grad_enabled(False)
     return serve(
         cfg,

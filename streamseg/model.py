@@ -35,7 +35,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import resize_boxes
 
-from streamseg.config import ModelConfig, load_config
+from streamseg.config import ModelConfig, WeightsError, load_config
 
 CHECKPOINT_FORMAT = "streamseg.checkpoint/1"
 
@@ -43,11 +43,6 @@ _COCO_WEIGHTS = {
     "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
     "maskrcnn_resnet50_fpn_v2": MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
 }
-COCO_LABELS: tuple[str, ...] = tuple(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
-
-
-class WeightsError(RuntimeError):
-    """Weights that cannot be had or do not fit; the message says how to supply them."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,10 +228,8 @@ def load_model(config: str | Path | ModelConfig, device: str | None = None) -> M
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     labels: tuple[str, ...] = tuple(cfg.labels)
     state: dict[str, torch.Tensor] | None = None
-    source = cfg.weights
     if cfg.weights == "coco":
         state = _coco_state_dict(cfg.arch)
-        labels = labels or COCO_LABELS
     elif cfg.weights != "random":
         ckpt = read_checkpoint(cfg.weights)
         if ckpt["arch"] not in (None, cfg.arch):
@@ -246,9 +239,7 @@ def load_model(config: str | Path | ModelConfig, device: str | None = None) -> M
         state = ckpt["model"]
         labels = labels or tuple(ckpt["labels"] or ())
     if not labels:
-        labels = COCO_LABELS if cfg.arch != "shapes_mobilenet_v3_fpn" else ()
-    if not labels:
-        raise WeightsError(f"{cfg.path}: set `labels` in [model] (names by label id, 0 background)")
+        raise WeightsError(f"{cfg.path}: set `labels` in [model] (names by id, 0 = background)")
     model = build_model(
         cfg.arch,
         num_classes=len(labels),
@@ -258,7 +249,7 @@ def load_model(config: str | Path | ModelConfig, device: str | None = None) -> M
         detections_per_img=cfg.detections_per_img,
     )
     if state is not None:
-        _load_state(model, state, source)
+        _load_state(model, state, cfg.weights)
     model.streamseg_labels = labels  # type: ignore[attr-defined]
     return model.eval().to(resolve_device(device or cfg.device))
 

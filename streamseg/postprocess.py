@@ -83,6 +83,7 @@ def serve(
     state: dict[str, _StreamSinks] = {}
     ended = 0
     lost_any = False
+    reporter.ready()
 
     def report_latency() -> None:
         for name, s in state.items():

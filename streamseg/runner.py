@@ -25,7 +25,7 @@ from typing import Any
 
 from streamseg import transport
 from streamseg.accounting import total_dropped
-from streamseg.config import ConfigError, ModelConfig, read_toml
+from streamseg.config import ConfigError, ModelConfig, read_toml, to_dict
 from streamseg.progress import Progress
 from streamseg.protocol import Stats
 from streamseg.source import SourceSpec
@@ -79,6 +79,9 @@ class RunReport:
     inference: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
+    """Seconds of work per stage (sources summed)."""
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each stage's own figures (inference: batches, mean_batch, device; ...)."""
     errors: list[str] = field(default_factory=list)
 
     def frames_done(self) -> int:
@@ -134,56 +137,55 @@ def run(
             "inference",
             {
                 **common,
-                "config": model.path,
-                "device": model.device,
+                "model": to_dict(model),
                 "frames_endpoint": ep["frames"],
                 "detections_endpoint": ep["detections"],
                 "streams": n,
                 "live": live,
                 "depth": pipeline.depth,
                 "forward_images": bool(video),
-                **_model_overrides(model),
             },
             "inference",
         ),
     ]
-    for spec in sources:
-        procs.append(
-            _spawn(
-                "source",
-                {
-                    **common,
-                    "source": spec.url,
-                    "stream": spec.stream,
-                    "kind": spec.kind,
-                    "frames_endpoint": ep["frames"],
-                    "live": live,
-                    "realtime": pipeline.realtime,
-                    **(live_options or {}),
-                },
-                f"source[{spec.stream}]",
-            )
-        )
     stats: dict[str, Stats] = {}
     source_stats: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
-    bar = Progress(None, unit="frames", enabled=None if not quiet else False)
-    next_line = t0 + stats_every_s
     interrupted = False
     try:
-        while any(p.code is None for p in procs):
-            msg = receiver.recv(200)
-            if isinstance(msg, Stats):
-                if msg.stage == "source":
-                    for stream, c in msg.counters.items():
-                        source_stats[stream] = {**c, **msg.extra}
-                else:
-                    stats[msg.stage] = msg
+        # Sources start once inference and postprocess are bound and loaded, so that no frame
+        # (and no end-of-stream of a source that fails at once) waits on an absent peer.
+        ready = _wait_ready(receiver, procs, stats)
+    except KeyboardInterrupt:
+        ready, interrupted = False, True
+    if ready:
+        for spec in sources:
+            procs.append(
+                _spawn(
+                    "source",
+                    {
+                        **common,
+                        "source": spec.url,
+                        "stream": spec.stream,
+                        "kind": spec.kind,
+                        "frames_endpoint": ep["frames"],
+                        "live": live,
+                        "realtime": pipeline.realtime,
+                        **(live_options or {}),
+                    },
+                    f"source[{spec.stream}]",
+                )
+            )
+    bar = Progress(None, unit="frames", enabled=None if not quiet else False)
+    next_line = t0 + stats_every_s
+    try:
+        while ready and any(p.code is None for p in procs):
+            _absorb(receiver.recv(200), stats, source_stats)
             for p in procs:
                 if p.code is None:
                     p.code = p.popen.poll()
             if any(
-                p.code not in (None, 0) for p in procs if p.name in ("inference", "postprocess")
+                p.code not in (None, 0, 3) for p in procs if p.name in ("inference", "postprocess")
             ):
                 break  # a core stage failed: nothing more can come through
             expected = [c.get("frames_expected") for c in source_stats.values()]
@@ -204,13 +206,7 @@ def run(
         # late final reports (stages send them on their way out)
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
-            msg = receiver.recv(50)
-            if isinstance(msg, Stats):
-                if msg.stage == "source":
-                    for stream, c in msg.counters.items():
-                        source_stats[stream] = {**c, **msg.extra}
-                else:
-                    stats[msg.stage] = msg
+            _absorb(receiver.recv(50), stats, source_stats)
         bar.close()
         transport.close_all()
         shutil.rmtree(rundir, ignore_errors=True)
@@ -221,26 +217,45 @@ def run(
         sources=source_stats,
         inference=stats["inference"].counters if "inference" in stats else {},
         postprocess=stats["postprocess"].counters if "postprocess" in stats else {},
-        busy_s={k: v.busy_s for k, v in stats.items()},
+        busy_s={
+            **{k: v.busy_s for k, v in stats.items()},
+            "source": sum(c.get("busy_s", 0.0) for c in source_stats.values()),
+        },
+        extra={k: v.extra for k, v in stats.items()},
     )
     report.exit_code = _exit_code(procs, report, live=live, interrupted=interrupted)
     return report
 
 
-def _model_overrides(model: ModelConfig) -> dict[str, Any]:
-    """Fields the command line may have changed after the config file was read."""
-    return {
-        "score_threshold": model.score_threshold,
-        "max_batch": model.max_batch,
-        "max_wait_ms": model.max_wait_ms,
-        "fp16": model.fp16,
-    }
+def _absorb(msg: object, stats: dict[str, Stats], source_stats: dict[str, dict[str, Any]]) -> None:
+    """Keep the latest report of each stage (of each stream, for sources)."""
+    if not isinstance(msg, Stats):
+        return
+    if msg.stage == "source":
+        for stream, c in msg.counters.items():
+            source_stats[stream] = {**c, **msg.extra, "busy_s": msg.busy_s}
+    else:
+        stats[msg.stage] = msg
+
+
+def _wait_ready(receiver: transport.Receiver, procs: list[_Proc], stats: dict[str, Stats]) -> bool:
+    """Wait until every started stage said it is ready; False when one exited first."""
+    waiting = {p.name for p in procs}
+    while waiting:
+        msg = receiver.recv(200)
+        if isinstance(msg, Stats):
+            stats[msg.stage] = msg
+            if msg.extra.get("ready"):
+                waiting.discard(msg.stage)
+        if any(p.popen.poll() is not None for p in procs):
+            return False
+    return True
 
 
 def _shutdown(procs: list[_Proc], interrupted: bool) -> None:
     """Let stages finish (they close their files), then terminate, then kill: no orphans."""
     deadline = time.monotonic() + (10.0 if interrupted else 5.0)
-    if not interrupted and any(p.popen.poll() not in (None, 0) for p in procs):
+    if not interrupted and any(p.popen.poll() not in (None, 0, 3) for p in procs):
         deadline = time.monotonic()  # a stage failed: the rest would wait forever
     for sig_deadline, sig in ((deadline, signal.SIGTERM), (deadline + 5.0, signal.SIGKILL)):
         while time.monotonic() < sig_deadline and any(p.popen.poll() is None for p in procs):

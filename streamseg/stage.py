@@ -68,6 +68,11 @@ class StatsReporter:
     def final(self) -> None:
         self._send(final=True)
 
+    def ready(self) -> None:
+        """Tell the runner this stage is bound and loaded: sources may start sending."""
+        self.extra["ready"] = True
+        self._send(final=False)
+
     def _send(self, *, final: bool) -> None:
         if self.sock is None:
             return

@@ -10,8 +10,7 @@ import json
 import logging
 import sys
 
-from streamseg.config import ConfigError
-from streamseg.model import WeightsError
+from streamseg.config import ConfigError, WeightsError
 from streamseg.source import SourceError
 
 STAGES = ("source", "inference", "postprocess")
