@@ -125,6 +125,32 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from streamseg import evaluate
+
+    try:
+        return evaluate.main(args.results, args.gt)
+    except evaluate.EvalError as e:
+        print(f"streamseg eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamseg import demo
+
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    return demo.main(
+        out=args.out,
+        config=args.config,
+        pipeline=args.pipeline,
+        frames=args.frames,
+        seed=args.seed,
+        size=(w, h),
+        device=args.device,
+        quiet=args.quiet,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from streamseg import train
 
@@ -230,6 +256,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="COCO mask AP of a results file against ground truth",
+        description="Score a results file (.jsonl from annotate/watch) against COCO ground truth "
+        "(e.g. from `streamseg synth --gt`): mask AP (IoU .50:.95), AP50, AP75 via pycocotools. "
+        "Frames are matched to ground-truth images by their 0-based frame number.",
+    )
+    p.add_argument("results", help="results file (.jsonl)")
+    p.add_argument("--gt", required=True, help="COCO ground truth JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "demo",
+        help="generate a clip, annotate it with the shipped model, report fps and mask AP",
+        description="Offline end-to-end demo: generate a moving-shapes clip the model never saw, "
+        "run it through the full stage pipeline with the shipped shapes model, write the "
+        "annotated video and results under OUT, and print frames, fps and mask AP.",
+    )
+    p.add_argument("--out", default="streamseg-demo", help="output folder (default %(default)s)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="model config (%(default)s)")
+    p.add_argument(
+        "--pipeline", default=str(PIPELINES / "annotate.toml"), help="pipeline file (%(default)s)"
+    )
+    p.add_argument("--frames", type=int, default=300, help="clip length (default %(default)s)")
+    p.add_argument("--seed", type=int, default=2024, help="clip seed (default %(default)s)")
+    p.add_argument("--size", default="640x480", help="WxH (default %(default)s)")
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
 
     from streamseg import bench
 

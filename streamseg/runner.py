@@ -75,6 +75,9 @@ class RunReport:
 
     exit_code: int
     elapsed_s: float
+    """Wall time of the whole run, stage start-up included."""
+    startup_s: float = 0.0
+    """Of which: until inference and postprocess were loaded and ready."""
     sources: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +89,11 @@ class RunReport:
 
     def frames_done(self) -> int:
         return sum(c.get("out", 0) for c in self.postprocess.values())
+
+    def processing_fps(self) -> float:
+        """Frames with results per second once the stages were running."""
+        running = self.elapsed_s - self.startup_s
+        return self.frames_done() / running if running > 0 else 0.0
 
 
 def _spawn(stage: str, kwargs: dict[str, Any], name: str) -> _Proc:
@@ -158,6 +166,7 @@ def run(
         ready = _wait_ready(receiver, procs, stats)
     except KeyboardInterrupt:
         ready, interrupted = False, True
+    t_ready = time.monotonic()
     if ready:
         for spec in sources:
             procs.append(
@@ -214,6 +223,7 @@ def run(
     report = RunReport(
         exit_code=0,
         elapsed_s=elapsed,
+        startup_s=t_ready - t0,
         sources=source_stats,
         inference=stats["inference"].counters if "inference" in stats else {},
         postprocess=stats["postprocess"].counters if "postprocess" in stats else {},
