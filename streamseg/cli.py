@@ -287,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    from streamseg import bench
+    from streamseg import bench, client
 
     bench.register(sub)
+    client.register(sub)
     return parser
 
 
