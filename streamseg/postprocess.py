@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ class _StreamSinks:
     video: VideoSink | None = None
     results: ResultsSink | None = None
     last_frame: int = -1
+    published: int = 0  # the next result's publish sequence number
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     eos: EndOfStream | None = None
 
@@ -124,7 +125,8 @@ def serve(
                 if s.results:
                     s.results.write(result.to_json())
                 if pub is not None:
-                    transport.publish(pub, result)
+                    transport.publish(pub, replace(result, seq=s.published))
+                    s.published += 1
                 if s.video:
                     if msg.image is None:
                         raise RuntimeError("video output needs frames forwarded by inference")
@@ -140,7 +142,8 @@ def serve(
                 ended += 1
                 s = state.get(msg.stream)
                 done = counters[msg.stream].frames_out
-                lost = msg.lost or done != msg.frames
+                live = s is not None and s.info.live  # live streams drop frames by design
+                lost = msg.lost or (done != msg.frames and not live)
                 lost_any |= lost
                 counters[msg.stream].extra.update(
                     sent=msg.frames, error=msg.error, lost=lost, ended=True

@@ -123,6 +123,8 @@ class Result:
     width: int
     height: int
     instances: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+    """Publish sequence number per stream (0, 1, ...): a gap means a subscriber missed results."""
 
     def to_json(self) -> dict[str, Any]:
         """The results-file record for this frame."""

@@ -86,6 +86,8 @@ class RunReport:
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each stage's own figures (inference: batches, mean_batch, device; ...)."""
     errors: list[str] = field(default_factory=list)
+    stream_lines: list[str] = field(default_factory=list)
+    """Live runs: the final per-stream line of each stream (see stream_lines)."""
 
     def frames_done(self) -> int:
         return sum(c.get("out", 0) for c in self.postprocess.values())
@@ -234,6 +236,8 @@ def run(
         extra={k: v.extra for k, v in stats.items()},
     )
     report.exit_code = _exit_code(procs, report, live=live, interrupted=interrupted)
+    if live:
+        report.stream_lines = stream_lines(source_stats, stats, elapsed)
     return report
 
 
@@ -322,6 +326,7 @@ def stream_lines(
             f", dropped {drops}, reconnects {src.get('reconnects', 0)}"
             f", latency p50 {p.get('latency_p50_ms', float('nan')):.0f} ms"
             f" p99 {p.get('latency_p99_ms', float('nan')):.0f} ms"
+            + (f" ({src['state']})" if src.get("state", "up") != "up" else "")
         )
     return lines
 
@@ -338,4 +343,4 @@ def summary(report: RunReport) -> str:
         f"done: {done}/{decoded} frames with results in {report.elapsed_s:.1f}s "
         f"({fps:.1f} fps); dropped {dropped}; busy: {busy or 'n/a'}"
     )
-    return "\n".join([text, *report.errors])
+    return "\n".join([text, *report.stream_lines, *report.errors])

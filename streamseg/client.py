@@ -1,0 +1,275 @@
+"""Subscribe to a streamseg pipeline's published results (docs/protocol.md).
+
+    from streamseg.client import Subscriber
+
+    for result in Subscriber("tcp://127.0.0.1:5555", streams=["cam1"]):
+        print(result.stream, result.frame, f"{result.latency * 1000:.0f} ms")
+        for inst in result.instances:
+            mask = inst.mask()  # bool[H, W], decoded on demand
+
+Results are typed and frozen. Malformed messages are counted (`rejected`) and skipped, never
+raised; results the publisher dropped for this subscriber (it was too slow) are counted per stream
+from gaps in `seq` (`missed`). Any other language can subscribe with a plain ZeroMQ SUB socket and
+the message format in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamseg import transport
+from streamseg.protocol import ProtocolError, decode_published
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One detected instance.
+
+    box: (x1, y1, x2, y2), frame pixels. rle: COCO compressed RLE {"size": [h, w], "counts": str}
+    of the full-frame mask.
+    """
+
+    label: int
+    label_name: str
+    score: float
+    box: tuple[float, float, float, float]
+    rle: dict[str, Any]
+
+    def mask(self) -> np.ndarray:
+        """The instance's mask: bool[H, W], True inside (decoded from the RLE now)."""
+        import pycocotools.mask as mask_utils
+
+        rle = {"size": list(self.rle["size"]), "counts": self.rle["counts"].encode()}
+        return mask_utils.decode(rle).astype(bool)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """A frame's results as published, plus when this subscriber received them."""
+
+    stream: str
+    frame: int
+    """Frame number in the stream (gaps: frames the pipeline dropped to stay real time)."""
+    pts: float
+    """Presentation time, seconds."""
+    wall_time: float
+    """Capture time, seconds since the epoch (the source's clock)."""
+    width: int
+    height: int
+    seq: int
+    """Publish sequence number in the stream (gaps: results this subscriber missed)."""
+    received: float
+    """Receive time, seconds since the epoch (this machine's clock)."""
+    instances: tuple[Instance, ...]
+
+    @property
+    def latency(self) -> float:
+        """Capture to receive, seconds (meaningful when both clocks agree: same host or NTP)."""
+        return self.received - self.wall_time
+
+    def counts(self) -> dict[str, int]:
+        """Instances per label name."""
+        return dict(Counter(i.label_name for i in self.instances))
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{what} is not a number")
+    return float(value)
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{what} is not an integer")
+    return value
+
+
+def _instance(raw: Any, height: int, width: int) -> Instance:
+    if not isinstance(raw, dict):
+        raise ProtocolError("instance is not an object")
+    box = raw.get("box")
+    if not isinstance(box, list) or len(box) != 4:
+        raise ProtocolError("instance box is not [x1, y1, x2, y2]")
+    rle = raw.get("rle")
+    if (
+        not isinstance(rle, dict)
+        or rle.get("size") != [height, width]
+        or not isinstance(rle.get("counts"), str)
+    ):
+        raise ProtocolError("instance rle is not {size: [height, width], counts: str}")
+    label_name = raw.get("label_name")
+    if not isinstance(label_name, str):
+        raise ProtocolError("instance label_name is not a string")
+    x1, y1, x2, y2 = (_number(v, "box coordinate") for v in box)
+    return Instance(
+        label=_integer(raw.get("label"), "label"),
+        label_name=label_name,
+        score=_number(raw.get("score"), "score"),
+        box=(x1, y1, x2, y2),
+        rle={"size": [height, width], "counts": rle["counts"]},
+    )
+
+
+def parse(parts: Sequence[Any], received: float) -> FrameResult:
+    """A published message ([topic, header, ...]) -> FrameResult; ProtocolError if malformed."""
+    r = decode_published(parts)
+    width, height = _integer(r.width, "width"), _integer(r.height, "height")
+    if not isinstance(r.instances, list):
+        raise ProtocolError("instances is not a list")
+    return FrameResult(
+        stream=r.stream,
+        frame=_integer(r.frame, "frame"),
+        pts=_number(r.pts, "pts"),
+        wall_time=_number(r.wall_time, "wall_time"),
+        width=width,
+        height=height,
+        seq=_integer(r.seq, "seq"),
+        received=received,
+        instances=tuple(_instance(i, height, width) for i in r.instances),
+    )
+
+
+class GapCounter:
+    """Counts results missed per stream from gaps in `seq`. Pure.
+
+    A seq at or below the last one seen means the publisher restarted: counting starts over.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.missed: dict[str, int] = {}
+
+    def add(self, stream: str, seq: int) -> int:
+        """Record `seq`; returns how many results were missed just before it."""
+        last = self.last.get(stream)
+        gap = seq - last - 1 if last is not None and seq > last else 0
+        self.last[stream] = seq
+        self.missed[stream] = self.missed.get(stream, 0) + gap
+        return gap
+
+
+class Subscriber:
+    """Iterate over published results: `for result in Subscriber(endpoint, streams=[...])`.
+
+    streams: stream ids to receive (None: all). timeout_s: end the iteration when no result came
+    for this long (None: wait forever). hwm: results queued here before the publisher drops
+    (ZeroMQ's receive high-water mark).
+    Counters: `received` and `missed` per stream, `rejected` (malformed messages, skipped).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        streams: Sequence[str] | None = None,
+        *,
+        timeout_s: float | None = None,
+        hwm: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoint = endpoint
+        self.streams = set(streams) if streams else None
+        self.timeout_s = timeout_s
+        self.clock = clock
+        # ZeroMQ topics match by prefix ("cam1" also gets "cam10"): filter exactly below too.
+        self.sock = transport.subscriber(endpoint, sorted(self.streams or [""]), hwm=hwm)
+        self.gaps = GapCounter()
+        self.received: dict[str, int] = {}
+        self.rejected = 0
+
+    @property
+    def missed(self) -> dict[str, int]:
+        return self.gaps.missed
+
+    def recv(self, timeout_s: float | None = None) -> FrameResult | None:
+        """The next result of a wanted stream, or None when none came within `timeout_s`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            parts = transport.recv_raw(self.sock, None if left is None else left * 1000.0)
+            if parts is None:
+                return None
+            try:
+                result = parse(parts, self.clock())
+            except ProtocolError as e:
+                self.rejected += 1
+                log.warning("%s: rejected a malformed message (%s)", self.endpoint, e)
+                continue
+            if self.streams is not None and result.stream not in self.streams:
+                continue
+            self.gaps.add(result.stream, result.seq)
+            self.received[result.stream] = self.received.get(result.stream, 0) + 1
+            return result
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        while True:
+            result = self.recv(self.timeout_s)
+            if result is None:
+                return
+            yield result
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def format_line(r: FrameResult) -> str:
+    """`cam1 frame 42 latency 85 ms: 2 circle, 1 square` (instances by label, most first)."""
+    counts = Counter(i.label_name for i in r.instances).most_common()
+    what = ", ".join(f"{n} {name}" for name, n in counts) or "nothing"
+    return f"{r.stream} frame {r.frame} latency {r.latency * 1000:.0f} ms: {what}"
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    sub = Subscriber(args.endpoint, args.streams, timeout_s=args.timeout)
+    n = 0
+    try:
+        for result in sub:
+            print(format_line(result), flush=True)
+            n += 1
+            if args.count and n >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+        transport.close_all()
+    missed = sum(sub.missed.values())
+    print(
+        f"received {n} results, missed {missed}, rejected {sub.rejected} malformed",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the `subscribe` command to the CLI's subparsers."""
+    p = sub.add_parser(
+        "subscribe",
+        help="print the results a pipeline publishes (one line per frame)",
+        description="Subscribe to a pipeline's --publish endpoint and print one line per frame: "
+        "stream, frame, latency (capture to receive) and instances by label. Results missed "
+        "because this subscriber was too slow are counted from gaps in the publish sequence.",
+    )
+    p.add_argument(
+        "endpoint", help="ZeroMQ endpoint the pipeline publishes on, e.g. tcp://HOST:5555"
+    )
+    p.add_argument("--streams", nargs="+", metavar="STREAM", help="only these stream ids")
+    p.add_argument("--count", type=int, help="stop after N results")
+    p.add_argument("--timeout", type=float, help="stop when nothing came for this many seconds")
+    p.set_defaults(func=cmd_subscribe)
