@@ -156,6 +156,8 @@ class ModelConfig:
     """How long the inference stage waits for a batch to fill once it holds a frame."""
     fp16: bool = True
     """Mixed precision (autocast) on CUDA; ignored on CPU."""
+    threads: int = 0
+    """CPU threads for the model (torch.set_num_threads); 0: torch's default (all cores)."""
     path: str = ""
     """The config file this came from (set by load_config)."""
 
@@ -170,7 +172,7 @@ _MODEL_KEYS = {
     "min_size",
     "max_size",
 }
-_RUNTIME_KEYS = {"device", "max_batch", "max_wait_ms", "fp16"}
+_RUNTIME_KEYS = {"device", "max_batch", "max_wait_ms", "fp16", "threads"}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

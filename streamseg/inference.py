@@ -194,6 +194,8 @@ def main(
     setup_process("inference", verbose=verbose)
     cfg = from_dict(model)
     torch.set_grad_enabled(False)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     return serve(
         cfg,
         frames_endpoint=frames_endpoint,

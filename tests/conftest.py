@@ -44,5 +44,6 @@ def random_config(tmp_path_factory) -> Path:
         'device = "cpu"\n'
         "max_batch = 2\n"
         "max_wait_ms = 5.0\n"
+        "threads = 1\n"  # plumbing tests leave a core for the other stages
     )
     return path
