@@ -18,7 +18,6 @@ raw 1080p RGB frames through one ZeroMQ PUSH/PULL hop over ipc://. The naive loo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import math
@@ -106,36 +105,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def config_toml(cfg: Any) -> str:
-    """`cfg` (a ModelConfig) as a self-contained config file; weights paths must be absolute.
-
-    The pipeline's inference stage reads its model from a config *file*, so a benchmark that
-    changes weights or detection limits writes them to one.
-    """
-    from streamseg.config import _MODEL_KEYS, _RUNTIME_KEYS
-
-    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    if not values["labels"]:
-        del values["labels"]  # empty means "the weights' own names"; TOML [] would say the same
-    lines = ["# written by streamseg bench", "[model]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k in _MODEL_KEYS]
-    lines.append("[runtime]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k in _RUNTIME_KEYS]
-    return "\n".join(lines) + "\n"
 
 
 def synthetic_detections(n: int, size: tuple[int, int], *, seed: int = 0) -> Any:
@@ -277,7 +246,7 @@ def model_only(
     }
 
 
-def naive_loop(*, config: str, clips: list[str], out_dir: str) -> dict[str, Any]:
+def naive_loop(*, model: dict[str, Any], clips: list[str], out_dir: str) -> dict[str, Any]:
     """What a user writes by hand: one process, one frame at a time, everything in line.
 
     decode (PyAV) -> model([frame]) (torchvision pastes full masks) -> threshold -> COCO RLE
@@ -289,13 +258,13 @@ def naive_loop(*, config: str, clips: list[str], out_dir: str) -> dict[str, Any]
     import pycocotools.mask as mask_utils
     import torch
 
-    from streamseg.config import load_config
+    from streamseg.config import from_dict
     from streamseg.masks import LocalMasks
     from streamseg.model import load_model, model_labels
     from streamseg.render import draw_instances
     from streamseg.sinks import VideoSink
 
-    cfg = load_config(config)
+    cfg = from_dict(model)
     model = load_model(cfg)
     device = next(model.parameters()).device
     fp16 = cfg.fp16 and device.type == "cuda"
@@ -361,9 +330,11 @@ def naive_loop(*, config: str, clips: list[str], out_dir: str) -> dict[str, Any]
     }
 
 
-def run_naive(config: str, clips: list[str], out_dir: Path) -> dict[str, Any]:
+def run_naive(cfg: Any, clips: list[str], out_dir: Path) -> dict[str, Any]:
     """The naive loop in a fresh process (as a user's script runs); wall time from its start."""
-    kwargs = {"config": config, "clips": clips, "out_dir": str(out_dir)}
+    from streamseg.config import to_dict
+
+    kwargs = {"model": to_dict(cfg), "clips": clips, "out_dir": str(out_dir)}
     cmd = [sys.executable, "-m", "streamseg.bench", "naive", json.dumps(kwargs)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
@@ -491,9 +462,8 @@ def prepare_config(
     batch: int | None,
     random_weights: bool,
     instances: int | None,
-    out: Path,
 ) -> tuple[Any, str, bool]:
-    """The benchmark's model config, written to `out` so every process reads the same one.
+    """The benchmark's model config (every process gets exactly this one).
 
     Returns (config, load description, fixed load?). A fixed load (random weights, or
     --instances given) is score threshold 0 and detections_per_img = K: every frame carries
@@ -510,8 +480,6 @@ def prepare_config(
     if fixed:
         changes.update(score_threshold=0.0, detections_per_img=k)
     cfg = replace(cfg, **changes)
-    out.write_text(config_toml(cfg), encoding="utf-8")
-    cfg = load_config(out)
     weights = "random weights" if cfg.weights == "random" else f"weights {cfg.weights}"
     if fixed:
         load = f"load: {weights}, {k} instances/frame, score threshold 0"
@@ -548,7 +516,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             batch=args.batch,
             random_weights=args.random_weights,
             instances=args.instances,
-            out=tmpdir / "model.toml",
         )
         device = resolve_device(cfg.device)
         machine = machine_info(device)
@@ -569,7 +536,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         _note(f"naive loop: {args.streams} clip(s) one after another")
         naive_dir = tmpdir / "naive"
         naive_dir.mkdir()
-        nv = run_naive(cfg.path, [str(clip)] * args.streams, naive_dir)
+        nv = run_naive(cfg, [str(clip)] * args.streams, naive_dir)
 
         _note(f"pipeline: {args.streams} stream(s) at once")
         pipe_dir = tmpdir / "pipeline"
