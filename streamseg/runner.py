@@ -42,6 +42,7 @@ class Pipeline:
     realtime: bool = False
     depth: int = 1
     publish: str = ""
+    hwdecode: str = "auto"
     path: str = ""
 
 
@@ -58,6 +59,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
         realtime=bool(src.get("realtime", False)),
         depth=int(inf.get("depth", 1)),
         publish=str(post.get("publish", "")),
+        hwdecode=str(src.get("hwdecode", "auto")),
         path=str(path),
     )
 
@@ -182,6 +184,7 @@ def run(
                         "frames_endpoint": ep["frames"],
                         "live": live,
                         "realtime": pipeline.realtime,
+                        "hwdecode": pipeline.hwdecode,
                         **(live_options or {}),
                     },
                     f"source[{spec.stream}]",

@@ -38,6 +38,9 @@ class SourceSpec:
     url: str
     kind: str
     """"file", "rtsp" or "camera"."""
+    hwdecode: str = "off"
+    """"auto": NVDEC (PyAV's CUDA hwaccel) where the machine has it, else software; "cuda";
+    "off". Decoded frames come back to host memory either way."""
 
 
 def _derive_id(url: str, kind: str) -> str:
@@ -77,6 +80,20 @@ def parse_sources(args: list[str]) -> list[SourceSpec]:
     return specs
 
 
+def _hwaccel(mode: str) -> Any:
+    """PyAV hardware-decode settings for `mode`, or None for software decoding."""
+    if mode == "off":
+        return None
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    if mode == "auto" and not (
+        "cuda" in hwdevices_available() and os.path.exists("/dev/nvidiactl")
+    ):
+        return None
+    # allow_software_fallback: streams NVDEC cannot decode (profile, size) decode on the CPU
+    return HWAccel(device_type="cuda", allow_software_fallback=True)
+
+
 def open_input(spec: SourceSpec, *, timeout_s: float = 10.0) -> Any:
     """Open a PyAV input container, turning every failure into a one-line SourceError."""
     if spec.kind == "file" and not os.path.exists(spec.url):
@@ -88,8 +105,16 @@ def open_input(spec: SourceSpec, *, timeout_s: float = 10.0) -> Any:
         kwargs = {"options": options, "timeout": (timeout_s, timeout_s)}
     elif spec.kind == "camera":
         kwargs = {"format": "v4l2"}
+    hwaccel = _hwaccel(spec.hwdecode)
     try:
-        container = av.open(spec.url, **kwargs)
+        if hwaccel is not None:
+            try:
+                container = av.open(spec.url, hwaccel=hwaccel, **kwargs)
+            except av.error.FFmpegError as e:
+                log.warning("%s: no hardware decoding (%s); decoding on the CPU", spec.url, e)
+                container = av.open(spec.url, **kwargs)
+        else:
+            container = av.open(spec.url, **kwargs)
     except av.error.FFmpegError as e:
         what = "not a video file PyAV can read" if spec.kind == "file" else "cannot open"
         raise SourceError(f"{spec.url}: {what} ({e.strerror or e})") from None
@@ -182,12 +207,13 @@ def main(
     stats_endpoint: str | None = None,
     live: bool = False,
     realtime: bool = False,
+    hwdecode: str = "off",
     verbose: bool = False,
     **live_options: Any,
 ) -> int:
     """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable."""
     setup_process(f"source[{stream}]", verbose=verbose)
-    spec = SourceSpec(stream, source, kind)
+    spec = SourceSpec(stream, source, kind, hwdecode)
     counters = Counters()
     counters[stream]  # report the stream even if it never yields a frame
     reporter = StatsReporter(stats_endpoint, "source", counters)
