@@ -129,6 +129,18 @@ def build_model(
     raise ValueError(f"unknown arch {arch!r}")
 
 
+def build_from_config(cfg: ModelConfig, *, num_classes: int | None = None) -> MaskRCNN:
+    """An untrained model as `cfg` describes it (num_classes: default len(cfg.labels))."""
+    return build_model(
+        cfg.arch,
+        num_classes=num_classes or len(cfg.labels),
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        score_threshold=cfg.score_threshold,
+        detections_per_img=cfg.detections_per_img,
+    )
+
+
 # -- weights --------------------------------------------------------------------------------------
 
 
@@ -240,14 +252,7 @@ def load_model(config: str | Path | ModelConfig, device: str | None = None) -> M
         labels = labels or tuple(ckpt["labels"] or ())
     if not labels:
         raise WeightsError(f"{cfg.path}: set `labels` in [model] (names by id, 0 = background)")
-    model = build_model(
-        cfg.arch,
-        num_classes=len(labels),
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        score_threshold=cfg.score_threshold,
-        detections_per_img=cfg.detections_per_img,
-    )
+    model = build_from_config(cfg, num_classes=len(labels))
     if state is not None:
         _load_state(model, state, cfg.weights)
     model.streamseg_labels = labels  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ import torch
 from streamseg import synth
 from streamseg.config import ConfigError, ModelConfig, load_config, read_toml
 from streamseg.model import (
-    build_model,
+    build_from_config,
     read_checkpoint,
     resolve_device,
     save_checkpoint,
@@ -104,15 +104,8 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    labels = tuple(model_cfg.labels) or ("__background__", *synth.CLASSES)
-    model = build_model(
-        model_cfg.arch,
-        num_classes=len(labels),
-        min_size=model_cfg.min_size,
-        max_size=model_cfg.max_size,
-        score_threshold=model_cfg.score_threshold,
-        detections_per_img=model_cfg.detections_per_img,
-    )
+    labels = tuple(model_cfg.labels)
+    model = build_from_config(model_cfg)
     if init:
         model.load_state_dict(read_checkpoint(init)["model"])
     model.to(dev).train()

@@ -1,0 +1,66 @@
+"""A short real training run lowers the loss, writes loadable checkpoints and resumes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamseg.config import load_config
+from streamseg.model import build_from_config, load_model, read_checkpoint
+from streamseg.train import TrainConfig, learning_rate, make_batch, train
+
+
+def test_learning_rate_schedule():
+    kw = dict(lr=1.0, warmup=10, iterations=110)
+    assert learning_rate(0, **kw) == pytest.approx(0.1)
+    assert learning_rate(9, **kw) == pytest.approx(1.0)
+    assert learning_rate(60, **kw) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert learning_rate(110, **kw) == pytest.approx(0.05)
+
+
+def test_batches_are_reproducible_per_iteration():
+    a_images, a_targets = make_batch(3, 7, 2, ((160, 120),))
+    b_images, b_targets = make_batch(3, 7, 2, ((160, 120),))
+    assert all(torch.equal(x, y) for x, y in zip(a_images, b_images, strict=True))
+    assert all(
+        torch.equal(x["masks"], y["masks"]) for x, y in zip(a_targets, b_targets, strict=True)
+    )
+    c_images, _ = make_batch(3, 8, 2, ((160, 120),))
+    assert not torch.equal(a_images[0], c_images[0])
+
+
+def _loss(model, images, targets) -> float:
+    model.train()
+    with torch.no_grad():
+        return float(sum(model(images, targets).values()))
+
+
+def test_short_training_lowers_loss_and_resumes(random_config, tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config(random_config)
+    cfg_train = TrainConfig(
+        iterations=10, batch_size=2, lr=3e-3, warmup=2, frame_sizes=((160, 120),),
+        checkpoint_every=5, log_every=5,
+    )  # fmt: skip
+    held_out = make_batch(99, 0, 4, ((160, 120),))
+    torch.manual_seed(1)
+    before = _loss(build_from_config(cfg), *held_out)
+
+    out = tmp_path / "m.pt"
+    torch.manual_seed(1)  # same initial weights as `before`
+    train(cfg, TrainConfig(**{**cfg_train.__dict__, "iterations": 5}), out, device="cpu")
+    assert read_checkpoint(out)["model"] and (tmp_path / "m.pt.resume.pt").is_file()
+    train(cfg, cfg_train, out, resume=True, device="cpu")  # continues at iteration 5
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["iteration"] == 10 and ckpt["arch"] == cfg.arch
+
+    trained = build_from_config(cfg)
+    trained.load_state_dict(read_checkpoint(out)["model"])
+    after = _loss(trained, *held_out)
+    assert after < 0.7 * before, (before, after)
+
+    # the checkpoint is what configs point at: load_model takes it (weights_only=True)
+    path = tmp_path / "trained.toml"
+    path.write_text(random_config.read_text().replace('weights = "random"', 'weights = "m.pt"'))
+    model = load_model(str(path))
+    assert not model.training
