@@ -117,15 +117,16 @@ def serve(
     runner([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
     counters = Counters()
     reporter = StatsReporter(stats_endpoint, "inference", counters)
-    pull = transport.pull(frames_endpoint, bind=True, hwm=4 if live else 16)
-    push = transport.push(detections_endpoint, bind=False, hwm=16)
+    # Queues hold about one batch in flight and one waiting: deeper ones only add latency.
+    pull = transport.pull(frames_endpoint, bind=True, hwm=max(2, cfg.max_batch))
+    push = transport.push(detections_endpoint, bind=False, hwm=max(4, cfg.max_batch))
     receiver = transport.Receiver(pull, name="inference")
     clock = time.monotonic
     batcher = Batcher(
         max_batch=cfg.max_batch,
         max_wait_s=cfg.max_wait_ms / 1000.0,
         depth=depth if live else None,
-        capacity=max(16, 2 * cfg.max_batch),
+        capacity=max(2, 2 * cfg.max_batch),
         clock=clock,
     )
     cond = threading.Condition()

@@ -79,7 +79,7 @@ def serve(
 ) -> int:
     counters = Counters()
     reporter = StatsReporter(stats_endpoint, "postprocess", counters)
-    receiver = transport.Receiver(transport.pull(detections_endpoint, hwm=16), name="postprocess")
+    receiver = transport.Receiver(transport.pull(detections_endpoint, hwm=4), name="postprocess")
     pub = transport.publisher(publish) if publish else None
     state: dict[str, _StreamSinks] = {}
     ended = 0

@@ -217,7 +217,8 @@ def main(
     counters = Counters()
     counters[stream]  # report the stream even if it never yields a frame
     reporter = StatsReporter(stats_endpoint, "source", counters)
-    sock = transport.push(frames_endpoint, hwm=4 if live else 8)
+    # Short queues: enough to keep the model fed, few enough that a frame waits little
+    sock = transport.push(frames_endpoint, hwm=2)
     code = 0
     try:
         if kind == "file" and not live:
