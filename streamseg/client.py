@@ -248,7 +248,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         pass
     finally:
         sub.close()
-        transport.close_all()
+        transport.close_all(abort=True)
     missed = sum(sub.missed.values())
     print(
         f"received {n} results, missed {missed}, rejected {sub.rejected} malformed",

@@ -126,7 +126,7 @@ def serve(
         max_batch=cfg.max_batch,
         max_wait_s=cfg.max_wait_ms / 1000.0,
         depth=depth if live else None,
-        capacity=max(2, 2 * cfg.max_batch),
+        capacity=max(16, 2 * cfg.max_batch),
         clock=clock,
     )
     cond = threading.Condition()
@@ -136,6 +136,7 @@ def serve(
     )
     thread.start()
     ended, batches, batched = 0, 0, 0
+    interrupted = False
     reporter.extra["device"] = str(runner.device)
     reporter.ready()
     try:
@@ -170,12 +171,13 @@ def serve(
             )
             reporter.tick()
     except KeyboardInterrupt:
+        interrupted = True
         return 130
     finally:
         stop.set()
         thread.join(timeout=1.0)
         reporter.final()
-        transport.close_all()
+        transport.close_all(abort=interrupted)
     return 0
 
 

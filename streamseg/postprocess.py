@@ -84,6 +84,7 @@ def serve(
     state: dict[str, _StreamSinks] = {}
     ended = 0
     lost_any = False
+    interrupted = False
     reporter.ready()
 
     def report_latency() -> None:
@@ -154,6 +155,7 @@ def serve(
             reporter.extra["rejected"] = receiver.rejected
             reporter.tick()
     except KeyboardInterrupt:
+        interrupted = True
         return 130
     finally:
         for s in state.values():
@@ -161,7 +163,7 @@ def serve(
         report_latency()
         reporter.extra["rejected"] = receiver.rejected
         reporter.final()
-        transport.close_all()
+        transport.close_all(abort=interrupted)
     return 3 if lost_any else 0
 
 

@@ -222,7 +222,7 @@ def run(
         while time.monotonic() < deadline:
             _absorb(receiver.recv(50), stats, source_stats)
         bar.close()
-        transport.close_all()
+        transport.close_all(abort=True)
         shutil.rmtree(rundir, ignore_errors=True)
     elapsed = time.monotonic() - t0
     report = RunReport(

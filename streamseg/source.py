@@ -241,5 +241,5 @@ def main(
         code = 130
     finally:
         reporter.final()
-        transport.close_all()
+        transport.close_all(abort=code == 130)
     return code

@@ -49,7 +49,7 @@ class StatsReporter:
         every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.sock = transport.push(endpoint, hwm=100) if endpoint else None
+        self.sock = transport.stats_push(endpoint) if endpoint else None
         self.stage = stage
         self.counters = counters
         self.every_s = every_s

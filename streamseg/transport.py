@@ -17,7 +17,11 @@ from streamseg.protocol import Message, ProtocolError, Result, decode, encode, e
 
 log = logging.getLogger(__name__)
 
-_LINGER_MS = 3000  # let a closing stage deliver its end-of-stream, but never hang on a dead peer
+# Data sockets keep undelivered messages until the peer takes them (linger -1): a file run's last
+# frames and end-of-stream wait behind backpressure, and dropping them would hang the next stage.
+# A dead peer cannot hang a stage for good: the runner terminates every stage when one fails.
+_DATA_LINGER_MS = -1
+_STATS_LINGER_MS = 3000  # reports to a runner that may already be gone
 
 
 def _ctx() -> zmq.Context:
@@ -36,9 +40,11 @@ def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> zmq.Socket:
     return sock
 
 
-def _socket(kind: int, endpoint: str, *, bind: bool, hwm: int) -> zmq.Socket:
+def _socket(
+    kind: int, endpoint: str, *, bind: bool, hwm: int, linger_ms: int = _DATA_LINGER_MS
+) -> zmq.Socket:
     sock = _ctx().socket(kind)
-    sock.setsockopt(zmq.LINGER, _LINGER_MS)
+    sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     return _attach(sock, endpoint, bind)
@@ -48,13 +54,18 @@ def push(endpoint: str, *, bind: bool = False, hwm: int = 8) -> zmq.Socket:
     return _socket(zmq.PUSH, endpoint, bind=bind, hwm=hwm)
 
 
+def stats_push(endpoint: str, *, hwm: int = 100) -> zmq.Socket:
+    """A PUSH for stage reports: gives up on undelivered reports 3 s after close."""
+    return _socket(zmq.PUSH, endpoint, bind=False, hwm=hwm, linger_ms=_STATS_LINGER_MS)
+
+
 def pull(endpoint: str, *, bind: bool = True, hwm: int = 8) -> zmq.Socket:
     return _socket(zmq.PULL, endpoint, bind=bind, hwm=hwm)
 
 
 def publisher(endpoint: str, *, hwm: int = 100) -> zmq.Socket:
     """A PUB socket; each subscriber gets its own queue of `hwm` messages, then drops."""
-    return _socket(zmq.PUB, endpoint, bind=True, hwm=hwm)
+    return _socket(zmq.PUB, endpoint, bind=True, hwm=hwm, linger_ms=0)
 
 
 def subscriber(endpoint: str, topics: list[str] | None = None, *, hwm: int = 1000) -> zmq.Socket:
@@ -119,6 +130,7 @@ def recv_raw(sock: zmq.Socket, timeout_ms: float | None) -> list[Any] | None:
     return None
 
 
-def close_all() -> None:
-    """Close every socket of this process, giving each up to its linger to deliver."""
-    _ctx().destroy(linger=_LINGER_MS)
+def close_all(*, abort: bool = False) -> None:
+    """Close every socket of this process, each delivering what it holds per its own linger;
+    `abort` (the stage was interrupted) drops whatever is undelivered at once."""
+    _ctx().destroy(linger=0 if abort else None)
