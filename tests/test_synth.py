@@ -212,7 +212,12 @@ def test_write_clip_round_trip(tmp_path: Path) -> None:
 
     again = write_clip(tmp_path / "b.mp4", tmp_path / "b.json", seed=3, frames=12, size=(160, 120))
     assert again["annotations"] == coco["annotations"]
-    assert (tmp_path / "b.mp4").read_bytes() == out.read_bytes()
+    # Same pictures; not byte-compared: libx264's threaded output differed once under load.
+    with av.open(str(tmp_path / "b.mp4")) as c:
+        again_frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(again_frames) == len(decoded)
+    for a, b in zip(again_frames, decoded, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
 
 
 def test_variety() -> None:
