@@ -12,6 +12,6 @@ if TYPE_CHECKING:
 
 def load_model(config_path: str, device: str | None = None) -> MaskRCNN:
     """The configured model as a plain torchvision MaskRCNN, exactly as the pipeline runs it."""
-    from streamseg.model import load_model as _load
+    from streamseg.inference.model import load_model as _load
 
     return _load(config_path, device=device)

@@ -7,16 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "shapes.toml"
-PIPELINES = ROOT / "pipelines"
+DEFAULT_CONFIG = "shapes"
+"""Shipped configs and pipelines are named by name (streamseg/data); paths work too."""
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
-        default=str(DEFAULT_CONFIG),
-        help="model config (configs/*.toml); default: the offline shapes model (%(default)s)",
+        default=DEFAULT_CONFIG,
+        help="model config: a shipped one by name (shapes, maskrcnn_resnet50_fpn, "
+        "maskrcnn_resnet50_fpn_v2) or a path to a .toml; default: %(default)s, the offline model",
     )
     p.add_argument("--device", help="override the config's device: auto, cpu, cuda, cuda:N")
     p.add_argument("--score-threshold", type=float, help="override the config's score threshold")
@@ -50,8 +50,8 @@ def _load_model_config(args: argparse.Namespace):
 
 
 def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
-    from streamseg.runner import load_pipeline, run, summary
-    from streamseg.source import SourceError, open_input, parse_sources
+    from streamseg.pipeline.supervisor import load_pipeline, run, summary
+    from streamseg.source.decode import SourceError, open_input, parse_sources
 
     pipeline = load_pipeline(pipeline_path)
     if getattr(args, "realtime", False):
@@ -103,7 +103,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from streamseg import synth
+    from streamseg.tools import synth
 
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))
@@ -126,7 +126,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from streamseg import evaluate
+    from streamseg.tools import evaluate
 
     try:
         return evaluate.main(args.results, args.gt)
@@ -136,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamseg import demo
+    from streamseg.tools import demo
 
     w, h = (int(v) for v in args.size.lower().split("x"))
     return demo.main(
@@ -152,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from streamseg import train
+    from streamseg.tools import train
 
     return train.main(
         args.config,
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video file(s), [NAME=]PATH")
     p.add_argument(
-        "--pipeline", default=str(PIPELINES / "annotate.toml"), help="pipeline file (%(default)s)"
+        "--pipeline", default="annotate", help="pipeline: shipped name or .toml path (%(default)s)"
     )
     _model_args(p)
     _output_args(p)
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the stages and endpoints described by a pipeline file (pipelines/*.toml)"
         " over SOURCES.",
     )
-    p.add_argument("pipeline", help="pipeline file, e.g. pipelines/annotate.toml")
+    p.add_argument("pipeline", help="pipeline: a shipped name (annotate, watch) or a .toml path")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="[NAME=]file, rtsp:// URL, camera")
     p.add_argument("--realtime", action="store_true", help="play files at their frame rate")
     _model_args(p)
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="[NAME=]URL, device or file")
     p.add_argument(
-        "--pipeline", default=str(PIPELINES / "watch.toml"), help="pipeline file (%(default)s)"
+        "--pipeline", default="watch", help="pipeline: shipped name or .toml path (%(default)s)"
     )
     p.add_argument("--realtime", action="store_true", help="(files always play in real time)")
     p.add_argument("--retry-max-s", type=float, help="longest wait between reconnect attempts")
@@ -247,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the config's model on synthetic shapes generated on the fly, with "
         "resumable checkpoints every [train].checkpoint_every iterations (OUT.resume.pt).",
     )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config with [train] table")
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="config (name or path) with a [train] table"
+    )
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume.pt if present")
     p.add_argument("--init", help="start from these weights (fine-tuning)")
@@ -276,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         "annotated video and results under OUT, and print frames, fps and mask AP.",
     )
     p.add_argument("--out", default="streamseg-demo", help="output folder (default %(default)s)")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="model config (%(default)s)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="model config (%(default)s)")
     p.add_argument(
-        "--pipeline", default=str(PIPELINES / "annotate.toml"), help="pipeline file (%(default)s)"
+        "--pipeline", default="annotate", help="pipeline: shipped name or .toml path (%(default)s)"
     )
     p.add_argument("--frames", type=int, default=300, help="clip length (default %(default)s)")
     p.add_argument("--seed", type=int, default=2024, help="clip seed (default %(default)s)")
@@ -287,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    from streamseg import bench, client
+    from streamseg import client
+    from streamseg.tools import bench
 
     bench.register(sub)
     client.register(sub)

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from streamseg import transport
-from streamseg.protocol import ProtocolError, decode_published
+from streamseg.wire import transport
+from streamseg.wire.protocol import ProtocolError, decode_published
 
 log = logging.getLogger(__name__)
 

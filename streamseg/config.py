@@ -1,22 +1,27 @@
 """Model and runtime settings from `configs/*.toml`.
 
-A config file has two flat tables:
+A config is found by path or by the name of a shipped one (`shapes`, see `streamseg.shipped`).
+It has two flat tables:
 
     [model]    which network, which weights, thresholds, input resolution
     [runtime]  device and batching limits
 
 Every field is documented once, on `ModelConfig` below. Paths inside a config file are relative to
-the file's own folder. Configuration enters at a stage's `main()` and flows down as plain keyword
-arguments; nothing below that reads the file again.
+the file's own folder; "streamseg:NAME" names a file shipped in the package. Configuration enters
+at a stage's `main()` and flows down as plain keyword arguments; nothing below that reads the
+file again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streamseg import shipped
 
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "shapes_mobilenet_v3_fpn")
 COCO_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
@@ -133,7 +138,8 @@ class ModelConfig:
     """torchvision architecture: one of ARCHS."""
     weights: str = "coco"
     """"coco" (torchvision's weights API: the hub cache, or a download when online), "random"
-    (untrained, for plumbing and benchmarks), or a path to a checkpoint file."""
+    (untrained, for plumbing and benchmarks), a path to a checkpoint file (relative to the config
+    file), or "streamseg:NAME" for a checkpoint shipped in the package (streamseg/data/NAME)."""
     labels: tuple[str, ...] = ()
     """Label names by label id (index 0 is background). Default for the COCO architectures:
     torchvision's COCO names; other architectures must name theirs."""
@@ -186,9 +192,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
-def load_config(path: str | Path, **overrides: Any) -> ModelConfig:
-    """Read a model config file; `overrides` (e.g. device="cpu") replace fields after reading."""
-    path = Path(path)
+def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
+    """Read a model config, given by path or by the name of a shipped one ("shapes");
+    `overrides` (e.g. device="cpu") replace fields after reading."""
+    try:
+        path = shipped.find("config", name_or_path)
+    except shipped.NotFound as e:
+        raise ConfigError(str(e)) from None
     data = read_toml(path)
     unknown = set(data) - {"model", "runtime", "train"}
     if unknown:
@@ -210,7 +220,11 @@ def load_config(path: str | Path, **overrides: Any) -> ModelConfig:
     if "labels" in fields:
         fields["labels"] = tuple(fields["labels"])
     weights = fields.get("weights", "coco")
-    if weights not in ("coco", "random"):
+    if not isinstance(weights, str):
+        raise ConfigError(f'{path}: weights must be a string ("coco", "random" or a path)')
+    if weights.startswith(shipped.WEIGHTS_PREFIX):
+        fields["weights"] = str(shipped.weights_path(weights))
+    elif weights not in ("coco", "random"):
         fields["weights"] = str((path.parent / weights).resolve())
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if not fields.get("labels") and fields["arch"] in COCO_ARCHS:
@@ -260,3 +274,20 @@ def from_dict(data: dict[str, Any]) -> ModelConfig:
     cfg = ModelConfig(**{**data, "labels": tuple(data.get("labels", ()))})
     validate(cfg)
     return cfg
+
+
+def label_name(labels: Sequence[str], label: int) -> str:
+    """The name of label id `label` (its number as text when the names do not cover it)."""
+    return labels[label] if 0 <= label < len(labels) else str(label)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "640x480" -> (640, 480); ValueError with a one-line message for anything else."""
+    parts = str(text).lower().split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"size must be WxH in pixels, e.g. 640x480; got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return w, h

@@ -1,4 +1,4 @@
-"""Shared fixtures: real encoded clips (made by streamseg.synth with PyAV/libx264) and configs."""
+"""Shared fixtures: real encoded clips (streamseg.tools.synth with PyAV/libx264) and configs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from streamseg import synth
+from streamseg.tools import synth
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES_CONFIG = ROOT / "configs" / "shapes.toml"
+SHAPES_CONFIG = ROOT / "configs" / "shapes.toml"  # a link to the shipped streamseg/data/configs
 
 
 @pytest.fixture(scope="session")

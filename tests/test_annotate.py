@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import streamseg
-from streamseg import synth
+from streamseg.tools import synth
 
 pytestmark = pytest.mark.slow
 

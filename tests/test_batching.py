@@ -1,6 +1,6 @@
 import pytest
 
-from streamseg.batching import Batch, Batcher
+from streamseg.inference.batching import Batch, Batcher
 
 
 class Clock:

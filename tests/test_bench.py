@@ -1,4 +1,4 @@
-"""Tests for streamseg.bench: the pure helpers, the micro figures, and one real tiny run."""
+"""Tests for streamseg.tools.bench: the pure helpers, the micro figures, and one real tiny run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from streamseg import bench
 from streamseg.config import load_config
-from streamseg.postprocess import make_result
+from streamseg.postprocess.main import make_result
+from streamseg.tools import bench
 
 
 def _parser() -> argparse.ArgumentParser:

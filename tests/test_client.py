@@ -13,9 +13,9 @@ import pycocotools.mask as mask_utils
 import pytest
 from rtspfixture import free_port
 
-from streamseg import transport
 from streamseg.client import FrameResult, GapCounter, Subscriber, format_line, parse
-from streamseg.protocol import PROTOCOL_VERSION, ProtocolError, Result, encode_published
+from streamseg.wire import transport
+from streamseg.wire.protocol import PROTOCOL_VERSION, ProtocolError, Result, encode_published
 
 
 def rle_of(mask: np.ndarray) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from streamseg.evaluate import EvalError, evaluate, load_results
+from streamseg.tools.evaluate import EvalError, evaluate, load_results
 
 
 def rle(mask: np.ndarray) -> dict:

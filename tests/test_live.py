@@ -1,7 +1,7 @@
 """Live sources: the pure reconnect/watchdog core, then real pipelines on real RTSP servers.
 
 The integration tests run `streamseg watch` (or the runner in-process) with real stage processes,
-a real GStreamer RTSP server on loopback serving H.264 made by streamseg.synth, and a plain pyzmq
+a real GStreamer RTSP server on loopback serving H.264 made by streamseg synth, and a plain pyzmq
 SUB socket standing in for any subscriber.
 """
 
@@ -23,10 +23,11 @@ import pytest
 import zmq
 from rtspfixture import RtspServer, free_port, rtsp_available
 
-from streamseg import synth
 from streamseg.client import Subscriber
 from streamseg.config import load_config, replace
-from streamseg.live import (
+from streamseg.pipeline.supervisor import load_pipeline, run
+from streamseg.source.decode import SourceSpec
+from streamseg.source.live import (
     CONNECT,
     DROP,
     GIVE_UP,
@@ -36,9 +37,8 @@ from streamseg.live import (
     Sample,
     backoff_s,
 )
-from streamseg.protocol import PROTOCOL_VERSION
-from streamseg.runner import load_pipeline, run
-from streamseg.source import SourceSpec
+from streamseg.tools import synth
+from streamseg.wire.protocol import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCH = ROOT / "pipelines" / "watch.toml"
@@ -198,7 +198,10 @@ def test_pts_stay_monotonic_across_reconnects():
 
 
 def test_core_imports_neither_av_nor_zmq():
-    code = "import sys, streamseg.live; print(sorted({'av', 'zmq', 'torch'} & set(sys.modules)))"
+    code = (
+        "import sys, streamseg.source.live; "
+        "print(sorted({'av', 'zmq', 'torch'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

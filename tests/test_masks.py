@@ -1,4 +1,4 @@
-"""streamseg.masks against torchvision's paste_masks_in_image and pycocotools' encoder."""
+"""postprocess.masks against torchvision's paste_masks_in_image and pycocotools' encoder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from streamseg.masks import (
+from streamseg.postprocess.masks import (
     LocalMasks,
     _Exact,
     _exact_values,

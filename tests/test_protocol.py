@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from streamseg.protocol import (
+from streamseg.wire.protocol import (
     PROTOCOL_VERSION,
     Detections,
     EndOfStream,

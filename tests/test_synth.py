@@ -1,4 +1,4 @@
-"""Tests for streamseg.synth: exact masks, occlusion, boxes, determinism, clip round trip."""
+"""Tests for streamseg.tools.synth: exact masks, occlusion, boxes, determinism, clip round trip."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from streamseg.synth import (
+from streamseg.tools.synth import (
     BACKGROUNDS,
     CIRCLE,
     CLASSES,
@@ -191,7 +191,12 @@ def test_write_clip_round_trip(tmp_path: Path) -> None:
     assert [api.imgs[i]["frame"] for i in range(1, 13)] == list(range(12))
     assert api.imgs[1]["file_name"] == "clip.mp4#0"
     assert {c["name"] for c in api.loadCats(api.getCatIds())} == set(CLASSES)
-    assert coco["info"] == {"generator": "streamseg.synth", "seed": 3, "fps": 30, "frames": 12}
+    assert coco["info"] == {
+        "generator": "streamseg.tools.synth",
+        "seed": 3,
+        "fps": 30,
+        "frames": 12,
+    }
     ids = [a["id"] for a in coco["annotations"]]
     assert ids == list(range(1, len(ids) + 1))
     for ann in coco["annotations"]:

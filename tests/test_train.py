@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from streamseg.config import load_config
-from streamseg.model import build_from_config, load_model, read_checkpoint
-from streamseg.train import TrainConfig, learning_rate, make_batch, train
+from streamseg.inference.model import build_from_config, load_model, read_checkpoint
+from streamseg.tools.train import TrainConfig, learning_rate, make_batch, train
 
 
 def test_learning_rate_schedule():

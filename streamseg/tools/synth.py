@@ -455,21 +455,19 @@ def write_clip(
     `size` is (width, height). Image ids are frame + 1; "frame" is the 0-based decode index.
     """
     _check_clip_args(frames, size, fps, crf)
-    import av  # here, not at the top: training workers need no codec library
+    # here, not at the top: training workers need no codec library
+    from streamseg.postprocess.sinks import VideoSink
 
     path, gt_path = Path(path), Path(gt_path)
     width, height = size
     world = World(width, height, np.random.default_rng(seed))
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    container = av.open(str(path), mode="w")
+    video = VideoSink(path, width, height, fps, crf=crf, preset=None)
     try:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in range(frames):
             sample = world.render()
-            video_frame = av.VideoFrame.from_ndarray(sample.image, format="rgb24")
-            container.mux(stream.encode(video_frame))
+            video.write(sample.image)
             images.append(
                 {
                     "id": frame + 1,
@@ -483,11 +481,10 @@ def write_clip(
                 sample, image_id=frame + 1, first_id=len(annotations) + 1
             )
             world.step()
-        container.mux(stream.encode(None))
     finally:
-        container.close()
+        video.close()
     coco = {
-        "info": {"generator": "streamseg.synth", "seed": seed, "fps": fps, "frames": frames},
+        "info": {"generator": "streamseg.tools.synth", "seed": seed, "fps": fps, "frames": frames},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)],

@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from streamseg import transport
 from streamseg.accounting import Counters
-from streamseg.protocol import Stats
+from streamseg.wire import transport
+from streamseg.wire.protocol import Stats
 
 _PR_SET_PDEATHSIG = 1
 

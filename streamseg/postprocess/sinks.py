@@ -29,8 +29,16 @@ class VideoSink:
     """H.264 MP4 writer (libx264) at the source's frame rate and size, one frame per input frame."""
 
     def __init__(
-        self, path: str | Path, width: int, height: int, fps: float, *, crf: int = 20
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: float,
+        *,
+        crf: int = 20,
+        preset: str | None = "veryfast",
     ) -> None:
+        """preset: libx264's speed/size trade-off (None: libx264's default, "medium")."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.size = (width, height)
@@ -41,7 +49,7 @@ class VideoSink:
         # yuv420p (what every player takes) needs even sizes; 4:4:4 keeps odd ones exact.
         even = width % 2 == 0 and height % 2 == 0
         self.stream.pix_fmt = "yuv420p" if even else "yuv444p"
-        self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.stream.options = {"crf": str(crf), **({"preset": preset} if preset else {})}
         self.stream.codec_context.time_base = Fraction(1) / rate
         self.frames = 0
 

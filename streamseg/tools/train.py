@@ -1,6 +1,6 @@
 """`streamseg train`: train the small shapes Mask R-CNN on generated data.
 
-Every training frame is generated on the fly by `streamseg.synth.random_sample`, seeded by
+Every training frame is generated on the fly by `streamseg.tools.synth.random_sample`, seeded by
 (seed, iteration, index), so a resumed run sees exactly the frames an uninterrupted run would.
 Two files are written every `checkpoint_every` iterations, each atomically:
   OUT              the model alone (a streamseg checkpoint: what configs point at)
@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamseg import synth
 from streamseg.config import ConfigError, ModelConfig, load_config, read_toml
-from streamseg.model import (
+from streamseg.inference.model import (
     build_from_config,
+    image_tensor,
     read_checkpoint,
     resolve_device,
     save_checkpoint,
 )
-from streamseg.progress import Progress
+from streamseg.pipeline.progress import Progress
+from streamseg.tools import synth
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def make_batch(
         rng = np.random.default_rng([seed, it, i])
         w, h = frame_sizes[int(rng.integers(len(frame_sizes)))]
         s = synth.random_sample(rng, w, h)
-        images.append(torch.from_numpy(s.image).permute(2, 0, 1).float().div_(255.0))
+        images.append(image_tensor(s.image))
         targets.append(
             {
                 "boxes": torch.from_numpy(s.boxes).float().reshape(-1, 4),

@@ -1,6 +1,6 @@
 """ZeroMQ sockets for the stages: the only module that imports zmq.
 
-Stages talk in `streamseg.protocol` messages. Every socket has a high-water mark, so memory is
+Stages talk in `streamseg.wire.protocol` messages. Every socket has a high-water mark, so memory is
 bounded: a PUSH to a full peer blocks (lossless file runs: backpressure) or, with block=False,
 returns False (live runs count a drop); a PUB to a slow subscriber drops at the subscriber's queue.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 
-from streamseg.protocol import Message, ProtocolError, Result, decode, encode, encode_published
+from streamseg.wire.protocol import Message, ProtocolError, Result, decode, encode, encode_published
 
 log = logging.getLogger(__name__)
 

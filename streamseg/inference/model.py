@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models import mobilenet_v3_large
@@ -266,6 +267,17 @@ def model_labels(model: MaskRCNN) -> tuple[str, ...]:
 # -- inference ------------------------------------------------------------------------------------
 
 
+def to_model_input(image: torch.Tensor) -> torch.Tensor:
+    """uint8[H, W, 3] RGB (any device) -> float32[3, H, W] in [0, 1] on the same device: the
+    input torchvision's detection models take."""
+    return image.permute(2, 0, 1).float().div_(255.0)
+
+
+def image_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8[H, W, 3] RGB array -> float32[3, H, W] in [0, 1] on `device` (uploaded as uint8)."""
+    return to_model_input(torch.from_numpy(image).to(device))
+
+
 def compact_forward(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """torchvision's MaskRCNN forward pass, stopping short of pasting masks into the frame.
 
@@ -273,7 +285,7 @@ def compact_forward(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[st
         images: float[3, H_i, W_i] tensors in [0, 1], on the model's device.
     Returns, per image: boxes float[N, 4] (xyxy, frame pixels), scores float[N], labels int64[N],
         masks float[N, 1, 28, 28] (the mask head's probabilities for each instance's label).
-        Pasting `masks` into `boxes` (streamseg.masks.paste_masks) gives exactly what
+        Pasting `masks` into `boxes` (streamseg.postprocess.masks.paste_masks) gives exactly what
         `model(images)` returns.
     """
     original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]

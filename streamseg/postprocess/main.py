@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamseg import transport
 from streamseg.accounting import Counters, LatencyWindow
-from streamseg.masks import LocalMasks, paste_masks, rle_encode
-from streamseg.protocol import Detections, EndOfStream, Result, StreamStart
-from streamseg.render import draw_instances
-from streamseg.sinks import ResultsSink, VideoSink, output_path
-from streamseg.stage import StatsReporter, setup_process
+from streamseg.postprocess.masks import LocalMasks, paste_masks, rle_encode
+from streamseg.postprocess.render import draw_instances
+from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
+from streamseg.stage.shell import StatsReporter, setup_process
+from streamseg.wire import transport
+from streamseg.wire.protocol import Detections, EndOfStream, Result, StreamStart
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from streamseg.masks import LocalMasks
+from streamseg.postprocess.masks import LocalMasks
 
 
 def class_color(label: int) -> tuple[int, int, int]:

@@ -1,4 +1,4 @@
-"""Entry point of a stage process: `python -m streamseg.stages STAGE JSON_KWARGS`.
+"""Entry point of a stage process: `python -m streamseg.stage STAGE JSON_KWARGS`.
 
 The runner starts each stage this way. Arguments travel as JSON (never pickle), so a stage can
 also be started by hand, or on another host, with the same command line.
@@ -11,18 +11,18 @@ import logging
 import sys
 
 from streamseg.config import ConfigError, WeightsError
-from streamseg.source import SourceError
+from streamseg.source.decode import SourceError
 
 STAGES = ("source", "inference", "postprocess")
 
 
 def run_stage(stage: str, kwargs: dict) -> int:
     if stage == "source":
-        from streamseg.source import main
+        from streamseg.source.decode import main
     elif stage == "inference":
-        from streamseg.inference import main
+        from streamseg.inference.main import main
     elif stage == "postprocess":
-        from streamseg.postprocess import main
+        from streamseg.postprocess.main import main
     else:
         raise SystemExit(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     try:
@@ -35,5 +35,5 @@ def run_stage(stage: str, kwargs: dict) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m streamseg.stages STAGE JSON_KWARGS")
+        raise SystemExit("usage: python -m streamseg.stage STAGE JSON_KWARGS")
     sys.exit(run_stage(sys.argv[1], json.loads(sys.argv[2])))

@@ -2,7 +2,8 @@
 
 One process per stream. Each frame goes out stamped (stream, frame, pts, wall_time). A file is
 sent losslessly (a full inference queue blocks the decoder), then an end-of-stream with the count
-of frames sent. Live sources (streamseg.live) never block and reconnect when the stream stops.
+of frames sent. Live sources (streamseg.source.live) never block and reconnect when the stream
+stops.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 import av
 import numpy as np
 
-from streamseg import transport
 from streamseg.accounting import Counters
-from streamseg.protocol import EndOfStream, Frame, StreamStart
-from streamseg.stage import BusyTimer, StatsReporter, setup_process
+from streamseg.stage.shell import BusyTimer, StatsReporter, setup_process
+from streamseg.wire import transport
+from streamseg.wire.protocol import EndOfStream, Frame, StreamStart
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def main(
                 spec, lambda m: transport.send(sock, m), counters, reporter, realtime=realtime
             )
         else:
-            from streamseg.live import run_live
+            from streamseg.source.live import run_live
 
             eos = run_live(spec, sock, counters, reporter, realtime=realtime, **live_options)
         if eos.error:

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamseg import transport
+from streamseg import shipped
 from streamseg.accounting import total_dropped
 from streamseg.config import ConfigError, ModelConfig, read_toml, to_dict
-from streamseg.progress import Progress
-from streamseg.protocol import Stats
-from streamseg.source import SourceSpec
+from streamseg.pipeline.progress import Progress
+from streamseg.source.decode import SourceSpec
+from streamseg.wire import transport
+from streamseg.wire.protocol import Stats
 
 ENDPOINTS = ("frames", "detections", "stats")
 
@@ -46,7 +47,12 @@ class Pipeline:
     path: str = ""
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
+def load_pipeline(name_or_path: str | Path) -> Pipeline:
+    """A pipeline file, given by path or by the name of a shipped one ("annotate", "watch")."""
+    try:
+        path = shipped.find("pipeline", name_or_path)
+    except shipped.NotFound as e:
+        raise ConfigError(str(e)) from None
     data = read_toml(path)
     endpoints = dict(data.get("endpoints", {}))
     missing = [k for k in ENDPOINTS if k not in endpoints]
@@ -101,7 +107,7 @@ class RunReport:
 
 
 def _spawn(stage: str, kwargs: dict[str, Any], name: str) -> _Proc:
-    cmd = [sys.executable, "-m", "streamseg.stages", stage, json.dumps(kwargs)]
+    cmd = [sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return _Proc(name, subprocess.Popen(cmd, env=env))
 

@@ -11,69 +11,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from streamseg import transport
 from streamseg.accounting import Counters
-from streamseg.batching import Batch, Batcher
 from streamseg.config import ModelConfig, from_dict
-from streamseg.model import compact_forward, load_model
-from streamseg.protocol import Detections, EndOfStream, Frame, StreamStart
-from streamseg.stage import StatsReporter, setup_process
+from streamseg.inference.batching import Batch, Batcher
+from streamseg.inference.executor import Executor
+from streamseg.inference.model import load_model
+from streamseg.stage.shell import StatsReporter, setup_process
+from streamseg.wire import transport
+from streamseg.wire.protocol import Detections, EndOfStream, Frame, StreamStart
 
 log = logging.getLogger(__name__)
-
-# Frames arrive as read-only views of ZeroMQ buffers; they are only ever read.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-
-
-class Runner:
-    """Runs batches of uint8 RGB frames through the model; hides the CPU/GPU differences.
-
-    On CUDA, frames are staged in pinned memory, uploaded as uint8 (4x fewer bytes than float),
-    converted and normalised on the GPU, and the model runs channels-last under fp16 autocast.
-    """
-
-    def __init__(self, model: torch.nn.Module, *, fp16: bool = True) -> None:
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.cuda = self.device.type == "cuda"
-        self.fp16 = fp16 and self.cuda
-        if self.cuda:
-            self.model.to(memory_format=torch.channels_last)
-
-    def to_tensors(self, images: list[np.ndarray]) -> list[torch.Tensor]:
-        """uint8[H, W, 3] RGB arrays -> float[3, H, W] in [0, 1] on the model's device."""
-        out = []
-        for im in images:
-            t = torch.from_numpy(im)
-            if self.cuda:
-                t = t.pin_memory().to(self.device, non_blocking=True)
-            out.append(t.permute(2, 0, 1).float().div_(255.0))
-        return out
-
-    @torch.inference_mode()
-    def __call__(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Per image: boxes float32[N, 4] xyxy px, scores float32[N], labels int64[N],
-        masks float32[N, 28, 28] (probabilities)."""
-        tensors = self.to_tensors(images)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
-            dets = compact_forward(self.model, tensors)
-        out = []
-        for d in dets:
-            out.append(
-                {
-                    "boxes": d["boxes"].float().cpu().numpy(),
-                    "scores": d["scores"].float().cpu().numpy(),
-                    "labels": d["labels"].cpu().numpy(),
-                    "masks": d["masks"][:, 0].float().cpu().numpy(),
-                }
-            )
-        return out
 
 
 def _receive_loop(
@@ -113,8 +65,8 @@ def serve(
 ) -> int:
     """Run until `streams` end-of-streams have passed (0: until interrupted)."""
     model = load_model(cfg)
-    runner = Runner(model, fp16=cfg.fp16)
-    runner([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
+    executor = Executor(model, fp16=cfg.fp16)
+    executor([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
     counters = Counters()
     reporter = StatsReporter(stats_endpoint, "inference", counters)
     # Queues hold about one batch in flight and one waiting: deeper ones only add latency. Not
@@ -139,7 +91,7 @@ def serve(
     thread.start()
     ended, batches, batched = 0, 0, 0
     interrupted = False
-    reporter.extra["device"] = str(runner.device)
+    reporter.extra["device"] = str(executor.device)
     reporter.ready()
     try:
         while streams == 0 or ended < streams:
@@ -154,7 +106,7 @@ def serve(
                 ended += isinstance(ctl, EndOfStream)
             if batch.frames:
                 t0 = time.perf_counter()
-                results = runner([f.image for f in batch.frames])
+                results = executor([f.image for f in batch.frames])
                 dt = time.perf_counter() - t0
                 reporter.busy_s += dt
                 batches += 1

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamseg.accounting import Counters
-from streamseg.protocol import EndOfStream, Frame, Message, StreamStart
+from streamseg.wire.protocol import EndOfStream, Frame, Message, StreamStart
 
 if TYPE_CHECKING:  # the shell's collaborators; the core imports nothing of av or zmq
-    from streamseg.source import SourceSpec
-    from streamseg.stage import StatsReporter
+    from streamseg.source.decode import SourceSpec
+    from streamseg.stage.shell import StatsReporter
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class _Reader:
     def _run(self) -> None:
         import av
 
-        from streamseg.source import SourceError, decode_frames, open_input, stream_info
+        from streamseg.source.decode import SourceError, decode_frames, open_input, stream_info
 
         try:
             container = open_input(self.spec, timeout_s=self.timeout_s)
@@ -314,8 +314,8 @@ def run_live(
     """Run one live source until it ends (files), gives up, or the process is stopped; returns
     the end-of-stream message, already sent. (`realtime` is implied: live files always play at
     their own rate.)"""
-    from streamseg import transport
-    from streamseg.source import SourceError, run_file
+    from streamseg.source.decode import SourceError, run_file
+    from streamseg.wire import transport
 
     def send(msg: Message, block: bool) -> bool:
         return transport.send(sock, msg, block=block)

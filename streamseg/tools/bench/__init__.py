@@ -1,18 +1,19 @@
 """`streamseg bench`: the model's ceiling, a hand-written loop and the pipeline, from one run.
 
-Three end-to-end figures on the same synthetic clip (streamseg.synth), side by side:
+Three end-to-end figures on the same synthetic clip (streamseg.tools.synth), side by side:
 
   model-only  the bare torchvision model, `model(list_of_tensors)` (its own mask paste included),
               on frames decoded and uploaded beforehand; only the model is timed, after warm-up.
   naive loop  one process, frame by frame: decode (PyAV) -> model -> threshold -> COCO RLE of the
               full masks (pycocotools) -> overlay -> H.264 encode + results lines; the wall time of
               the whole process, interpreter start and model load included.
-  pipeline    `streamseg.runner.run` with pipelines/annotate.toml writing the same outputs; the
+  pipeline    `streamseg.pipeline.supervisor.run` with the annotate pipeline writing the same
+              outputs; the
               wall time of the run, stage start-up included.
 
 plus two CPU micro figures: paste + RLE of K instances on a 1080p frame (postprocess's core) and
 raw 1080p RGB frames through one ZeroMQ PUSH/PULL hop over ipc://. The naive loop runs as
-`python -m streamseg.bench naive JSON_KWARGS`, a process of its own like any user's script.
+`python -m streamseg.tools.bench naive JSON_KWARGS`, a process of its own like any user's script.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "shapes.toml"
-DEFAULT_PIPELINE = ROOT / "pipelines" / "annotate.toml"
+DEFAULT_CONFIG = "shapes"
+DEFAULT_PIPELINE = "annotate"
 DEFAULT_INSTANCES = 20
 MICRO_SIZE = (1920, 1080)  # (width, height) of the micro benchmarks' frames
 # Model-only keeps at most this many bytes of float frames on the device and cycles through them:
@@ -114,7 +114,7 @@ def synthetic_detections(n: int, size: tuple[int, int], *, seed: int = 0) -> Any
     Masks are smooth 28x28 ellipses with soft edges, like a mask head's output, so RLE run
     counts are realistic (noise would make them far longer).
     """
-    from streamseg.protocol import Detections
+    from streamseg.wire.protocol import Detections
 
     rng = np.random.default_rng(seed)
     width, height = size
@@ -201,20 +201,17 @@ def model_only(
     """
     import torch
 
-    from streamseg.inference import Runner
-    from streamseg.model import load_model
+    from streamseg.inference.executor import Executor
+    from streamseg.inference.model import image_tensor, load_model
 
     model = load_model(cfg)
-    runner = Runner(model, fp16=cfg.fp16)  # same device set-up as the inference stage
+    runner = Executor(model, fp16=cfg.fp16)  # same device set-up as the inference stage
     device, cuda = runner.device, runner.cuda
     first = decode_clip(clip, 1)[0]
     per_frame = first.size * 4
     pool_n = max(1, min(total, max(batch, POOL_BYTES // per_frame)))
     with torch.inference_mode():
-        pool = [
-            torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255.0)
-            for im in decode_clip(clip, pool_n)
-        ]
+        pool = [image_tensor(im, device) for im in decode_clip(clip, pool_n)]
         batches = [
             [pool[(i + j) % len(pool)] for j in range(min(batch, total - i))]
             for i in range(0, total, batch)
@@ -250,7 +247,8 @@ def naive_loop(*, model: dict[str, Any], clips: list[str], out_dir: str) -> dict
     """What a user writes by hand: one process, one frame at a time, everything in line.
 
     decode (PyAV) -> model([frame]) (torchvision pastes full masks) -> threshold -> COCO RLE
-    of the full masks (pycocotools) -> overlay (streamseg.render) -> H.264 (PyAV) + results line.
+    of the full masks (pycocotools) -> overlay (streamseg.postprocess.render) -> H.264 (PyAV)
+    + results line.
     Returns frames, instances and the model-load and loop seconds.
     """
     t_start = time.perf_counter()
@@ -259,10 +257,10 @@ def naive_loop(*, model: dict[str, Any], clips: list[str], out_dir: str) -> dict
     import torch
 
     from streamseg.config import from_dict
-    from streamseg.masks import LocalMasks
-    from streamseg.model import load_model, model_labels
-    from streamseg.render import draw_instances
-    from streamseg.sinks import VideoSink
+    from streamseg.inference.model import image_tensor, load_model, model_labels
+    from streamseg.postprocess.masks import LocalMasks
+    from streamseg.postprocess.render import draw_instances
+    from streamseg.postprocess.sinks import VideoSink
 
     cfg = from_dict(model)
     model = load_model(cfg)
@@ -279,7 +277,7 @@ def naive_loop(*, model: dict[str, Any], clips: list[str], out_dir: str) -> dict
             try:
                 for n, frame in enumerate(container.decode(vs)):
                     image = frame.to_ndarray(format="rgb24")
-                    x = torch.from_numpy(image).to(device).permute(2, 0, 1).float() / 255.0
+                    x = image_tensor(image, device)
                     with torch.inference_mode(), torch.autocast("cuda", enabled=fp16):
                         det = model([x])[0]
                     masks = (det["masks"][:, 0] > cfg.mask_threshold).cpu().numpy()
@@ -335,7 +333,7 @@ def run_naive(cfg: Any, clips: list[str], out_dir: Path) -> dict[str, Any]:
     from streamseg.config import to_dict
 
     kwargs = {"model": to_dict(cfg), "clips": clips, "out_dir": str(out_dir)}
-    cmd = [sys.executable, "-m", "streamseg.bench", "naive", json.dumps(kwargs)]
+    cmd = [sys.executable, "-m", "streamseg.tools.bench", "naive", json.dumps(kwargs)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     wall = time.perf_counter() - t0
@@ -351,8 +349,8 @@ def run_pipeline(
     cfg: Any, clip: Path, *, streams: int, out_dir: Path, pipeline_path: str | Path
 ) -> dict[str, Any]:
     """`streams` copies of `clip` through the stage processes, writing video and results."""
-    from streamseg.runner import load_pipeline, run, summary
-    from streamseg.source import SourceSpec
+    from streamseg.pipeline.supervisor import load_pipeline, run, summary
+    from streamseg.source.decode import SourceSpec
 
     pipeline = load_pipeline(pipeline_path)
     specs = [SourceSpec(f"s{i}", str(clip), "file") for i in range(streams)]
@@ -397,7 +395,7 @@ def paste_rle_ms(
     CPU with `threads` torch threads (the postprocess stage runs with 1)."""
     import torch
 
-    from streamseg.postprocess import make_result
+    from streamseg.postprocess.main import make_result
 
     det = synthetic_detections(instances, size)
     names = ["__background__", "a", "b", "c"]
@@ -417,10 +415,10 @@ def paste_rle_ms(
 
 def zmq_fps(*, size: tuple[int, int] = MICRO_SIZE, frames: int = 100) -> float:
     """Raw RGB frames of `size` per second through one PUSH/PULL hop over ipc://: the
-    streamseg.transport send (zero-copy) and Receiver (decode wraps the buffer), as stages use
+    streamseg.wire.transport send (zero-copy) and Receiver (decode wraps the buffer), as stages use
     them, with the pipeline's high-water marks; the sender is a thread (pyzmq drops the GIL)."""
-    from streamseg import transport
-    from streamseg.protocol import Frame
+    from streamseg.wire import transport
+    from streamseg.wire.protocol import Frame
 
     width, height = size
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -494,8 +492,8 @@ def _note(text: str) -> None:
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every part of the benchmark; the figures as one flat dict (see JSON_KEYS)."""
-    from streamseg import synth
-    from streamseg.model import resolve_device
+    from streamseg.inference.model import resolve_device
+    from streamseg.tools import synth
 
     try:
         size = parse_size(args.size)
@@ -628,7 +626,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from streamseg.config import ConfigError
-    from streamseg.model import WeightsError
+    from streamseg.inference.model import WeightsError
 
     try:
         result = bench(args)
@@ -660,7 +658,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--config",
-        default=str(DEFAULT_CONFIG),
+        default=DEFAULT_CONFIG,
         help="model config (configs/*.toml); default: the shapes model (%(default)s)",
     )
     p.add_argument("--size", default="640x480", help="clip size WxH (default %(default)s)")
@@ -687,12 +685,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="untrained weights (for COCO configs offline): fixed load of K instances per frame",
     )
-    p.add_argument("--pipeline", default=str(DEFAULT_PIPELINE), help="pipeline file (%(default)s)")
+    p.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="pipeline file (%(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as a JSON last line")
     p.set_defaults(func=cmd_bench)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "naive":
-        raise SystemExit("usage: python -m streamseg.bench naive JSON_KWARGS")
-    print(json.dumps(naive_loop(**json.loads(sys.argv[2]))))

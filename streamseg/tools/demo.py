@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from streamseg import evaluate, synth
 from streamseg.config import load_config
-from streamseg.runner import load_pipeline, run, summary
-from streamseg.source import parse_sources
+from streamseg.pipeline.supervisor import load_pipeline, run, summary
+from streamseg.source.decode import parse_sources
+from streamseg.tools import evaluate, synth
 
 
 def main(

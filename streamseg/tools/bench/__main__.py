@@ -1,0 +1,10 @@
+"""`python -m streamseg.tools.bench naive JSON_KWARGS`: the naive loop in a process of its own."""
+
+import json
+import sys
+
+from streamseg.tools.bench import naive_loop
+
+if len(sys.argv) != 3 or sys.argv[1] != "naive":
+    raise SystemExit("usage: python -m streamseg.tools.bench naive JSON_KWARGS")
+print(json.dumps(naive_loop(**json.loads(sys.argv[2]))))
