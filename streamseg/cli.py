@@ -51,7 +51,8 @@ def _load_model_config(args: argparse.Namespace):
 
 def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
     from streamseg.pipeline.supervisor import load_pipeline, run, summary
-    from streamseg.source.decode import SourceError, open_input, parse_sources
+    from streamseg.source.decode import open_input
+    from streamseg.source.spec import SourceError, parse_sources
 
     pipeline = load_pipeline(pipeline_path)
     if getattr(args, "realtime", False):

@@ -26,7 +26,6 @@ from rtspfixture import RtspServer, free_port, rtsp_available
 from streamseg.client import Subscriber
 from streamseg.config import load_config, replace
 from streamseg.pipeline.supervisor import load_pipeline, run
-from streamseg.source.decode import SourceSpec
 from streamseg.source.live import (
     CONNECT,
     DROP,
@@ -37,6 +36,7 @@ from streamseg.source.live import (
     Sample,
     backoff_s,
 )
+from streamseg.source.spec import SourceSpec
 from streamseg.tools import synth
 from streamseg.wire.protocol import PROTOCOL_VERSION
 

@@ -27,7 +27,7 @@ from streamseg import shipped
 from streamseg.accounting import total_dropped
 from streamseg.config import ConfigError, ModelConfig, read_toml, to_dict
 from streamseg.pipeline.progress import Progress
-from streamseg.source.decode import SourceSpec
+from streamseg.source.spec import SourceSpec
 from streamseg.wire import transport
 from streamseg.wire.protocol import Stats
 

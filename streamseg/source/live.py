@@ -29,7 +29,7 @@ from streamseg.accounting import Counters
 from streamseg.wire.protocol import EndOfStream, Frame, Message, StreamStart
 
 if TYPE_CHECKING:  # the shell's collaborators; the core imports nothing of av or zmq
-    from streamseg.source.decode import SourceSpec
+    from streamseg.source.spec import SourceSpec
     from streamseg.stage.shell import StatsReporter
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,8 @@ class _Reader:
     def _run(self) -> None:
         import av
 
-        from streamseg.source.decode import SourceError, decode_frames, open_input, stream_info
+        from streamseg.source.decode import decode_frames, open_input, stream_info
+        from streamseg.source.spec import SourceError
 
         try:
             container = open_input(self.spec, timeout_s=self.timeout_s)
@@ -314,7 +315,8 @@ def run_live(
     """Run one live source until it ends (files), gives up, or the process is stopped; returns
     the end-of-stream message, already sent. (`realtime` is implied: live files always play at
     their own rate.)"""
-    from streamseg.source.decode import SourceError, run_file
+    from streamseg.source.decode import run_file
+    from streamseg.source.spec import SourceError
     from streamseg.wire import transport
 
     def send(msg: Message, block: bool) -> bool:

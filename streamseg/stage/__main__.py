@@ -11,7 +11,7 @@ import logging
 import sys
 
 from streamseg.config import ConfigError, WeightsError
-from streamseg.source.decode import SourceError
+from streamseg.source.spec import SourceError
 
 STAGES = ("source", "inference", "postprocess")
 

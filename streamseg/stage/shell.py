@@ -80,6 +80,34 @@ class StatsReporter:
         transport.send(self.sock, msg, block=final)
 
 
+def run_stage_loop(
+    loop: Callable[[], int],
+    reporter: StatsReporter,
+    *,
+    cleanup: Callable[[], None] | None = None,
+) -> int:
+    """Run a stage's main loop and end it the same way in every stage.
+
+    Returns the loop's exit code, or 130 when it was interrupted (Ctrl-C, or SIGTERM, which
+    setup_process turns into KeyboardInterrupt). Then, always: `cleanup` (close files, stop
+    threads), a final stats report, and every socket closed, delivering what it still holds,
+    or dropping it at once when interrupted.
+    """
+    interrupted = False
+    try:
+        return loop()
+    except KeyboardInterrupt:
+        interrupted = True
+        return 130
+    finally:
+        try:
+            if cleanup is not None:
+                cleanup()
+        finally:
+            reporter.final()
+            transport.close_all(abort=interrupted)
+
+
 class BusyTimer:
     """Adds the time spent inside `with` blocks to a StatsReporter's busy_s."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streamseg.config import load_config
 from streamseg.pipeline.supervisor import load_pipeline, run, summary
-from streamseg.source.decode import parse_sources
+from streamseg.source.spec import parse_sources
 from streamseg.tools import evaluate, synth
 
 

@@ -350,7 +350,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """`streams` copies of `clip` through the stage processes, writing video and results."""
     from streamseg.pipeline.supervisor import load_pipeline, run, summary
-    from streamseg.source.decode import SourceSpec
+    from streamseg.source.spec import SourceSpec
 
     pipeline = load_pipeline(pipeline_path)
     specs = [SourceSpec(f"s{i}", str(clip), "file") for i in range(streams)]

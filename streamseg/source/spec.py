@@ -1,0 +1,63 @@
+"""What a source is, from the user's argument: stream id, URL and kind. Pure: imports no av.
+
+The supervisor and the CLI parse sources with this; only the source stage decodes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    stream: str
+    """Stream id: given as NAME=URL, else derived from the URL."""
+    url: str
+    kind: str
+    """"file", "rtsp" or "camera"."""
+    hwdecode: str = "off"
+    """"auto": NVDEC (PyAV's CUDA hwaccel) where the machine has it, else software; "cuda";
+    "off". Decoded frames come back to host memory either way."""
+
+
+def _derive_id(url: str, kind: str) -> str:
+    if kind == "camera":
+        return "cam" + re.sub(r"\D", "", url)
+    if kind == "rtsp":
+        rest = re.sub(r"^[a-z]+://([^@/]*@)?", "", url)  # drop scheme and credentials
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", rest).strip("_") or "rtsp"
+    return Path(url).stem or "video"
+
+
+def parse_source(arg: str) -> SourceSpec:
+    """ "[NAME=]URL" -> SourceSpec. URL: rtsp://..., /dev/videoN, a camera index, or a file path."""
+    name = ""
+    if "=" in arg and not arg.startswith(("rtsp://", "rtsps://", "/", ".")):
+        name, arg = arg.split("=", 1)
+    if arg.startswith(("rtsp://", "rtsps://")):
+        kind = "rtsp"
+    elif arg.isdigit() or re.fullmatch(r"/dev/video\d+", arg):
+        kind = "camera"
+        arg = arg if arg.startswith("/dev/") else f"/dev/video{arg}"
+    else:
+        kind = "file"
+    return SourceSpec(stream=name or _derive_id(arg, kind), url=arg, kind=kind)
+
+
+def parse_sources(args: list[str]) -> list[SourceSpec]:
+    """Parse many sources; derived ids that collide get -2, -3, ... suffixes."""
+    specs, seen = [], set()
+    for arg in args:
+        spec = parse_source(arg)
+        stream, n = spec.stream, 2
+        while stream in seen:
+            stream, n = f"{spec.stream}-{n}", n + 1
+        seen.add(stream)
+        specs.append(SourceSpec(stream, spec.url, spec.kind))
+    return specs
