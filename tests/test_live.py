@@ -25,8 +25,9 @@ from rtspfixture import RtspServer, free_port, rtsp_available
 
 from streamseg.client import Subscriber
 from streamseg.config import load_config, replace
-from streamseg.pipeline.supervisor import load_pipeline, run
-from streamseg.source.live import (
+from streamseg.pipeline.spec import load_pipeline
+from streamseg.pipeline.supervisor import run
+from streamseg.source.link import (
     CONNECT,
     DROP,
     GIVE_UP,
@@ -199,7 +200,7 @@ def test_pts_stay_monotonic_across_reconnects():
 
 def test_core_imports_neither_av_nor_zmq():
     code = (
-        "import sys, streamseg.source.live; "
+        "import sys, streamseg.source.link; "
         "print(sorted({'av', 'zmq', 'torch'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,27 +1,20 @@
-"""Source stage: decode a video file, RTSP stream or camera with PyAV and send its frames.
+"""PyAV at the edge: open a file, RTSP stream or camera, describe it, decode it to RGB arrays.
 
-One process per stream. Each frame goes out stamped (stream, frame, pts, wall_time). A file is
-sent losslessly (a full inference queue blocks the decoder), then an end-of-stream with the count
-of frames sent. Live sources (streamseg.source.live) never block and reconnect when the stream
-stops.
+The only module of the source stage that talks to FFmpeg; `file` and `live` drive it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import av
 import numpy as np
 
-from streamseg.accounting import Counters
 from streamseg.source.spec import SourceError, SourceSpec
-from streamseg.stage.shell import BusyTimer, StatsReporter, setup_process
-from streamseg.wire import transport
-from streamseg.wire.protocol import EndOfStream, Frame, StreamStart
+from streamseg.wire.protocol import StreamStart
 
 log = logging.getLogger(__name__)
 
@@ -87,105 +80,3 @@ def decode_frames(container: Any) -> Iterator[tuple[float | None, np.ndarray]]:
     vs.thread_type = "AUTO"
     for frame in container.decode(vs):
         yield frame.time, frame.to_ndarray(format="rgb24")
-
-
-def run_file(
-    spec: SourceSpec,
-    send: Callable[[Any], bool],
-    counters: Counters,
-    reporter: StatsReporter,
-    *,
-    realtime: bool = False,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> EndOfStream:
-    """Decode a whole file and send it; returns the end-of-stream message (already sent).
-
-    `realtime` paces frames at the file's own rate (a file standing in for a camera)."""
-    container = open_input(spec)
-    info = stream_info(container, spec, live=realtime)
-    reporter.extra["frames_expected"] = info.frames
-    send(info)
-    count, error = 0, ""
-    t0 = clock()
-    try:
-        frames = decode_frames(container)
-        while True:
-            with BusyTimer(reporter):
-                try:
-                    item = next(frames)
-                except StopIteration:
-                    break
-                except av.error.FFmpegError as e:
-                    error = f"decoding stopped after {count} frames: {e.strerror or e}"
-                    break
-            pts, image = item
-            if pts is None:
-                pts = count / info.fps
-            if realtime:
-                delay = t0 + pts - clock()
-                if delay > 0:
-                    sleep(delay)
-            counters.count_in(spec.stream)
-            if send(Frame(spec.stream, count, float(pts), time.time(), image)):
-                counters.count_out(spec.stream)
-            else:
-                counters.drop(spec.stream, "queue_full")
-            count += 1
-            reporter.tick()
-    finally:
-        container.close()
-    lost = bool(error)
-    if info.frames and count < info.frames:
-        lost = True
-        error = error or f"decoded {count} of {info.frames} frames (truncated file?)"
-    eos = EndOfStream(spec.stream, count, error, lost)
-    send(eos)
-    return eos
-
-
-def main(
-    *,
-    source: str,
-    stream: str,
-    kind: str,
-    frames_endpoint: str,
-    stats_endpoint: str | None = None,
-    live: bool = False,
-    realtime: bool = False,
-    hwdecode: str = "off",
-    verbose: bool = False,
-    **live_options: Any,
-) -> int:
-    """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable."""
-    setup_process(f"source[{stream}]", verbose=verbose)
-    spec = SourceSpec(stream, source, kind, hwdecode)
-    counters = Counters()
-    counters[stream]  # report the stream even if it never yields a frame
-    reporter = StatsReporter(stats_endpoint, "source", counters)
-    # Short queues: enough to keep the model fed, few enough that a frame waits little
-    sock = transport.push(frames_endpoint, hwm=2)
-    code = 0
-    try:
-        if kind == "file" and not live:
-            eos = run_file(
-                spec, lambda m: transport.send(sock, m), counters, reporter, realtime=realtime
-            )
-        else:
-            from streamseg.source.live import run_live
-
-            eos = run_live(spec, sock, counters, reporter, realtime=realtime, **live_options)
-        if eos.error:
-            log.warning("%s: %s", stream, eos.error)
-        code = 3 if eos.lost else 0
-    except SourceError as e:
-        log.error("%s", e)
-        transport.send(sock, EndOfStream(stream, 0, str(e), True))
-        reporter.extra["error"] = str(e)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        reporter.final()
-        transport.close_all(abort=code == 130)
-    return code

@@ -18,7 +18,7 @@ STAGES = ("source", "inference", "postprocess")
 
 def run_stage(stage: str, kwargs: dict) -> int:
     if stage == "source":
-        from streamseg.source.decode import main
+        from streamseg.source.main import main
     elif stage == "inference":
         from streamseg.inference.main import main
     elif stage == "postprocess":

@@ -1,0 +1,67 @@
+"""Source stage process: one per stream; decodes and sends stamped frames to inference.
+
+Each frame goes out stamped (stream, frame, pts, wall_time). Files go through `file`, RTSP
+streams and cameras through `live` (reconnects, watchdog); both end with an end-of-stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streamseg.accounting import Counters
+from streamseg.source.file import run_file
+from streamseg.source.live import run_live, send_live
+from streamseg.source.spec import SourceError, SourceSpec
+from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
+from streamseg.wire import transport
+from streamseg.wire.protocol import EndOfStream
+
+log = logging.getLogger(__name__)
+
+
+def main(
+    *,
+    source: str,
+    stream: str,
+    kind: str,
+    frames_endpoint: str,
+    stats_endpoint: str | None = None,
+    live: bool = False,
+    realtime: bool = False,
+    hwdecode: str = "off",
+    verbose: bool = False,
+    **live_options: Any,
+) -> int:
+    """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable."""
+    setup_process(f"source[{stream}]", verbose=verbose)
+    spec = SourceSpec(stream, source, kind, hwdecode)
+    counters = Counters()
+    counters[stream]  # report the stream even if it never yields a frame
+    reporter = StatsReporter(stats_endpoint, "source", counters)
+    # Short queues: enough to keep the model fed, few enough that a frame waits little
+    sock = transport.push(frames_endpoint, hwm=2)
+
+    def send(msg: Any, block: bool = True) -> bool:
+        return transport.send(sock, msg, block=block)
+
+    def loop() -> int:
+        try:
+            if kind != "file":
+                eos = run_live(spec, send, counters, reporter, **live_options)
+            elif live:  # a file standing in for a camera: paced, and frames never wait
+                eos = run_file(
+                    spec, lambda m: send_live(send, m), counters, reporter, realtime=True
+                )
+            else:
+                eos = run_file(spec, send, counters, reporter, realtime=realtime)
+        except SourceError as e:
+            log.error("%s", e)
+            send(EndOfStream(stream, 0, str(e), True))
+            reporter.extra["error"] = str(e)
+            return 2
+        if eos.error:
+            log.warning("%s: %s", stream, eos.error)
+        return 3 if eos.lost else 0
+
+    return run_stage_loop(loop, reporter)
