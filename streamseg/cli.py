@@ -11,6 +11,16 @@ DEFAULT_CONFIG = "shapes"
 """Shipped configs and pipelines are named by name (streamseg/data); paths work too."""
 
 
+def _size(text: str) -> tuple[int, int]:
+    """argparse type for WxH: a bad value is one usage line and exit 2, not a traceback."""
+    from streamseg.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -50,7 +60,9 @@ def _load_model_config(args: argparse.Namespace):
 
 
 def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
-    from streamseg.pipeline.supervisor import load_pipeline, run, summary
+    from streamseg.pipeline.report import summary
+    from streamseg.pipeline.spec import load_pipeline
+    from streamseg.pipeline.supervisor import run
     from streamseg.source.decode import open_input
     from streamseg.source.spec import SourceError, parse_sources
 
@@ -106,11 +118,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from streamseg.tools import synth
 
-    try:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        print(f"streamseg synth: error: --size must be WxH, got {args.size!r}", file=sys.stderr)
-        return 2
+    w, h = args.size
     gt = args.gt or str(Path(args.output).with_suffix(".json"))
     try:
         coco = synth.write_clip(
@@ -139,14 +147,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamseg.tools import demo
 
-    w, h = (int(v) for v in args.size.lower().split("x"))
     return demo.main(
         out=args.out,
         config=args.config,
         pipeline=args.pipeline,
         frames=args.frames,
         seed=args.seed,
-        size=(w, h),
+        size=args.size,
         device=args.device,
         quiet=args.quiet,
     )
@@ -174,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         "webcams. Stages (decode, batched inference, postprocess/sinks) run as separate "
         "processes linked by ZeroMQ.",
     )
+    from streamseg import __version__
+
+    parser.add_argument("--version", action="version", version=f"streamseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -238,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", help="ground truth JSON (default: OUTPUT with .json)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="frame count (default %(default)s)")
-    p.add_argument("--size", default="640x480", help="WxH, even numbers (default %(default)s)")
+    p.add_argument(
+        "--size", type=_size, default="640x480", help="WxH, even numbers (default %(default)s)"
+    )
     p.add_argument("--fps", type=int, default=30, help="frame rate (default %(default)s)")
     p.set_defaults(func=cmd_synth)
 
@@ -285,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--frames", type=int, default=300, help="clip length (default %(default)s)")
     p.add_argument("--seed", type=int, default=2024, help="clip seed (default %(default)s)")
-    p.add_argument("--size", default="640x480", help="WxH (default %(default)s)")
+    p.add_argument("--size", type=_size, default="640x480", help="WxH (default %(default)s)")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from streamseg.config import load_config
-from streamseg.pipeline.supervisor import load_pipeline, run, summary
+from streamseg.pipeline.report import summary
+from streamseg.pipeline.spec import load_pipeline
+from streamseg.pipeline.supervisor import run
 from streamseg.source.spec import parse_sources
 from streamseg.tools import evaluate, synth
 

@@ -1,0 +1,110 @@
+"""What a run did, from the stages' final counters: the exit code, stats lines and summary. Pure.
+
+Exit codes (the same every time, documented in the README):
+  0    every decoded frame has results (file runs), or a live run was stopped by the user
+  1    a stage failed unexpectedly
+  2    bad input or settings (unreadable source, missing weights, bad config)
+  3    frames were lost (truncated file, a stream that never came back)
+  130  a file run was interrupted (Ctrl-C, SIGTERM)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamseg.accounting import total_dropped
+from streamseg.wire.protocol import Stats
+
+
+@dataclass
+class RunReport:
+    """What the run did, from the stages' final counters."""
+
+    exit_code: int
+    elapsed_s: float
+    """Wall time of the whole run, stage start-up included."""
+    startup_s: float = 0.0
+    """Of which: until inference and postprocess were loaded and ready."""
+    sources: dict[str, Any] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    busy_s: dict[str, float] = field(default_factory=dict)
+    """Seconds of work per stage (sources summed)."""
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each stage's own figures (inference: batches, mean_batch, device; ...)."""
+    errors: list[str] = field(default_factory=list)
+    stream_lines: list[str] = field(default_factory=list)
+    """Live runs: the final per-stream line of each stream (see stream_lines)."""
+
+    def frames_done(self) -> int:
+        return sum(c.get("out", 0) for c in self.postprocess.values())
+
+    def processing_fps(self) -> float:
+        """Frames with results per second once the stages were running."""
+        running = self.elapsed_s - self.startup_s
+        return self.frames_done() / running if running > 0 else 0.0
+
+
+def exit_code(
+    codes: dict[str, int | None], report: RunReport, *, live: bool, interrupted: bool
+) -> int:
+    """The run's exit code (see the module doc) from each stage process's exit code (by name)
+    and the final counters; appends a line per problem to `report.errors`."""
+    for name, code in codes.items():
+        if code == 2:
+            report.errors.append(f"{name} could not start (see its error above)")
+    if any(c == 2 for c in codes.values()):
+        return 2
+    if interrupted:
+        return 130 if not live else 0
+    if any(c not in (0, 3) for c in codes.values()):
+        bad = [f"{n} exited with {c}" for n, c in codes.items() if c not in (0, 3)]
+        report.errors.extend(bad)
+        return 1
+    lost = False
+    for stream, c in report.sources.items():
+        decoded = c.get("in", 0)
+        done = report.postprocess.get(stream, {}).get("out", 0)
+        if not live and decoded != done:
+            report.errors.append(f"{stream}: {decoded} frames decoded but {done} with results")
+            lost = True
+        if c.get("lost"):
+            lost = True
+    return 3 if lost or any(c == 3 for c in codes.values()) else 0
+
+
+def stream_lines(
+    sources: dict[str, dict[str, Any]], stats: dict[str, Stats], elapsed: float
+) -> list[str]:
+    """One line per stream: fps in and processed, drops, reconnects, latency p50/p99."""
+    post = stats["postprocess"].counters if "postprocess" in stats else {}
+    inf = stats["inference"].counters if "inference" in stats else {}
+    lines = []
+    for stream in sorted(set(sources) | set(post)):
+        src, p, i = sources.get(stream, {}), post.get(stream, {}), inf.get(stream, {})
+        t = max(elapsed, 1e-9)
+        drops = total_dropped(src) + total_dropped(i) + total_dropped(p)
+        lines.append(
+            f"{stream}: in {src.get('in', 0) / t:.1f} fps, processed {p.get('out', 0) / t:.1f} fps"
+            f", dropped {drops}, reconnects {src.get('reconnects', 0)}"
+            f", latency p50 {p.get('latency_p50_ms', float('nan')):.0f} ms"
+            f" p99 {p.get('latency_p99_ms', float('nan')):.0f} ms"
+            + (f" ({src['state']})" if src.get("state", "up") != "up" else "")
+        )
+    return lines
+
+
+def summary(report: RunReport) -> str:
+    """The one-line end-of-run summary (plus a line per problem)."""
+    decoded = sum(c.get("in", 0) for c in report.sources.values())
+    done = report.frames_done()
+    fps = done / report.elapsed_s if report.elapsed_s > 0 else 0.0
+    busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(report.busy_s.items()))
+    dropped = sum(total_dropped(c) for c in report.inference.values())
+    dropped += sum(total_dropped(c) for c in report.sources.values())
+    text = (
+        f"done: {done}/{decoded} frames with results in {report.elapsed_s:.1f}s "
+        f"({fps:.1f} fps); dropped {dropped}; busy: {busy or 'n/a'}"
+    )
+    return "\n".join([text, *report.stream_lines, *report.errors])

@@ -1,0 +1,50 @@
+"""Pipeline files (pipelines/*.toml): which stages run, how they connect, with which policies.
+
+Pure: reading a file gives a frozen Pipeline; nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamseg import shipped
+from streamseg.config import ConfigError, read_toml
+
+ENDPOINTS = ("frames", "detections", "stats")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline file (pipelines/*.toml): which stages, which endpoints, which policies."""
+
+    endpoints: dict[str, str]
+    live: bool = False
+    realtime: bool = False
+    depth: int = 1
+    publish: str = ""
+    hwdecode: str = "auto"
+    path: str = ""
+
+
+def load_pipeline(name_or_path: str | Path) -> Pipeline:
+    """A pipeline file, given by path or by the name of a shipped one ("annotate", "watch")."""
+    try:
+        path = shipped.find("pipeline", name_or_path)
+    except shipped.NotFound as e:
+        raise ConfigError(str(e)) from None
+    data = read_toml(path)
+    endpoints = dict(data.get("endpoints", {}))
+    missing = [k for k in ENDPOINTS if k not in endpoints]
+    if missing:
+        raise ConfigError(f"{path}: [endpoints] needs {', '.join(missing)}")
+    src, inf, post = data.get("source", {}), data.get("inference", {}), data.get("postprocess", {})
+    return Pipeline(
+        endpoints=endpoints,
+        live=bool(src.get("live", False)),
+        realtime=bool(src.get("realtime", False)),
+        depth=int(inf.get("depth", 1)),
+        publish=str(post.get("publish", "")),
+        hwdecode=str(src.get("hwdecode", "auto")),
+        path=str(path),
+    )
