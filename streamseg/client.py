@@ -24,34 +24,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from streamseg.wire import transport
-from streamseg.wire.protocol import ProtocolError, decode_published
+from streamseg.wire.protocol import (
+    Instance,
+    ProtocolError,
+    check_int,
+    check_number,
+    decode_published,
+)
+
+__all__ = ["FrameResult", "Instance", "Subscriber", "parse"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One detected instance.
-
-    box: (x1, y1, x2, y2), frame pixels. rle: COCO compressed RLE {"size": [h, w], "counts": str}
-    of the full-frame mask.
-    """
-
-    label: int
-    label_name: str
-    score: float
-    box: tuple[float, float, float, float]
-    rle: dict[str, Any]
-
-    def mask(self) -> np.ndarray:
-        """The instance's mask: bool[H, W], True inside (decoded from the RLE now)."""
-        import pycocotools.mask as mask_utils
-
-        rle = {"size": list(self.rle["size"]), "counts": self.rle["counts"].encode()}
-        return mask_utils.decode(rle).astype(bool)
 
 
 @dataclass(frozen=True)
@@ -83,60 +67,22 @@ class FrameResult:
         return dict(Counter(i.label_name for i in self.instances))
 
 
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ProtocolError(f"{what} is not a number")
-    return float(value)
-
-
-def _integer(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"{what} is not an integer")
-    return value
-
-
-def _instance(raw: Any, height: int, width: int) -> Instance:
-    if not isinstance(raw, dict):
-        raise ProtocolError("instance is not an object")
-    box = raw.get("box")
-    if not isinstance(box, list) or len(box) != 4:
-        raise ProtocolError("instance box is not [x1, y1, x2, y2]")
-    rle = raw.get("rle")
-    if (
-        not isinstance(rle, dict)
-        or rle.get("size") != [height, width]
-        or not isinstance(rle.get("counts"), str)
-    ):
-        raise ProtocolError("instance rle is not {size: [height, width], counts: str}")
-    label_name = raw.get("label_name")
-    if not isinstance(label_name, str):
-        raise ProtocolError("instance label_name is not a string")
-    x1, y1, x2, y2 = (_number(v, "box coordinate") for v in box)
-    return Instance(
-        label=_integer(raw.get("label"), "label"),
-        label_name=label_name,
-        score=_number(raw.get("score"), "score"),
-        box=(x1, y1, x2, y2),
-        rle={"size": [height, width], "counts": rle["counts"]},
-    )
-
-
 def parse(parts: Sequence[Any], received: float) -> FrameResult:
     """A published message ([topic, header, ...]) -> FrameResult; ProtocolError if malformed."""
     r = decode_published(parts)
-    width, height = _integer(r.width, "width"), _integer(r.height, "height")
+    width, height = check_int(r.width, "width"), check_int(r.height, "height")
     if not isinstance(r.instances, list):
         raise ProtocolError("instances is not a list")
     return FrameResult(
         stream=r.stream,
-        frame=_integer(r.frame, "frame"),
-        pts=_number(r.pts, "pts"),
-        wall_time=_number(r.wall_time, "wall_time"),
+        frame=check_int(r.frame, "frame"),
+        pts=check_number(r.pts, "pts"),
+        wall_time=check_number(r.wall_time, "wall_time"),
         width=width,
         height=height,
-        seq=_integer(r.seq, "seq"),
+        seq=check_int(r.seq, "seq"),
         received=received,
-        instances=tuple(_instance(i, height, width) for i in r.instances),
+        instances=tuple(Instance.from_json(i, height, width) for i in r.instances),
     )
 
 

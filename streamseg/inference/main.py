@@ -21,7 +21,7 @@ from streamseg.config import ModelConfig, from_dict
 from streamseg.inference.batching import Batch, Batcher
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
-from streamseg.stage.shell import StatsReporter, setup_process
+from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
 from streamseg.wire import transport
 from streamseg.wire.protocol import Detections, EndOfStream, Frame, StreamStart
 
@@ -90,10 +90,11 @@ def serve(
     )
     thread.start()
     ended, batches, batched = 0, 0, 0
-    interrupted = False
     reporter.extra["device"] = str(executor.device)
     reporter.ready()
-    try:
+
+    def loop() -> int:
+        nonlocal ended, batches, batched
         while streams == 0 or ended < streams:
             with cond:
                 batch = batcher.next_batch()
@@ -124,15 +125,13 @@ def serve(
                 batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected
             )
             reporter.tick()
-    except KeyboardInterrupt:
-        interrupted = True
-        return 130
-    finally:
+        return 0
+
+    def cleanup() -> None:
         stop.set()
         thread.join(timeout=1.0)
-        reporter.final()
-        transport.close_all(abort=interrupted)
-    return 0
+
+    return run_stage_loop(loop, reporter, cleanup=cleanup)
 
 
 def main(

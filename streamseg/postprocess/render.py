@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from streamseg.config import label_name
 from streamseg.postprocess.masks import LocalMasks
 
 
@@ -49,9 +50,7 @@ def draw_instances(
         color = class_color(int(labels[i]))
         x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[i])
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        label = int(labels[i])
-        name = label_names[label] if 0 <= label < len(label_names) else str(label)
-        text = f"{name} {float(scores[i]):.2f}"
+        text = f"{label_name(label_names, int(labels[i]))} {float(scores[i]):.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(height - base - 1, y1 + th + 2)
         tx = min(max(0, x1), max(0, width - tw - 2))

@@ -109,11 +109,86 @@ class EndOfStream:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """One detected instance: a record of Result.instances, of a results-file line and of a
+    published result (docs/results-format.md). Built here and validated here, nowhere else.
+
+    box: (x1, y1, x2, y2), frame pixels. rle: COCO compressed RLE {"size": [h, w], "counts": str}
+    of the full-frame mask.
+    """
+
+    label: int
+    label_name: str
+    score: float
+    box: tuple[float, float, float, float]
+    rle: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as it is written and sent (score to 5 decimals, box to 2)."""
+        return {
+            "label": self.label,
+            "label_name": self.label_name,
+            "score": round(self.score, 5),
+            "box": [round(v, 2) for v in self.box],
+            "rle": self.rle,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, height: int, width: int) -> Instance:
+        """The instance in a decoded record of a `height` x `width` frame; ProtocolError for
+        anything else."""
+        if not isinstance(raw, dict):
+            raise ProtocolError("instance is not an object")
+        box = raw.get("box")
+        if not isinstance(box, list) or len(box) != 4:
+            raise ProtocolError("instance box is not [x1, y1, x2, y2]")
+        rle = raw.get("rle")
+        if (
+            not isinstance(rle, dict)
+            or rle.get("size") != [height, width]
+            or not isinstance(rle.get("counts"), str)
+        ):
+            raise ProtocolError("instance rle is not {size: [height, width], counts: str}")
+        label_name = raw.get("label_name")
+        if not isinstance(label_name, str):
+            raise ProtocolError("instance label_name is not a string")
+        x1, y1, x2, y2 = (check_number(v, "box coordinate") for v in box)
+        return cls(
+            label=check_int(raw.get("label"), "label"),
+            label_name=label_name,
+            score=check_number(raw.get("score"), "score"),
+            box=(x1, y1, x2, y2),
+            rle={"size": [height, width], "counts": rle["counts"]},
+        )
+
+    def mask(self) -> np.ndarray:
+        """The instance's mask: bool[H, W], True inside (decoded from the RLE now)."""
+        import pycocotools.mask as mask_utils
+
+        rle = {"size": list(self.rle["size"]), "counts": self.rle["counts"].encode()}
+        return mask_utils.decode(rle).astype(bool)
+
+
+def check_number(value: Any, what: str) -> float:
+    """`value` as a float; ProtocolError naming `what` unless it is a JSON number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{what} is not a number")
+    return float(value)
+
+
+def check_int(value: Any, what: str) -> int:
+    """`value` as an int; ProtocolError naming `what` unless it is a JSON integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{what} is not an integer")
+    return value
+
+
+@dataclass(frozen=True)
 class Result:
     """A frame's final instances, as in a results-file line (see docs/results-format.md).
 
-    instances: [{"label", "label_name", "score", "box": [x1, y1, x2, y2],
-                 "rle": {"size": [h, w], "counts": str}}]
+    instances: [Instance.to_json() records]: {"label", "label_name", "score",
+               "box": [x1, y1, x2, y2], "rle": {"size": [h, w], "counts": str}}
     """
 
     stream: str

@@ -1,0 +1,36 @@
+"""A frame's final results from the model's compact output: paste, threshold, RLE. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from streamseg.config import label_name
+from streamseg.postprocess.masks import LocalMasks, paste_masks, rle_encode
+from streamseg.wire.protocol import Detections, Instance, Result
+
+
+def make_result(
+    det: Detections, *, mask_threshold: float, label_names: Sequence[str]
+) -> tuple[Result, LocalMasks]:
+    """The frame's final instances (see Result) and its binary masks as crops."""
+    local = paste_masks(
+        torch.from_numpy(np.asarray(det.masks, dtype=np.float32))[:, None],
+        torch.from_numpy(np.asarray(det.boxes, dtype=np.float32)),
+        (det.height, det.width),
+        threshold=mask_threshold,
+    )
+    instances = [
+        Instance(
+            label=int(det.labels[i]),
+            label_name=label_name(label_names, int(det.labels[i])),
+            score=float(det.scores[i]),
+            box=tuple(float(v) for v in det.boxes[i]),
+            rle=rle,
+        ).to_json()
+        for i, rle in enumerate(rle_encode(local))
+    ]
+    result = Result(det.stream, det.frame, det.pts, det.wall_time, det.width, det.height, instances)
+    return result, local
