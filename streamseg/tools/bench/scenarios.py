@@ -103,6 +103,7 @@ def naive_loop(*, config: dict[str, Any], clips: list[str], out_dir: str) -> dic
     from streamseg.postprocess.masks import LocalMasks
     from streamseg.postprocess.render import draw_instances
     from streamseg.postprocess.sinks import VideoSink
+    from streamseg.wire.protocol import Instance
 
     cfg = from_dict(config)
     model = load_model(cfg)
@@ -134,13 +135,13 @@ def naive_loop(*, config: dict[str, Any], clips: list[str], out_dir: str) -> dic
                         "width": vs.width,
                         "height": vs.height,
                         "instances": [
-                            {
-                                "label": int(labels[k]),
-                                "label_name": label_name(names, int(labels[k])),
-                                "score": round(float(scores[k]), 5),
-                                "box": [round(float(v), 2) for v in boxes[k]],
-                                "rle": {"size": r["size"], "counts": r["counts"].decode()},
-                            }
+                            Instance(
+                                label=int(labels[k]),
+                                label_name=label_name(names, int(labels[k])),
+                                score=float(scores[k]),
+                                box=tuple(float(v) for v in boxes[k]),
+                                rle={"size": r["size"], "counts": r["counts"].decode()},
+                            ).to_json()
                             for k, r in enumerate(rles)
                         ],
                     }
