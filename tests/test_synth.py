@@ -241,3 +241,47 @@ def test_variety() -> None:
     # Circle diameters span ~15..220 px at 480 scale, i.e. half that at 240.
     diameters = 2 * np.array(sizes) * 480 / 240
     assert diameters.min() < 25 and diameters.max() > 150
+
+
+def test_objects_and_identities() -> None:
+    """Instances name their shape; ids hold through occlusion and change after leaving."""
+    from streamseg.tools.synth import Identities
+
+    lower = make_shape(SQUARE, 30, (200, 0, 0), 40, 60, vx=10)
+    upper = make_shape(CIRCLE, 60, (0, 200, 0), 80, 60)  # lower passes behind it
+    leaver = make_shape(TRIANGLE, 20, (0, 0, 200), 150, 20, vx=12, wrap=True)
+    world = World(160, 120, np.random.default_rng(0), background=solid(160, 120))
+    world.shapes = (lower, upper, leaver)
+    identities = Identities()
+    seen: list[dict[int, int]] = []  # per frame: shape index -> track id
+    for _ in range(14):
+        sample = world.render()
+        check_sample(sample, 160, 120)
+        ids = identities.update(world, sample)
+        assert sample.objects.dtype == np.int64 and len(ids) == len(sample.labels)
+        assert sample.labels.tolist() == [world.shapes[o].label for o in sample.objects]
+        seen.append(dict(zip(sample.objects.tolist(), ids, strict=True)))
+        world.step()
+    assert any(0 not in frame for frame in seen)  # the square was hidden for a while
+    assert {frame[0] for frame in seen if 0 in frame} == {1}  # ... and kept its id
+    assert {frame[1] for frame in seen} == {2}
+    leaver_ids = [frame[2] for frame in seen if 2 in frame]
+    assert leaver_ids[0] == 3 and leaver_ids[-1] == 4  # wrapped round: a new object
+    assert sorted(set(leaver_ids)) == [3, 4]
+
+
+def test_clip_ground_truth_carries_track_ids(tmp_path: Path) -> None:
+    coco = write_clip(tmp_path / "c.mp4", tmp_path / "c.json", seed=5, frames=20, size=(160, 120))
+    anns = coco["annotations"]
+    assert anns and all(isinstance(a["track_id"], int) and a["track_id"] >= 1 for a in anns)
+    # One annotation per object and frame; each object keeps its category.
+    pairs = [(a["image_id"], a["track_id"]) for a in anns]
+    assert len(pairs) == len(set(pairs))
+    tracks = {t["id"]: t for t in coco["tracks"]}
+    assert sorted(tracks) == list(range(1, len(tracks) + 1))
+    for a in anns:
+        t = tracks[a["track_id"]]
+        assert a["category_id"] == t["category_id"]
+        assert t["first_frame"] <= a["image_id"] - 1 <= t["last_frame"]
+    assert sum(t["frames"] for t in tracks.values()) == len(anns)
+    COCO(str(tmp_path / "c.json"))  # still plain COCO

@@ -49,12 +49,14 @@ class Sample:
     labels: int64[N], category ids 1..3 (index into CLASSES + 1).
     masks: bool[N, H, W], visible pixels of each instance (disjoint).
     boxes: float32[N, 4], xyxy, frame pixels, x2/y2 exclusive, tight around the mask.
+    objects: int64[N], which shape each instance is: its index in the world's shapes.
     """
 
     image: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
     boxes: np.ndarray
+    objects: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,28 @@ def step_shape(shape: Shape, width: int, height: int) -> Shape:
     return replace(shape, x=x, y=y, vx=vx, vy=vy, angle=(shape.angle + shape.spin) % math.tau)
 
 
+def _region(shape: Shape, width: int, height: int) -> tuple[int, int, int, int]:
+    """The frame region (x0, y0, x1, y1), exclusive, clipped, possibly empty, that holds every
+    pixel `shape` paints on a `width` x `height` frame."""
+    if shape.label == CIRCLE:
+        xmin, xmax = shape.x - shape.radius, shape.x + shape.radius
+        ymin, ymax = shape.y - shape.radius, shape.y + shape.radius
+    else:
+        pts = outline(shape)
+        (xmin, ymin), (xmax, ymax) = pts.min(0), pts.max(0)
+    # One pixel of slack on each side for the rasterizer's rounding.
+    x0, y0 = max(0, math.floor(xmin) - 1), max(0, math.floor(ymin) - 1)
+    x1, y1 = min(width, math.ceil(xmax) + 2), min(height, math.ceil(ymax) + 2)
+    return x0, y0, max(x0, x1), max(y0, y1)
+
+
+def in_frame(shape: Shape, width: int, height: int) -> bool:
+    """Whether any part of `shape` may be inside a `width` x `height` frame (its bounding
+    region overlaps the frame; hidden behind other shapes still counts as in the frame)."""
+    x0, y0, x1, y1 = _region(shape, width, height)
+    return x0 < x1 and y0 < y1
+
+
 def _paint(image: np.ndarray, idmap: np.ndarray, shape: Shape, value: int) -> tuple[int, ...]:
     """Paint `shape` into image (its colour) and idmap (`value`); return its clipped
     bounding region (x0, y0, x1, y1), exclusive, possibly empty."""
@@ -166,19 +190,12 @@ def _paint(image: np.ndarray, idmap: np.ndarray, shape: Shape, value: int) -> tu
         radius = round(shape.radius * k)
         cv2.circle(image, centre, radius, shape.color, -1, cv2.LINE_8, _SHIFT)
         cv2.circle(idmap, centre, radius, value, -1, cv2.LINE_8, _SHIFT)
-        xmin, xmax = shape.x - shape.radius, shape.x + shape.radius
-        ymin, ymax = shape.y - shape.radius, shape.y + shape.radius
     else:
-        pts = outline(shape)
-        poly = [np.round(pts * k).astype(np.int32)]
+        poly = [np.round(outline(shape) * k).astype(np.int32)]
         cv2.fillPoly(image, poly, shape.color, cv2.LINE_8, _SHIFT)
         cv2.fillPoly(idmap, poly, value, cv2.LINE_8, _SHIFT)
-        (xmin, ymin), (xmax, ymax) = pts.min(0), pts.max(0)
     h, w = idmap.shape
-    # One pixel of slack on each side for the rasterizer's rounding.
-    x0, y0 = max(0, math.floor(xmin) - 1), max(0, math.floor(ymin) - 1)
-    x1, y1 = min(w, math.ceil(xmax) + 2), min(h, math.ceil(ymax) + 2)
-    return x0, y0, max(x0, x1), max(y0, y1)
+    return _region(shape, w, h)
 
 
 def render_shapes(background: np.ndarray, shapes: Sequence[Shape], min_area: int) -> Sample:
@@ -192,7 +209,7 @@ def render_shapes(background: np.ndarray, shapes: Sequence[Shape], min_area: int
     idmap = np.zeros((h, w), np.int16)
     regions = [_paint(image, idmap, s, i + 1) for i, s in enumerate(shapes)]
     kept: list[tuple[int, tuple[int, ...], np.ndarray]] = []
-    boxes = []
+    boxes, objects = [], []
     for i, (shape, (x0, y0, x1, y1)) in enumerate(zip(shapes, regions, strict=True)):
         sub = idmap[y0:y1, x0:x1] == i + 1
         if np.count_nonzero(sub) < min_area:
@@ -200,6 +217,7 @@ def render_shapes(background: np.ndarray, shapes: Sequence[Shape], min_area: int
         cols, rows = np.flatnonzero(sub.any(0)), np.flatnonzero(sub.any(1))
         boxes.append((x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1))
         kept.append((shape.label, (x0, y0, x1, y1), sub))
+        objects.append(i)
     masks = np.zeros((len(kept), h, w), bool)
     for j, (_, (x0, y0, x1, y1), sub) in enumerate(kept):
         masks[j, y0:y1, x0:x1] = sub
@@ -208,6 +226,7 @@ def render_shapes(background: np.ndarray, shapes: Sequence[Shape], min_area: int
         labels=np.array([label for label, _, _ in kept], np.int64),
         masks=masks,
         boxes=np.array(boxes, np.float32).reshape(-1, 4),
+        objects=np.array(objects, np.int64),
     )
 
 
@@ -399,8 +418,15 @@ def random_sample(rng: np.random.Generator, width: int = 640, height: int = 480)
 # --- clip + COCO ground truth ------------------------------------------------------------------
 
 
-def coco_annotations(sample: Sample, *, image_id: int, first_id: int) -> list[dict[str, Any]]:
-    """COCO annotations (compressed RLE, str counts) of `sample`, ids from `first_id` on."""
+def coco_annotations(
+    sample: Sample,
+    *,
+    image_id: int,
+    first_id: int,
+    track_ids: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """COCO annotations (compressed RLE, str counts) of `sample`, ids from `first_id` on; with
+    `track_ids` (one per instance), each annotation also carries its "track_id"."""
     if len(sample.labels) == 0:
         return []
     stacked = np.asfortranarray(sample.masks.transpose(1, 2, 0).astype(np.uint8))
@@ -422,7 +448,42 @@ def coco_annotations(sample: Sample, *, image_id: int, first_id: int) -> list[di
                 "iscrowd": 0,
             }
         )
+        if track_ids is not None:
+            anns[-1]["track_id"] = int(track_ids[j])
     return anns
+
+
+class Identities:
+    """Ground-truth track ids of one clip's objects, frame after frame.
+
+    An object keeps its id while it is in the frame, also while hidden behind other shapes or
+    too small to annotate. One that leaves the frame (a wrapping shape, which jumps to the
+    opposite edge, or one wholly outside) comes back as a new object with a new id, since
+    nothing in the picture links the two. Ids count from 1 in order of first annotation.
+    """
+
+    def __init__(self) -> None:
+        self._current: dict[int, int] = {}  # shape index -> its track id
+        self._last: dict[int, tuple[float, float]] = {}  # shape index -> its last centre
+        self.next_id = 1
+
+    def update(self, world: World, sample: Sample) -> list[int]:
+        """The track id of each instance of `sample`, the frame `world` is at; call once per
+        frame, in order."""
+        for i, shape in enumerate(world.shapes):
+            px, py = self._last.get(i, (shape.x, shape.y))
+            # Motion moves a centre a few px per frame (SPEED_RANGE); only a wrap jumps this far.
+            wrapped = abs(shape.x - px) > world.width / 2 or abs(shape.y - py) > world.height / 2
+            if wrapped or not in_frame(shape, world.width, world.height):
+                self._current.pop(i, None)
+            self._last[i] = (shape.x, shape.y)
+        ids = []
+        for obj in sample.objects.tolist():
+            if obj not in self._current:
+                self._current[obj] = self.next_id
+                self.next_id += 1
+            ids.append(self._current[obj])
+        return ids
 
 
 def _check_clip_args(frames: int, size: tuple[int, int], fps: int, crf: int) -> None:
@@ -453,6 +514,8 @@ def write_clip(
     its COCO ground truth JSON. Same seed, same output. Returns the COCO dict.
 
     `size` is (width, height). Image ids are frame + 1; "frame" is the 0-based decode index.
+    Each annotation's "track_id" names its object across frames (see `Identities`); "tracks"
+    lists them: id, category_id, first_frame, last_frame and frames (annotated frames).
     """
     _check_clip_args(frames, size, fps, crf)
     # here, not at the top: training workers need no codec library
@@ -463,6 +526,8 @@ def write_clip(
     world = World(width, height, np.random.default_rng(seed))
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
+    identities = Identities()
+    tracks: dict[int, dict[str, Any]] = {}
     video = VideoSink(path, width, height, fps, crf=crf, preset=None)
     try:
         for frame in range(frames):
@@ -477,9 +542,23 @@ def write_clip(
                     "height": height,
                 }
             )
+            ids = identities.update(world, sample)
             annotations += coco_annotations(
-                sample, image_id=frame + 1, first_id=len(annotations) + 1
+                sample, image_id=frame + 1, first_id=len(annotations) + 1, track_ids=ids
             )
+            for track_id, label in zip(ids, sample.labels.tolist(), strict=True):
+                track = tracks.setdefault(
+                    track_id,
+                    {
+                        "id": track_id,
+                        "category_id": label,
+                        "first_frame": frame,
+                        "last_frame": frame,
+                        "frames": 0,
+                    },
+                )
+                track["last_frame"] = frame
+                track["frames"] += 1
             world.step()
     finally:
         video.close()
@@ -488,6 +567,7 @@ def write_clip(
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)],
+        "tracks": [tracks[k] for k in sorted(tracks)],
     }
     gt_path.write_text(json.dumps(coco))
     return coco
