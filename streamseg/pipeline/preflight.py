@@ -1,0 +1,173 @@
+"""Check every output path before any stage starts, so a bad one costs a second, not a model load.
+
+The supervisor side runs this: it imports neither PyAV nor torch. Each problem is one line that
+names the path and says how to fix it; an empty list means the outputs look writable.
+`output_path` (which file each stream writes) lives here, so the stages and the check agree.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+MIN_FREE_BYTES = 100 * 2**20
+"""Free space an output filesystem needs at the start (a few minutes of annotated video)."""
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".ts", ".flv")
+"""Containers PyAV (FFmpeg) muxes H.264 into, by extension; .mp4 and .mov are written fragmented,
+.mkv and .ts are streamable by nature (see postprocess.sinks.VideoSink)."""
+
+KERNEL_FILESYSTEMS = ("/proc", "/sys")
+
+
+def output_path(template: str, stream: str, n_streams: int) -> Path:
+    """The file for `stream`: `template` with {stream} filled in; several streams and no
+    placeholder -> NAME.STREAM.EXT, so no two streams ever write the same file."""
+    if "{stream}" in template:
+        return Path(template.replace("{stream}", stream))
+    if n_streams > 1:
+        p = Path(template)
+        return p.with_name(f"{p.stem}.{stream}{p.suffix}")
+    return Path(template)
+
+
+def video_format_problem(path: Path) -> str | None:
+    """Why `path` cannot take an H.264 video (by its extension), or None. Pure."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return None
+    if not suffix:
+        return (
+            f"{path}: no video file extension, so no container to write; "
+            f"add one, e.g. -o {path}.mp4"
+        )
+    others = ", ".join(VIDEO_EXTENSIONS[1:])
+    return (
+        f"{path}: {suffix} is not a container streamseg writes H.264 into; use .mp4 (or {others})"
+    )
+
+
+def kernel_path_problem(path: Path) -> str | None:
+    """Why `path` (already absolute and resolved) is no place for a file, or None. Pure."""
+    for root in KERNEL_FILESYSTEMS:
+        if path == Path(root) or Path(root) in path.parents:
+            return (
+                f"{path}: {root} is a kernel filesystem, not a place for output files; "
+                "give a path in a normal folder"
+            )
+    return None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest folder (or file) above `path` that exists: where a write would land."""
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path(path.anchor or ".")
+
+
+def _folder_problems(folder: Path, shown: Path, *, min_free_bytes: int) -> list[str]:
+    """Can a file be created in `folder` (the nearest existing one), with room to grow?"""
+    if not folder.is_dir():
+        return [f"{shown}: {folder} is a file, not a folder; choose another folder"]
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".streamseg-preflight-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return [
+            f"{shown}: cannot create files in {folder} ({e.strerror}); choose a writable folder"
+        ]
+    vfs = os.statvfs(folder)
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < min_free_bytes:
+        mb = 2**20
+        return [
+            f"{shown}: only {free / mb:.0f} MB free in {folder} (at least "
+            f"{min_free_bytes / mb:.0f} MB needed); free some space or write elsewhere"
+        ]
+    return []
+
+
+def _path_problems(
+    path: Path, *, video: bool, min_free_bytes: int, folders: dict[Path, list[str]]
+) -> list[str]:
+    """Everything wrong with writing `path`; `folders` caches the checks of each folder."""
+    resolved = Path(os.path.abspath(path)).resolve()
+    problem = kernel_path_problem(resolved)
+    if problem:
+        return [problem]
+    if resolved.is_dir():
+        example = "out.mp4" if video else "out.jsonl"
+        return [f"{path}: is a folder; give a file name in it, e.g. {path / example}"]
+    problems = []
+    if video:
+        problem = video_format_problem(path)
+        if problem:
+            problems.append(problem)
+    if resolved.exists():
+        if not stat.S_ISREG(resolved.stat().st_mode):
+            return problems  # a device such as /dev/null: no folder to fill
+        try:  # opening without O_TRUNC changes nothing
+            os.close(os.open(resolved, os.O_WRONLY))
+        except OSError as e:
+            return [*problems, f"{path}: cannot overwrite it ({e.strerror}); choose another name"]
+    folder = _existing_ancestor(resolved)
+    if folder not in folders:
+        folders[folder] = _folder_problems(folder, path, min_free_bytes=min_free_bytes)
+    return problems + folders[folder]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(os.path.abspath(a)).resolve() == Path(os.path.abspath(b)).resolve()
+
+
+def check_outputs(
+    video: str | None,
+    results: str | None,
+    streams: Sequence[str],
+    *,
+    inputs: Sequence[str] = (),
+    min_free_bytes: int = MIN_FREE_BYTES,
+) -> list[str]:
+    """Problems with the output files of a run, one line each (empty: all fine).
+
+    video, results: the -o and --results templates ({stream} or NAME.STREAM.EXT per stream, as
+    `output_path`); streams: the stream ids; inputs: input files, never to be overwritten.
+    Creates and removes one empty probe file in each output folder; writes nothing else.
+    """
+    n = len(streams)
+    ids = list(streams) or ["stream"]
+    folders: dict[Path, list[str]] = {}
+    problems: list[str] = []
+    planned: list[tuple[Path, str]] = []
+    for template, is_video, flag in ((video, True, "-o"), (results, False, "--results")):
+        if not template:
+            continue
+        for stream in ids:
+            path = output_path(template, stream, n)
+            planned.append((path, flag))
+            problems += _path_problems(
+                path, video=is_video, min_free_bytes=min_free_bytes, folders=folders
+            )
+    for i, (path, flag) in enumerate(planned):
+        for other, other_flag in planned[i + 1 :]:
+            if _same_file(path, other):
+                problems.append(
+                    f"{path}: both {flag} and {other_flag} would write this file; "
+                    "give them different names"
+                )
+        for source in inputs:
+            if os.path.exists(source) and _same_file(path, Path(source)):
+                problems.append(
+                    f"{path}: is also an input; writing it would destroy it while it is read; "
+                    "give another name"
+                )
+    # one line per problem, in order, even when several streams share a folder's problem
+    return list(dict.fromkeys(problems))
