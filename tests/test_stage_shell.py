@@ -1,0 +1,186 @@
+"""stage.shell: the stats reporter (with an injected clock) and the shared stage-loop ending,
+checked on a real ZeroMQ socket standing in for the runner."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from streamseg.accounting import Counters
+from streamseg.stage.shell import StatsReporter, run_stage_loop
+from streamseg.wire import transport
+from streamseg.wire.protocol import Stats
+
+WAIT_MS = 10_000  # only ever waited out when a test is about to fail
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """(endpoint, receiver): the runner's PULL end, bound on an ipc endpoint.
+
+    It lives in a zmq.Context of its own: run_stage_loop ends with transport.close_all, which
+    destroys the stage's (shared) context and would take this socket with it.
+    """
+    endpoint = f"ipc://{tmp_path}/stats"
+    assert len(endpoint) < 100  # ipc paths are limited to ~107 bytes
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.bind(endpoint)
+    try:
+        yield endpoint, transport.Receiver(sock, name="runner")
+    finally:
+        transport.close_all(abort=True)  # the reporters' sockets
+        sock.close(0)
+        ctx.term()
+
+
+def next_stats(receiver: transport.Receiver) -> Stats:
+    msg = receiver.recv(WAIT_MS)
+    assert isinstance(msg, Stats), f"expected a Stats report, got {msg!r}"
+    return msg
+
+
+def test_tick_reports_once_per_interval(runner):
+    endpoint, rx = runner
+    clock, counters = Clock(), Counters()
+    rep = StatsReporter(endpoint, "inference", counters, every_s=1.0, clock=clock)
+    for now in (0.0, 0.5, 0.999, 1.0, 1.5, 1.999, 2.0):
+        clock.now = now
+        counters.count_in("a")  # each tick sees a different count: which one sent shows
+        rep.tick()
+    rep.final()
+    # Nothing was sent before t = 1.0 (4 frames in), one at 1.0, none until 2.0 (7 in): the
+    # reports arrive in order, so anything sent in between would come first.
+    got = [next_stats(rx) for _ in range(3)]
+    assert [(m.counters["a"]["in"], m.final) for m in got] == [(4, False), (7, False), (7, True)]
+    assert rx.recv(0) is None
+
+
+def test_ready_says_ready(runner):
+    endpoint, rx = runner
+    rep = StatsReporter(endpoint, "postprocess", Counters(), clock=Clock())
+    rep.ready()
+    assert next_stats(rx) == Stats(
+        "postprocess", {}, 0.0, False, {"name": "postprocess", "ready": True}
+    )
+
+
+def test_final_carries_busy_time_and_counters_exactly(runner):
+    endpoint, rx = runner
+    counters = Counters()
+    counters.count_in("a", 5)
+    counters.count_out("a", 3)
+    counters.drop("a", "stale", 2)
+    counters.count_in("b")
+    rep = StatsReporter(endpoint, "source", counters, name="source[a]", clock=Clock())
+    rep.busy_s = 1.25
+    rep.final()
+    assert next_stats(rx) == Stats(
+        "source",
+        {
+            "a": {"in": 5, "out": 3, "dropped": {"stale": 2}},
+            "b": {"in": 1, "out": 0, "dropped": {}},
+        },
+        1.25,
+        True,
+        {"name": "source[a]"},
+    )
+
+
+def test_final_with_no_counters(runner):
+    endpoint, rx = runner
+    StatsReporter(endpoint, "inference", Counters(), clock=Clock()).final()
+    assert next_stats(rx) == Stats("inference", {}, 0.0, True, {"name": "inference"})
+
+
+def test_no_endpoint_sends_nothing_and_does_not_fail():
+    clock = Clock()
+    rep = StatsReporter(None, "inference", Counters(), clock=clock)
+    assert rep.sock is None
+    clock.now = 10.0
+    rep.tick()
+    rep.ready()
+    rep.final()
+    assert run_stage_loop(lambda: 0, rep) == 0
+
+
+# --- run_stage_loop ----------------------------------------------------------------------------
+
+
+def connected_reporter(endpoint: str, rx: transport.Receiver) -> StatsReporter:
+    """A reporter that already reached the runner, as a stage has once it said it is ready."""
+    counters = Counters()
+    counters.count_in("a", 2)
+    rep = StatsReporter(endpoint, "inference", counters, clock=Clock())
+    rep.ready()
+    assert next_stats(rx).extra["ready"] is True
+    return rep
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_loop_code_is_returned_then_cleanup_and_final_report(runner, code):
+    endpoint, rx = runner
+    rep = connected_reporter(endpoint, rx)
+    calls = []
+
+    def loop() -> int:
+        calls.append("loop")
+        return code
+
+    def cleanup() -> None:
+        calls.append("cleanup")
+        rep.busy_s = 0.5  # what cleanup does still makes the final report
+
+    assert run_stage_loop(loop, rep, cleanup=cleanup) == code
+    assert calls == ["loop", "cleanup"]
+    final = next_stats(rx)
+    assert final.final and final.busy_s == 0.5 and final.counters["a"]["in"] == 2
+
+
+def test_interrupted_loop_returns_130_then_cleanup_and_final_report(runner):
+    endpoint, rx = runner
+    rep = connected_reporter(endpoint, rx)
+    calls = []
+
+    def loop() -> int:
+        calls.append("loop")
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM via setup_process
+
+    assert run_stage_loop(loop, rep, cleanup=lambda: calls.append("cleanup")) == 130
+    assert calls == ["loop", "cleanup"]
+    final = next_stats(rx)
+    assert final.final and final.counters == {"a": {"in": 2, "out": 0, "dropped": {}}}
+
+
+def test_a_failing_cleanup_still_sends_the_final_report(runner):
+    endpoint, rx = runner
+    rep = connected_reporter(endpoint, rx)
+
+    def cleanup() -> None:
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_stage_loop(lambda: 0, rep, cleanup=cleanup)
+    assert next_stats(rx).final
+
+
+def test_a_crashing_loop_still_cleans_up_and_reports(runner):
+    endpoint, rx = runner
+    rep = connected_reporter(endpoint, rx)
+    calls = []
+
+    def loop() -> int:
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError, match="bug"):
+        run_stage_loop(loop, rep, cleanup=lambda: calls.append("cleanup"))
+    assert calls == ["cleanup"]
+    assert next_stats(rx).final
