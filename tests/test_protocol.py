@@ -18,6 +18,14 @@ from streamseg.wire.protocol import (
     encode_published,
 )
 
+INSTANCE = {
+    "label": 1,
+    "label_name": "circle",
+    "score": 0.9,
+    "box": [1.0, 2.0, 30.0, 40.0],
+    "rle": {"size": [48, 64], "counts": "PPYo0"},
+}
+
 
 def _bytes(parts):
     return [bytes(p) for p in parts]
@@ -64,7 +72,7 @@ def test_empty_detections():
         StreamStart("a", 640, 480, 29.97, 100, "x.mp4"),
         EndOfStream("a", 12, "truncated", True),
         Stats("inference", {"a": {"in": 1, "out": 1, "dropped": {}}}, 1.5, True),
-        Result("a", 3, 0.1, 5.0, 64, 48, [{"label": 1, "rle": {"size": [48, 64], "counts": "x"}}]),
+        Result("a", 3, 0.1, 5.0, 64, 48, [INSTANCE]),
     ],
 )
 def test_control_messages_round_trip(msg):
@@ -86,14 +94,59 @@ def test_published_result_has_topic_version_and_wall_time():
         ([], "empty"),
         ([b"\xff\xfe"], "not UTF-8 JSON"),
         ([b"[1, 2]"], "not a JSON object"),
-        ([json.dumps({"v": 99, "type": "eos"}).encode()], "version"),
+        ([json.dumps({"v": 99, "type": "eos"}).encode()], "protocol version 99"),
         ([json.dumps({"v": PROTOCOL_VERSION, "type": "pickle"}).encode()], "unknown"),
-        ([json.dumps({"v": PROTOCOL_VERSION, "type": "eos", "stream": "a"}).encode()], "fields"),
+        (
+            [json.dumps({"v": PROTOCOL_VERSION, "type": "eos", "stream": "a"}).encode()],
+            "EndOfStream",
+        ),
     ],
 )
 def test_malformed_messages_are_rejected(parts, why):
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match=why):
         decode(parts)
+
+
+def _with_header(parts, **changes):
+    """`parts` with header fields changed (a value of None removes the field)."""
+    header = json.loads(bytes(parts[0]))
+    for key, value in changes.items():
+        if value is None:
+            header.pop(key, None)
+        else:
+            header[key] = value
+    return [json.dumps(header).encode(), *map(bytes, parts[1:])]
+
+
+@pytest.mark.parametrize(
+    "version",
+    [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1, str(PROTOCOL_VERSION), None],
+    ids=["next", "previous", "as-text", "missing"],
+)
+@pytest.mark.parametrize(
+    "msg",
+    [
+        EndOfStream("a", 12, "truncated", True),
+        Frame("c", 0, 0.0, 0.0, np.zeros((2, 2, 3), np.uint8)),
+    ],
+)
+def test_other_protocol_versions_are_rejected(msg, version):
+    parts = encode(msg)
+    # The same message, re-serialised with the right version, decodes: only "v" is at fault.
+    same = decode(_with_header(parts, v=PROTOCOL_VERSION))
+    assert _bytes(encode(same)) == _bytes(parts)
+    expected = rf"protocol version {version!r}, expected {PROTOCOL_VERSION}\b"
+    with pytest.raises(ProtocolError, match=expected):
+        decode(_with_header(parts, v=version))
+
+
+@pytest.mark.parametrize("version", [PROTOCOL_VERSION + 1, None], ids=["next", "missing"])
+def test_published_results_of_another_version_are_rejected(version):
+    parts = encode_published(Result("cam1", 3, 0.1, 5.0, 64, 48, [INSTANCE]))
+    assert decode_published([parts[0], *_with_header(parts[1:])]).frame == 3
+    for key in ("v", "version"):
+        with pytest.raises(ProtocolError, match=rf"protocol version {version!r}"):
+            decode_published([parts[0], *_with_header(parts[1:], **{key: version})])
 
 
 def test_array_size_and_dtype_are_checked():
