@@ -19,9 +19,9 @@ from streamseg.postprocess.masks import (
 )
 
 M = 28  # torchvision's mask head resolution
-# Pixels whose probability is within float rounding of the threshold may differ from ATen's
-# result on builds whose rounding is not reproduced (e.g. CUDA); on CPU none do.
-MAX_DIFF_PIXELS = 4
+# On CPU paste_masks reproduces ATen's rounding, so it must equal torchvision bit for bit. On
+# CUDA (rounding not reproduced) pixels within float rounding of the threshold may differ.
+CUDA_MAX_DIFF_PIXELS = 4
 
 
 def reference(
@@ -63,14 +63,21 @@ def random_boxes(
 
 
 def check_against_torchvision(
-    masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], threshold: float = 0.5
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    threshold: float = 0.5,
+    *,
+    max_diff: int = 0,
 ) -> LocalMasks:
+    """paste_masks equals torchvision's paste; `max_diff` differing pixels per instance are
+    allowed (0: bit-identical, what CPU promises)."""
     local = paste_masks(masks, boxes, size, threshold=threshold)
     ref = reference(masks, boxes, size, threshold)
     full = local.full()
     assert full.shape == ref.shape
     diff = (full != ref).reshape(len(ref), -1).sum(axis=1)
-    assert diff.max(initial=0) <= MAX_DIFF_PIXELS, diff
+    assert diff.max(initial=0) <= max_diff, f"differing pixels per instance: {diff}"
     union = (full | ref).reshape(len(ref), -1).sum(axis=1)
     inter = (full & ref).reshape(len(ref), -1).sum(axis=1)
     assert np.all(inter >= 0.999 * union)
@@ -269,4 +276,4 @@ def test_cuda_matches_torchvision_on_cuda():
     size = (1080, 1920)
     masks = smooth_masks(rng, 20).cuda()
     boxes = random_boxes(rng, 20, size, 400, 0.1).cuda()
-    check_rle(check_against_torchvision(masks, boxes, size))
+    check_rle(check_against_torchvision(masks, boxes, size, max_diff=CUDA_MAX_DIFF_PIXELS))
