@@ -3,6 +3,7 @@ processes and ZeroMQ sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -141,6 +142,24 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _wait_for_results(proc: subprocess.Popen, results: Path, n: int, timeout: float) -> None:
+    """Wait until `results` holds `n` lines; fail, saying why, when the run ends or time is up."""
+    deadline = time.monotonic() + timeout
+    while not results.exists() or len(results.read_text().splitlines()) < n:
+        got = len(results.read_text().splitlines()) if results.exists() else 0
+        if proc.poll() is not None:
+            pytest.fail(
+                f"precondition: annotate exited with {proc.returncode} after {got} results, "
+                f"before the {n} needed to interrupt it mid-run:\n{proc.stderr.read()}"
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"precondition: only {got} of {n} results after {timeout:.0f} s; "
+                "frames are not flowing, so Ctrl-C would not be tested mid-run"
+            )
+        time.sleep(0.2)
+
+
 def test_ctrl_c_stops_every_stage(random_config, tmp_path):
     video = tmp_path / "long.mp4"
     synth.write_clip(video, tmp_path / "long.json", seed=1, frames=300, size=(320, 240))
@@ -155,11 +174,13 @@ def test_ctrl_c_stops_every_stage(random_config, tmp_path):
         str(random_config),
     ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (
-        not results.exists() or len(results.read_text().splitlines()) < 30
-    ):
-        time.sleep(0.2)  # frames are flowing through all stages
+    try:
+        _wait_for_results(proc, results, 30, timeout=120)  # frames flow through every stage
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the stages too: no orphans
+        proc.wait()
+        raise
     stages = _children(proc.pid)
     assert len(stages) == 3  # postprocess, inference, source
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
