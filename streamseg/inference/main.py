@@ -34,6 +34,27 @@ def _receive_loop(
     cond: threading.Condition,
     counters: Counters,
     stop: threading.Event,
+    failed: list[BaseException],
+) -> None:
+    """The receiver thread: drains the frames socket into `batcher` until `stop`. Whatever it
+    raises is logged in one line and put in `failed`, which ends the stage's main loop (exit 1):
+    a dead receiver must not leave the stage waiting for frames that never come."""
+    try:
+        _receive(receiver, batcher, cond, counters, stop)
+    except BaseException as e:
+        log.error("frames receiver failed (%s: %s); stopping", type(e).__name__, e)
+        log.debug("frames receiver failed", exc_info=e)  # the traceback, with --verbose
+        with cond:
+            failed.append(e)
+            cond.notify_all()
+
+
+def _receive(
+    receiver: transport.Receiver,
+    batcher: Batcher,
+    cond: threading.Condition,
+    counters: Counters,
+    stop: threading.Event,
 ) -> None:
     while not stop.is_set():
         with cond:
@@ -64,11 +85,12 @@ def serve(
     forward_images: bool,
 ) -> int:
     """Run until `streams` end-of-streams have passed (0: until interrupted)."""
+    counters = Counters()
+    reporter = StatsReporter(stats_endpoint, "inference", counters)
+    reporter.start_heartbeat()  # alive while the model loads, however long that takes
     model = load_model(cfg)
     executor = Executor(model, fp16=cfg.fp16)
     executor([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
-    counters = Counters()
-    reporter = StatsReporter(stats_endpoint, "inference", counters)
     # Queues hold about one batch in flight and one waiting: deeper ones only add latency. Not
     # below 4: with a receive HWM of 2, libzmq 4.3.5 lost the last messages of a sender that
     # closed while this side was not reading (reproduced: 9 of 11 arrived, LINGER -1).
@@ -85,8 +107,9 @@ def serve(
     )
     cond = threading.Condition()
     stop = threading.Event()
+    failed: list[BaseException] = []  # the receiver thread's error, if it died
     thread = threading.Thread(
-        target=_receive_loop, args=(receiver, batcher, cond, counters, stop), daemon=True
+        target=_receive_loop, args=(receiver, batcher, cond, counters, stop, failed), daemon=True
     )
     thread.start()
     ended, batches, batched = 0, 0, 0
@@ -96,6 +119,8 @@ def serve(
     def loop() -> int:
         nonlocal ended, batches, batched
         while streams == 0 or ended < streams:
+            if failed:
+                return 1
             with cond:
                 batch = batcher.next_batch()
                 if not isinstance(batch, Batch):
@@ -144,10 +169,14 @@ def main(
     live: bool = False,
     depth: int = 1,
     forward_images: bool = True,
+    restarted: bool = False,
     verbose: bool = False,
 ) -> int:
-    """`model`: every field of a ModelConfig (config.to_dict), as the runner resolved it."""
+    """`model`: every field of a ModelConfig (config.to_dict), as the runner resolved it.
+    `restarted`: a new life after the last one died (frames it held are lost, and counted)."""
     setup_process("inference", verbose=verbose)
+    if restarted:
+        logging.getLogger(__name__).info("restarted")
     cfg = from_dict(model)
     torch.set_grad_enabled(False)
     if cfg.threads > 0:

@@ -14,7 +14,54 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamseg.accounting import total_dropped
+from streamseg.pipeline.watchdog import describe_exit
 from streamseg.wire.protocol import Stats
+
+
+def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One stream's counters of two lives of a stage (before and after a restart): frames in,
+    out and dropped (by reason) add up; every other field is the newer one's."""
+    out = {**a, **b}
+    out["in"] = a.get("in", 0) + b.get("in", 0)
+    out["out"] = a.get("out", 0) + b.get("out", 0)
+    dropped = dict(a.get("dropped", {}))
+    for reason, n in b.get("dropped", {}).items():
+        dropped[reason] = dropped.get(reason, 0) + n
+    out["dropped"] = dropped
+    return out
+
+
+class Tally:
+    """The latest report of each stage process (by name: "inference", "source[cam1]"), with
+    the counters of its earlier lives added when it was restarted."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Stats] = {}
+        self.carried: dict[str, Stats] = {}
+
+    def update(self, name: str, msg: Stats) -> None:
+        self.latest[name] = msg
+
+    def restarted(self, name: str) -> None:
+        """`name` starts a new life: what its last life reported is kept and added to."""
+        merged = self.get(name)
+        if merged is not None:
+            self.carried[name] = merged
+        self.latest.pop(name, None)
+
+    def get(self, name: str) -> Stats | None:
+        """The stage's report over all its lives; None before it reported."""
+        old, new = self.carried.get(name), self.latest.get(name)
+        if old is None or new is None:
+            return new or old
+        streams = set(old.counters) | set(new.counters)
+        counters = {
+            k: add_counts(old.counters.get(k, {}), new.counters.get(k, {})) for k in streams
+        }
+        return Stats(new.stage, counters, old.busy_s + new.busy_s, new.final, new.extra)
+
+    def names(self) -> list[str]:
+        return sorted(set(self.latest) | set(self.carried))
 
 
 @dataclass
@@ -36,6 +83,8 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     stream_lines: list[str] = field(default_factory=list)
     """Live runs: the final per-stream line of each stream (see stream_lines)."""
+    restarts: dict[str, int] = field(default_factory=dict)
+    """Live runs: how often each stage process was restarted after it died or hung."""
 
     def frames_done(self) -> int:
         return sum(c.get("out", 0) for c in self.postprocess.values())
@@ -47,19 +96,27 @@ class RunReport:
 
 
 def exit_code(
-    codes: dict[str, int | None], report: RunReport, *, live: bool, interrupted: bool
+    codes: dict[str, int | None],
+    report: RunReport,
+    *,
+    live: bool,
+    interrupted: bool,
+    failed: bool = False,
 ) -> int:
     """The run's exit code (see the module doc) from each stage process's exit code (by name)
-    and the final counters; appends a line per problem to `report.errors`."""
+    and the final counters; appends a line per problem to `report.errors`. `failed`: the
+    supervisor ended the run because a stage died or hung (its line is in report.errors)."""
     for name, code in codes.items():
         if code == 2:
             report.errors.append(f"{name} could not start (see its error above)")
     if any(c == 2 for c in codes.values()):
         return 2
+    if failed:
+        return 1
     if interrupted:
         return 130 if not live else 0
     if any(c not in (0, 3) for c in codes.values()):
-        bad = [f"{n} exited with {c}" for n, c in codes.items() if c not in (0, 3)]
+        bad = [f"{n} {describe_exit(c)}" for n, c in codes.items() if c not in (0, 3, None)]
         report.errors.extend(bad)
         return 1
     lost = False
@@ -101,10 +158,32 @@ def summary(report: RunReport) -> str:
     done = report.frames_done()
     fps = done / report.elapsed_s if report.elapsed_s > 0 else 0.0
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(report.busy_s.items()))
-    dropped = sum(total_dropped(c) for c in report.inference.values())
-    dropped += sum(total_dropped(c) for c in report.sources.values())
+    reasons = drops_by_reason(report)
+    dropped = sum(reasons.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()) if v)
     text = (
         f"done: {done}/{decoded} frames with results in {report.elapsed_s:.1f}s "
-        f"({fps:.1f} fps); dropped {dropped}; busy: {busy or 'n/a'}"
+        f"({fps:.1f} fps); dropped {dropped}{f' ({detail})' if detail else ''}; "
+        f"busy: {busy or 'n/a'}"
     )
-    return "\n".join([text, *report.stream_lines, *report.errors])
+    lines = [text]
+    if report.restarts:
+        restarts = ", ".join(f"{k} {v}" for k, v in sorted(report.restarts.items()))
+        lines.append(f"restarted after dying or hanging: {restarts}")
+    return "\n".join([*lines, *report.stream_lines, *report.errors])
+
+
+def drops_by_reason(report: RunReport) -> dict[str, int]:
+    """Frames dropped on purpose, by reason, over every stage and stream, plus "in_transit":
+    frames decoded but neither finished nor dropped on purpose (in the queues of a stage that
+    died, or when a live run was stopped). A file run has none of those or it lost frames."""
+    out: dict[str, int] = {}
+    for group in (report.sources, report.inference, report.postprocess):
+        for counts in group.values():
+            for reason, n in counts.get("dropped", {}).items():
+                out[reason] = out.get(reason, 0) + int(n)
+    decoded = sum(c.get("in", 0) for c in report.sources.values())
+    missing = decoded - report.frames_done() - sum(out.values())
+    if missing > 0:
+        out["in_transit"] = missing
+    return out

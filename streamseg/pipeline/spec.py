@@ -24,6 +24,8 @@ class Pipeline:
     depth: int = 1
     publish: str = ""
     hwdecode: str = "auto"
+    hang_s: float = 2.0
+    """A stage silent (no heartbeat) for this long is hung: killed, then handled as dead."""
     path: str = ""
 
 
@@ -46,5 +48,6 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         depth=int(inf.get("depth", 1)),
         publish=str(post.get("publish", "")),
         hwdecode=str(src.get("hwdecode", "auto")),
+        hang_s=float(data.get("supervisor", {}).get("hang_s", 2.0)),
         path=str(path),
     )

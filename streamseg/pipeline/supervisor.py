@@ -1,43 +1,69 @@
 """Runs a pipeline: starts every stage as its own process, watches them, reports, cleans up.
 
 The supervisor never touches frames and imports no stage code (no PyAV, no torch): it binds the
-stats endpoint, where stages report their counters, draws the progress bar and periodic stats
-lines from them, and at the end hands the counters to `report` for the exit code and summary.
+stats endpoint, where stages report their counters and a heartbeat, draws the progress bar and
+periodic stats lines from them, and acts on `watchdog.StageWatch`'s verdicts: a hung stage is
+killed; a dead one ends a file run at once (exit 1, the others finish their files) and is
+restarted in a live run. At the end it hands the counters to `report` for the exit code and
+summary. SIGTERM stops a run exactly as Ctrl-C does; a second one stops it at once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamseg.config import ModelConfig, to_dict
 from streamseg.pipeline.progress import Progress
-from streamseg.pipeline.report import RunReport, exit_code, stream_lines
+from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
 from streamseg.pipeline.spec import Pipeline
+from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, StageWatch, describe_exit
 from streamseg.source.spec import SourceSpec
 from streamseg.wire import transport
 from streamseg.wire.protocol import Stats
+
+log = logging.getLogger("streamseg")
+
+DRAIN_S = {False: 30.0, True: 5.0}
+"""After every source ended, how long (file runs, live runs) the other stages may go without
+finishing a frame before the run stops waiting for them: a stage restarted in a live run can
+miss an end-of-stream that was in flight when its last life died."""
 
 
 @dataclass
 class _Proc:
     name: str
+    stage: str
+    kwargs: dict[str, Any]
     popen: subprocess.Popen
     code: int | None = None
+
+
+@dataclass
+class _Stop:
+    """Set from the signal handlers; read by the supervisor's loop."""
+
+    requested: int = 0
+    signals: list[str] = field(default_factory=list)
 
 
 def _spawn(stage: str, kwargs: dict[str, Any], name: str) -> _Proc:
     cmd = [sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return _Proc(name, subprocess.Popen(cmd, env=env))
+    # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops the stages in
+    # order (SIGTERM) instead of each one being interrupted wherever it happens to be.
+    popen = subprocess.Popen(cmd, env=env, start_new_session=True)
+    return _Proc(name, stage, kwargs, popen)
 
 
 def run(
@@ -53,65 +79,70 @@ def run(
     quiet: bool = False,
     verbose: bool = False,
 ) -> RunReport:
-    """Run the pipeline over `sources` until every stream ended (or Ctrl-C); never leaves a
-    stage process behind."""
+    """Run the pipeline over `sources` until every stream ended, a stage failed (file runs) or
+    the user stopped it (Ctrl-C, SIGTERM); never leaves a stage process behind."""
     rundir = tempfile.mkdtemp(prefix="streamseg-")
     ep = {k: v.replace("{run}", rundir) for k, v in pipeline.endpoints.items()}
     publish = publish if publish is not None else (pipeline.publish or None)
     stats_sock = transport.pull(ep["stats"], bind=True, hwm=1000)
-    receiver = transport.Receiver(stats_sock, name="runner")
+    receiver = transport.Receiver(stats_sock, name="supervisor")
     live = pipeline.live
     n = len(sources)
     common = {"stats_endpoint": ep["stats"], "verbose": verbose}
-    procs = [
-        _spawn(
-            "postprocess",
-            {
-                **common,
-                "detections_endpoint": ep["detections"],
-                "streams": n,
-                "mask_threshold": model.mask_threshold,
-                "label_names": list(model.labels),
-                "video": video,
-                "results": results,
-                "publish": publish,
-                "n_outputs": n,
-            },
-            "postprocess",
-        ),
-        _spawn(
-            "inference",
-            {
-                **common,
-                "model": to_dict(model),
-                "frames_endpoint": ep["frames"],
-                "detections_endpoint": ep["detections"],
-                "streams": n,
-                "live": live,
-                "depth": pipeline.depth,
-                "forward_images": bool(video),
-            },
-            "inference",
-        ),
-    ]
-    stats: dict[str, Stats] = {}
-    source_stats: dict[str, dict[str, Any]] = {}
-    t0 = time.monotonic()
-    interrupted = False
+    stop = _Stop()
+    restore = _install_signal_handlers(stop)
+    watch = StageWatch(live=live, hang_s=pipeline.hang_s)
+    tally = Tally()
+    procs: dict[str, _Proc] = {}
+    errors: list[str] = []
+    t0, epoch = time.monotonic(), time.time()
+
+    def start(stage: str, name: str, kwargs: dict[str, Any]) -> None:
+        procs[name] = _spawn(stage, {**common, **kwargs}, name)
+        watch.started(name, time.monotonic())
+
+    start(
+        "postprocess",
+        "postprocess",
+        {
+            "detections_endpoint": ep["detections"],
+            "streams": n,
+            "mask_threshold": model.mask_threshold,
+            "label_names": list(model.labels),
+            "video": video,
+            "results": results,
+            "publish": publish,
+            "n_outputs": n,
+        },
+    )
+    start(
+        "inference",
+        "inference",
+        {
+            "model": to_dict(model),
+            "frames_endpoint": ep["frames"],
+            "detections_endpoint": ep["detections"],
+            "streams": n,
+            "live": live,
+            "depth": pipeline.depth,
+            "forward_images": bool(video),
+        },
+    )
+    source_names = {spec.stream: f"source[{spec.stream}]" for spec in sources}
+    bar = Progress(None, unit="frames", enabled=None if not quiet else False)
+    ready = failed = False
+    t_ready = t0
     try:
         # Sources start once inference and postprocess are bound and loaded, so that no frame
         # (and no end-of-stream of a source that fails at once) waits on an absent peer.
-        ready = _wait_ready(receiver, procs, stats)
-    except KeyboardInterrupt:
-        ready, interrupted = False, True
-    t_ready = time.monotonic()
-    if ready:
-        for spec in sources:
-            procs.append(
-                _spawn(
+        ready = _wait_ready(receiver, procs, watch, tally, stop)
+        t_ready = time.monotonic()
+        if ready:
+            for spec in sources:
+                start(
                     "source",
+                    source_names[spec.stream],
                     {
-                        **common,
                         "source": spec.url,
                         "stream": spec.stream,
                         "kind": spec.kind,
@@ -121,48 +152,63 @@ def run(
                         "hwdecode": pipeline.hwdecode,
                         **(live_options or {}),
                     },
-                    f"source[{spec.stream}]",
                 )
-            )
-    bar = Progress(None, unit="frames", enabled=None if not quiet else False)
-    next_line = t0 + stats_every_s
-    try:
-        while ready and any(p.code is None for p in procs):
-            _absorb(receiver.recv(200), stats, source_stats)
-            for p in procs:
-                if p.code is None:
-                    p.code = p.popen.poll()
-            if any(
-                p.code not in (None, 0, 3) for p in procs if p.name in ("inference", "postprocess")
+        next_line = t0 + stats_every_s
+        drain = _Drain(DRAIN_S[live])
+        while ready and not stop.requested:
+            now = time.monotonic()
+            _absorb_all(receiver, tally, watch, 200)
+            for p in procs.values():
+                if p.code is None and (code := p.popen.poll()) is not None:
+                    p.code = code
+                    watch.exited(p.name, code, time.monotonic())
+            actions = watch.check(time.monotonic())
+            if _act(actions, procs, tally, watch, start, errors, epoch):
+                failed = True
+                break
+            if all(p.code is not None for p in procs.values()) and not any(
+                watch.down(name) for name in procs
             ):
-                break  # a core stage failed: nothing more can come through
+                break
+            post = tally.get("postprocess")
+            done = sum(c.get("out", 0) for c in post.counters.values()) if post else 0
+            if drain.stuck(procs, source_names.values(), done, now):
+                why = f"every source ended, but no frame was finished for {drain.wait_s:g} s"
+                if not live:  # a file run's stages must finish: something is wrong
+                    errors.append(f"{why}: stopped waiting")
+                    failed = True
+                else:  # an end-of-stream lost with a stage that died: nothing more will come
+                    log.warning("%s: stopping", why)
+                    stop.requested = 1
+                break
+            source_stats = _source_stats(tally, source_names, watch)
             expected = [c.get("frames_expected") for c in source_stats.values()]
             if expected and all(expected) and len(expected) == n:
                 bar.total = int(sum(expected))
-            post = stats.get("postprocess")
-            done = sum(c.get("out", 0) for c in post.counters.values()) if post else 0
             bar.update(done - bar.done)
-            now = time.monotonic()
             if live and now >= next_line and not quiet:
                 next_line = now + stats_every_s
-                for line in stream_lines(source_stats, stats, now - t0):
+                for line in stream_lines(source_stats, _stage_stats(tally), now - t0):
                     bar.line(line)
-    except KeyboardInterrupt:
-        interrupted = True
+        if not ready and not stop.requested:
+            failed = True
+            for p in procs.values():
+                if (code := p.popen.poll()) is not None and code != 2:
+                    errors.append(f"{p.name} {describe_exit(code)} while starting")
     finally:
-        _shutdown(procs, interrupted)
-        # late final reports (stages send them on their way out)
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
-            _absorb(receiver.recv(50), stats, source_stats)
+        interrupted = bool(stop.requested)
+        _shutdown(procs, watch, tally, receiver, stop, prompt=interrupted or failed or not ready)
         bar.close()
         transport.close_all(abort=True)
         shutil.rmtree(rundir, ignore_errors=True)
+        restore()
     elapsed = time.monotonic() - t0
+    stats = _stage_stats(tally)
+    source_stats = _source_stats(tally, source_names, watch)
     report = RunReport(
         exit_code=0,
         elapsed_s=elapsed,
-        startup_s=t_ready - t0,
+        startup_s=t_ready - t0 if ready else elapsed,
         sources=source_stats,
         inference=stats["inference"].counters if "inference" in stats else {},
         postprocess=stats["postprocess"].counters if "postprocess" in stats else {},
@@ -171,53 +217,216 @@ def run(
             "source": sum(c.get("busy_s", 0.0) for c in source_stats.values()),
         },
         extra={k: v.extra for k, v in stats.items()},
+        restarts=dict(watch.restarts),
     )
-    codes = {p.name: p.code for p in procs}
-    report.exit_code = exit_code(codes, report, live=live, interrupted=interrupted)
+    report.errors.extend(errors)
+    codes = {p.name: p.code for p in procs.values()}
+    report.exit_code = exit_code(codes, report, live=live, interrupted=interrupted, failed=failed)
+    if stop.signals:
+        report.errors.insert(0, f"stopped by {stop.signals[0]}")
     if live:
         report.stream_lines = stream_lines(source_stats, stats, elapsed)
     return report
 
 
-def _absorb(msg: object, stats: dict[str, Stats], source_stats: dict[str, dict[str, Any]]) -> None:
-    """Keep the latest report of each stage (of each stream, for sources)."""
-    if not isinstance(msg, Stats):
-        return
-    if msg.stage == "source":
-        for stream, c in msg.counters.items():
-            source_stats[stream] = {**c, **msg.extra, "busy_s": msg.busy_s}
-    else:
-        stats[msg.stage] = msg
+class _Drain:
+    """Notices stages that will never finish once every source has ended."""
 
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.done = -1
+        self.since = 0.0
 
-def _wait_ready(receiver: transport.Receiver, procs: list[_Proc], stats: dict[str, Stats]) -> bool:
-    """Wait until every started stage said it is ready; False when one exited first."""
-    waiting = {p.name for p in procs}
-    while waiting:
-        msg = receiver.recv(200)
-        if isinstance(msg, Stats):
-            stats[msg.stage] = msg
-            if msg.extra.get("ready"):
-                waiting.discard(msg.stage)
-        if any(p.popen.poll() is not None for p in procs):
+    def stuck(self, procs: dict[str, _Proc], sources: Any, done: int, now: float) -> bool:
+        names = list(sources)
+        if not names or any(procs[s].code is None for s in names if s in procs):
+            self.done = -1
             return False
-    return True
+        if any(s not in procs for s in names):
+            return False
+        if done != self.done:
+            self.done, self.since = done, now
+            return False
+        return now - self.since >= self.wait_s
 
 
-def _shutdown(procs: list[_Proc], interrupted: bool) -> None:
-    """Let stages finish (they close their files), then terminate, then kill: no orphans."""
-    deadline = time.monotonic() + (10.0 if interrupted else 5.0)
-    if not interrupted and any(p.popen.poll() not in (None, 0, 3) for p in procs):
-        deadline = time.monotonic()  # a stage failed: the rest would wait forever
-    for sig_deadline, sig in ((deadline, signal.SIGTERM), (deadline + 5.0, signal.SIGKILL)):
-        while time.monotonic() < sig_deadline and any(p.popen.poll() is None for p in procs):
-            time.sleep(0.05)
-        for p in procs:
+def _act(
+    actions: list[Any],
+    procs: dict[str, _Proc],
+    tally: Tally,
+    watch: StageWatch,
+    start: Any,
+    errors: list[str],
+    epoch: float,
+) -> bool:
+    """Carry out the watchdog's verdicts; True when the run must end (a file run's stage died)."""
+    failed = False
+    for a in actions:
+        p = procs[a.stage]
+        if a.kind == KILL:
+            log.warning("%s %s: killing it", a.stage, a.reason)
+            _signal(p, signal.SIGKILL)
+        elif a.kind == FAIL:
+            errors.append(f"{a.stage} {a.reason}: the run stopped; outputs hold what was done")
+            log.error("%s %s: stopping the run", a.stage, a.reason)
+            failed = True
+        elif a.kind == RESTART:
+            log.warning(
+                "%s %s: restarting it (restart %d)", a.stage, a.reason, watch.restarts[a.stage]
+            )
+            tally.restarted(a.stage)
+            start(p.stage, a.stage, _restart_kwargs(p, procs, tally, epoch))
+    return failed
+
+
+def _restart_kwargs(
+    p: _Proc, procs: dict[str, _Proc], tally: Tally, epoch: float
+) -> dict[str, Any]:
+    """A dead stage's arguments for its next life."""
+    kwargs = {k: v for k, v in p.kwargs.items() if k not in ("stats_endpoint", "verbose")}
+    ended = sum(1 for q in procs.values() if q.stage == "source" and q.code in (0, 2, 3))
+    if p.stage == "source":
+        # Frame numbers go on from where the last life got to (and well past what it may have
+        # decoded after its last report), so a stream's frame numbers never repeat.
+        prev = tally.get(p.name)
+        count = prev.counters.get(kwargs["stream"], {}).get("in", 0) if prev else 0
+        kwargs["first_frame"] = int(kwargs.get("first_frame", 0)) + count + 1000
+        kwargs["first_pts"] = time.time() - epoch
+    else:
+        kwargs["streams"] = max(1, int(kwargs["streams"]) - ended) if kwargs["streams"] else 0
+        kwargs["restarted"] = True
+    if p.stage == "postprocess":
+        kwargs["part"] = int(kwargs.get("part", 0)) + 1
+    return kwargs
+
+
+def _absorb_all(
+    receiver: transport.Receiver, tally: Tally, watch: StageWatch, timeout_ms: float
+) -> set[str]:
+    """Take every report waiting (waiting up to `timeout_ms` for the first); the names of the
+    stages that said they are ready."""
+    ready = set()
+    msg = receiver.recv(timeout_ms)
+    while msg is not None:
+        if isinstance(msg, Stats):
+            name = str(msg.extra.get("name", msg.stage))
+            is_ready = bool(msg.extra.get("ready"))
+            watch.seen(name, time.monotonic(), ready=is_ready, final=msg.final)
+            if is_ready:
+                ready.add(name)
+            if not msg.extra.get("heartbeat"):
+                tally.update(name, msg)
+        msg = receiver.recv(0)
+    return ready
+
+
+def _stage_stats(tally: Tally) -> dict[str, Stats]:
+    return {k: s for k in ("inference", "postprocess") if (s := tally.get(k)) is not None}
+
+
+def _source_stats(
+    tally: Tally, names: dict[str, str], watch: StageWatch
+) -> dict[str, dict[str, Any]]:
+    """Per stream: its source's counters over all its lives, its figures, and its state."""
+    out: dict[str, dict[str, Any]] = {}
+    for stream, name in names.items():
+        msg = tally.get(name)
+        if msg is None:
+            continue
+        counts = add_counts({}, msg.counters.get(stream, {}))
+        out[stream] = {**counts, **{k: v for k, v in msg.extra.items() if k != "name"}}
+        out[stream]["busy_s"] = msg.busy_s
+        if watch.down(name):
+            out[stream]["state"] = "source restarting"
+    return out
+
+
+def _wait_ready(
+    receiver: transport.Receiver,
+    procs: dict[str, _Proc],
+    watch: StageWatch,
+    tally: Tally,
+    stop: _Stop,
+) -> bool:
+    """Wait until every started stage said it is ready; False when one exited or hung first,
+    or the user stopped the run."""
+    waiting = set(procs)
+    while waiting and not stop.requested:
+        waiting -= _absorb_all(receiver, tally, watch, 200)
+        for p in procs.values():
+            if p.popen.poll() is not None:
+                return False
+        for a in watch.check(time.monotonic()):
+            if a.kind == KILL:
+                log.warning("%s %s: killing it", a.stage, a.reason)
+                _signal(procs[a.stage], signal.SIGKILL)
+    return not waiting
+
+
+def _signal(p: _Proc, sig: int) -> None:
+    try:
+        p.popen.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _shutdown(
+    procs: dict[str, _Proc],
+    watch: StageWatch,
+    tally: Tally,
+    receiver: transport.Receiver,
+    stop: _Stop,
+    *,
+    prompt: bool,
+) -> None:
+    """Let stages finish (they close their files), then terminate, then kill: no orphans.
+
+    `prompt` (stopped by the user, or a stage failed): ask every stage to stop now (SIGTERM),
+    sources first so that nothing new enters while the others close their outputs."""
+    order = sorted(procs.values(), key=lambda p: (p.stage != "source", p.stage == "postprocess"))
+    if prompt:
+        for p in order:
             if p.popen.poll() is None:
-                p.popen.send_signal(sig)
-    for p in procs:
+                _signal(p, signal.SIGTERM)
+    grace = 10.0 if prompt else 5.0
+    deadline = time.monotonic() + grace
+    for sig_deadline, sig in ((deadline, signal.SIGTERM), (deadline + 5.0, signal.SIGKILL)):
+        while time.monotonic() < sig_deadline and any(p.popen.poll() is None for p in order):
+            if stop.requested > 1:  # a second Ctrl-C / SIGTERM: stop waiting
+                break
+            _absorb_all(receiver, tally, watch, 50)
+        for p in order:
+            if p.popen.poll() is None:
+                _signal(p, sig)
+    for p in order:
         try:
             p.code = p.popen.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
             p.popen.kill()
             p.code = p.popen.wait()
+    # the last reports (stages send a final one on their way out)
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        _absorb_all(receiver, tally, watch, 50)
+
+
+def _install_signal_handlers(stop: _Stop) -> Any:
+    """Ctrl-C and SIGTERM ask the run to stop (the loop notices within 0.2 s); restores the
+    previous handlers when called. Only the main thread can set handlers: elsewhere, none."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.requested += 1
+        stop.signals.append(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+__all__ = ["run", "describe_exit"]

@@ -12,7 +12,8 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from fractions import Fraction
+from pathlib import Path
 
 import torch
 
@@ -29,21 +30,52 @@ log = logging.getLogger(__name__)
 
 
 class _Sinks:
-    """The open output files of one stream."""
+    """The open output files of one stream.
+
+    The video keeps the source's timestamps (1/90000 s, as MPEG-TS; variable frame rates stay
+    variable) and is fragmented about every second, so a killed stage leaves a playable file.
+    """
 
     def __init__(self, info: StreamStart, *, video: str | None, results: str | None, n: int):
         self.video = (
-            VideoSink(output_path(video, info.stream, n), info.width, info.height, info.fps)
+            VideoSink(
+                output_path(video, info.stream, n),
+                info.width,
+                info.height,
+                info.fps,
+                time_base=Fraction(1, 90000),
+                fragment_s=1.0,
+            )
             if video
             else None
         )
         self.results = ResultsSink(output_path(results, info.stream, n)) if results else None
 
+    def tick(self) -> None:
+        """Write results lines that waited a second (call when idle)."""
+        if self.results is not None:
+            self.results.tick()
+
     def close(self) -> None:
-        for sink in (self.video, self.results):
+        """Close every sink, even when one fails (its error is raised after)."""
+        sinks, self.video, self.results = (self.video, self.results), None, None
+        error: BaseException | None = None
+        for sink in sinks:
             if sink is not None:
-                sink.close()
-        self.video = self.results = None
+                try:
+                    sink.close()
+                except BaseException as e:  # noqa: BLE001 - re-raised once all are closed
+                    error = error or e
+        if error is not None:
+            raise error
+
+
+def _part(template: str | None, part: int) -> str | None:
+    """out.mp4 -> out.part2.mp4 (a restarted postprocess's outputs)."""
+    if template is None:
+        return None
+    path = Path(template)
+    return str(path.with_name(f"{path.stem}.part{part}{path.suffix}"))
 
 
 def serve(
@@ -57,10 +89,15 @@ def serve(
     results: str | None,
     publish: str | None,
     n_outputs: int,
+    restarted: int = 0,
 ) -> int:
     counters = Counters()
-    book = StreamBook(counters, streams=streams)
+    book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     reporter = StatsReporter(stats_endpoint, "postprocess", counters)
+    reporter.start_heartbeat()
+    if restarted:  # a new life: never overwrite what the last one wrote
+        video = _part(video, restarted)
+        results = _part(results, restarted)
     receiver = transport.Receiver(transport.pull(detections_endpoint, hwm=4), name="postprocess")
     pub = transport.publisher(publish) if publish else None
     sinks: dict[str, _Sinks] = {}
@@ -72,6 +109,8 @@ def serve(
             log.warning("%s: frame %d of a stream that is not open: dropped", det.stream, det.frame)
             return
         result, local = make_result(det, mask_threshold=mask_threshold, label_names=label_names)
+        if det.stream not in sinks:  # adopted: a stream that started before this life
+            sinks[det.stream] = _Sinks(state.info, video=video, results=results, n=n_outputs)
         out = sinks[det.stream]
         if out.results:
             out.results.write(result.to_json())
@@ -81,7 +120,8 @@ def serve(
             if det.image is None:
                 raise RuntimeError("video output needs frames forwarded by inference")
             out.video.write(
-                draw_instances(det.image, local, det.boxes, det.labels, det.scores, label_names)
+                draw_instances(det.image, local, det.boxes, det.labels, det.scores, label_names),
+                pts=det.pts,
             )
         book.done(state, time.time() - det.wall_time)
 
@@ -122,9 +162,12 @@ def main(
     results: str | None = None,
     publish: str | None = None,
     n_outputs: int = 1,
+    restarted: bool = False,
+    part: int = 0,
     verbose: bool = False,
-    **_: Any,
 ) -> int:
+    """`restarted`: a new life after the last one died; it takes over the streams already
+    running and writes its outputs to NAME.partN.EXT (N = `part`), next to the last life's."""
     setup_process("postprocess", verbose=verbose)
     torch.set_num_threads(1)  # the model stage needs the cores; paste work here is small
     return serve(
@@ -137,4 +180,5 @@ def main(
         results=results,
         publish=publish,
         n_outputs=n_outputs,
+        restarted=part if restarted else 0,
     )

@@ -28,10 +28,13 @@ class StreamState:
 class StreamBook:
     """Every stream the stage has seen, counted in `counters` (one record per stream)."""
 
-    def __init__(self, counters: Counters, *, streams: int) -> None:
-        """streams: how many end-of-streams end the run (0: never, a live run)."""
+    def __init__(self, counters: Counters, *, streams: int, adopt: bool = False) -> None:
+        """streams: how many end-of-streams end the run (0: never, a live run).
+        adopt: take frames of streams whose start this stage never saw (a restarted stage: the
+        streams started before its life; every message comes from the stage's own inference)."""
         self.counters = counters
         self.streams = streams
+        self.adopt = adopt
         self.states: dict[str, StreamState] = {}
         self.ended: set[str] = set()
         """Streams that ended (a source that never opened ends without having started)."""
@@ -51,6 +54,9 @@ class StreamBook:
         stream never started or already ended."""
         self.counters.count_in(det.stream)
         state = self.states.get(det.stream)
+        if state is None and self.adopt and det.stream not in self.ended:
+            info = StreamStart(det.stream, det.width, det.height, 30.0, live=True)
+            state = self.states[det.stream] = StreamState(info)
         if state is None:
             self.counters.drop(det.stream, "unknown_stream")
             return None

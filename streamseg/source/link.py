@@ -170,8 +170,10 @@ class PtsMapper:
     pts sent.
     """
 
-    def __init__(self, fps: float = 30.0) -> None:
+    def __init__(self, fps: float = 30.0, *, start: float = 0.0) -> None:
+        """start: the first frame's pts (a restarted source goes on from where it got to)."""
         self.period = 1.0 / fps if fps > 0 else 1.0 / 30.0
+        self.start = start
         self.last: float | None = None
         self.offset: float | None = None
 
@@ -182,7 +184,7 @@ class PtsMapper:
 
     def __call__(self, pts: float | None) -> float:
         """The stream pts (seconds) for a frame whose connection pts is `pts` (None: unknown)."""
-        following = 0.0 if self.last is None else self.last + self.period
+        following = self.start if self.last is None else self.last + self.period
         if pts is None:
             out = following
         else:

@@ -106,10 +106,14 @@ def run_live(
     retry_max_s: float = 10.0,
     give_up_s: float | None = None,
     retry_min_s: float = 0.5,
+    first_frame: int = 0,
+    first_pts: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> EndOfStream:
     """Run one RTSP stream or camera until it gives up or the process is stopped; returns the
-    end-of-stream message, already sent. `send(msg, block)` hands a message to inference."""
+    end-of-stream message, already sent. `send(msg, block)` hands a message to inference;
+    frame numbers start at `first_frame` and pts at `first_pts` (a restarted source goes on
+    past its last life's)."""
     if stall_s <= 0 or retry_max_s <= 0 or (give_up_s is not None and give_up_s <= 0):
         raise SourceError("--stall-s, --retry-max-s and --give-up-s must be > 0")
     watch = LinkWatch(
@@ -118,7 +122,16 @@ def run_live(
         retry_max_s=retry_max_s,
         give_up_s=give_up_s,
     )
-    return _run_link(spec, send, counters, reporter, watch, clock=clock)
+    return _run_link(
+        spec,
+        send,
+        counters,
+        reporter,
+        watch,
+        first_frame=first_frame,
+        first_pts=first_pts,
+        clock=clock,
+    )
 
 
 def _run_link(
@@ -128,15 +141,18 @@ def _run_link(
     reporter: StatsReporter,
     watch: LinkWatch,
     *,
+    first_frame: int,
+    first_pts: float,
     clock: Callable[[], float],
     tick_s: float = 0.5,
 ) -> EndOfStream:
     stream = spec.stream
     stat = counters[stream]
     events: queue.Queue[_Event] = queue.Queue(maxsize=4)
-    pts_map = PtsMapper()
+    pts_map = PtsMapper(start=first_pts)
     reader: _Reader | None = None
-    gen = sent = count = 0  # connections made, frames sent, frames decoded
+    gen = sent = 0  # connections made, frames sent
+    count = first_frame  # the next frame's number
     # PyAV's timeouts are only a backstop that lets an abandoned reader end by itself; the
     # watchdog (stall_s) acts first.
     av_timeout_s = 2.0 * watch.stall_s + 1.0

@@ -30,6 +30,8 @@ def main(
     live: bool = False,
     realtime: bool = False,
     hwdecode: str = "off",
+    first_frame: int = 0,
+    first_pts: float = 0.0,
     verbose: bool = False,
     **live_options: Any,
 ) -> int:
@@ -38,7 +40,9 @@ def main(
     spec = SourceSpec(stream, source, kind, hwdecode)
     counters = Counters()
     counters[stream]  # report the stream even if it never yields a frame
-    reporter = StatsReporter(stats_endpoint, "source", counters)
+    reporter = StatsReporter(stats_endpoint, "source", counters, name=f"source[{stream}]")
+    reporter.start_heartbeat()
+    reporter.ready()  # a source has nothing to load; its own watchdog handles slow streams
     # Short queues: enough to keep the model fed, few enough that a frame waits little
     sock = transport.push(frames_endpoint, hwm=2)
 
@@ -48,7 +52,15 @@ def main(
     def loop() -> int:
         try:
             if kind != "file":
-                eos = run_live(spec, send, counters, reporter, **live_options)
+                eos = run_live(
+                    spec,
+                    send,
+                    counters,
+                    reporter,
+                    first_frame=first_frame,
+                    first_pts=first_pts,
+                    **live_options,
+                )
             elif live:  # a file standing in for a camera: paced, and frames never wait
                 eos = run_file(
                     spec, lambda m: send_live(send, m), counters, reporter, realtime=True

@@ -33,7 +33,20 @@ def run_stage(stage: str, kwargs: dict) -> int:
         return 2
 
 
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m streamseg.stage STAGE JSON_KWARGS", file=sys.stderr)
+        return 2
+    try:
+        kwargs = json.loads(argv[1])
+    except ValueError:
+        print("streamseg stage: error: JSON_KWARGS is not valid JSON", file=sys.stderr)
+        return 2
+    try:
+        return run_stage(argv[0], kwargs)
+    except KeyboardInterrupt:  # stopped (SIGTERM/Ctrl-C) before or after its loop: no traceback
+        return 130
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m streamseg.stage STAGE JSON_KWARGS")
-    sys.exit(run_stage(sys.argv[1], json.loads(sys.argv[2])))
+    sys.exit(main(sys.argv[1:]))

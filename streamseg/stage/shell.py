@@ -6,6 +6,7 @@ import ctypes
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,10 @@ def setup_process(stage: str, *, verbose: bool = False) -> None:
 
 
 class StatsReporter:
-    """Sends the stage's counters to the runner every `every_s` seconds and once at the end."""
+    """Sends the stage's counters to the runner every `every_s` seconds and once at the end.
+
+    `name` tells the supervisor which process reported ("source[cam1]"; default: the stage).
+    """
 
     def __init__(
         self,
@@ -46,17 +50,49 @@ class StatsReporter:
         stage: str,
         counters: Counters,
         *,
+        name: str | None = None,
         every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.endpoint = endpoint
         self.sock = transport.stats_push(endpoint) if endpoint else None
         self.stage = stage
+        self.name = name or stage
         self.counters = counters
         self.every_s = every_s
         self.clock = clock
         self.last = clock()
         self.busy_s = 0.0
-        self.extra: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {"name": self.name}
+        self._beat: threading.Thread | None = None
+        self._stop_beat = threading.Event()
+
+    def start_heartbeat(self, every_s: float = 0.25) -> None:
+        """Report "alive" every `every_s` from a thread of its own (its own socket: ZeroMQ
+        sockets are not thread-safe), whatever the main loop is doing, so that the supervisor
+        tells a busy stage (a long model call) from a frozen or dead one."""
+        if self.endpoint is None or self._beat is not None:
+            return
+        endpoint, stage, name, stop = self.endpoint, self.stage, self.name, self._stop_beat
+        extra = self.extra
+
+        def beat() -> None:
+            sock = transport.stats_push(endpoint)
+            try:
+                while not stop.wait(every_s):
+                    info = {"name": name, "heartbeat": True, "ready": bool(extra.get("ready"))}
+                    transport.send(sock, Stats(stage, {}, extra=info), block=False)
+            finally:
+                sock.close(0)
+
+        self._beat = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        self._beat.start()
+
+    def stop_heartbeat(self) -> None:
+        if self._beat is not None:
+            self._stop_beat.set()
+            self._beat.join(timeout=1.0)
+            self._beat = None
 
     def tick(self) -> None:
         """Report if the interval has passed; never blocks."""
@@ -66,6 +102,7 @@ class StatsReporter:
             self._send(final=False)
 
     def final(self) -> None:
+        self.stop_heartbeat()
         self._send(final=True)
 
     def ready(self) -> None:

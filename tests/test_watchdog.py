@@ -1,0 +1,111 @@
+"""pipeline.watchdog.StageWatch and report.Tally: liveness verdicts and counters across a
+restarted stage's lives, from samples with made-up times."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamseg.pipeline.report import Tally, add_counts
+from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, Action, StageWatch, describe_exit
+from streamseg.wire.protocol import Stats
+
+
+def test_silent_ready_stage_is_killed_after_hang_s():
+    w = StageWatch(live=False, hang_s=2.0)
+    w.started("inference", 0.0)
+    w.seen("inference", 1.0, ready=True)
+    assert w.check(2.9) == []
+    assert w.check(3.0) == [Action(KILL, "inference", "hung: no heartbeat for 2.0 s")]
+    assert w.check(3.5) == []  # asked once; its exit comes next
+    w.exited("inference", -9, 3.6)
+    assert w.check(3.7) == [Action(FAIL, "inference", "hung: no heartbeat for 2.0 s")]
+    assert w.check(10.0) == []  # a failure is reported once
+
+
+def test_loading_stage_gets_start_s_not_hang_s():
+    w = StageWatch(live=False, hang_s=2.0, start_s=60.0)
+    w.started("inference", 0.0)
+    w.seen("inference", 0.5)  # heartbeat while loading, then silent (holding the interpreter)
+    assert w.check(30.0) == []
+    assert w.check(60.0) == [Action(KILL, "inference", "not ready 60 s after starting")]
+
+
+def test_final_report_ends_hang_checks():
+    w = StageWatch(live=False, hang_s=2.0)
+    w.started("postprocess", 0.0)
+    w.seen("postprocess", 1.0, ready=True)
+    w.seen("postprocess", 2.0, final=True)  # on its way out, delivering what it holds
+    assert w.check(30.0) == []
+
+
+@pytest.mark.parametrize("code", [0, 2, 3])
+def test_normal_exits_are_not_deaths(code):
+    for live in (False, True):
+        w = StageWatch(live=live)
+        w.started("source[a]", 0.0)
+        w.exited("source[a]", code, 1.0)
+        assert w.check(100.0) == [] and not w.down("source[a]")
+
+
+def test_file_run_fails_on_a_death():
+    w = StageWatch(live=False)
+    w.started("source[a]", 0.0)
+    w.exited("source[a]", -9, 5.0)
+    assert w.check(5.0) == [Action(FAIL, "source[a]", "killed by SIGKILL")]
+
+
+def test_live_run_restarts_with_doubling_backoff():
+    w = StageWatch(live=True, retry_min_s=0.5, retry_max_s=1.5)
+    t = 0.0
+    waits = []
+    for _ in range(4):
+        w.started("inference", t)
+        w.seen("inference", t, ready=True)
+        w.exited("inference", 1, t)
+        assert w.down("inference") and not w.running("inference")
+        died = t
+        while not (actions := w.check(t)):
+            t += 0.25
+        assert actions == [Action(RESTART, "inference", "exited with 1")]
+        waits.append(t - died)
+    assert waits == [0.5, 1.0, 1.5, 1.5]
+    assert w.restarts == {"inference": 4}
+
+
+def test_describe_exit():
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(1) == "exited with 1"
+    assert describe_exit(130) == "stopped (interrupted)"
+    assert describe_exit(None) == "still running"
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        StageWatch(live=True, hang_s=0)
+    with pytest.raises(ValueError):
+        StageWatch(live=True, retry_min_s=2, retry_max_s=1)
+
+
+def test_tally_adds_the_lives_of_a_restarted_stage():
+    t = Tally()
+    assert t.get("inference") is None
+    t.update("inference", Stats("inference", {"a": {"in": 5, "out": 4, "dropped": {"stale": 1}}}))
+    t.update("inference", Stats("inference", {"a": {"in": 9, "out": 7, "dropped": {"stale": 2}}}))
+    t.restarted("inference")
+    assert t.get("inference").counters["a"]["in"] == 9  # the last life's report, kept
+    t.update(
+        "inference",
+        Stats("inference", {"a": {"in": 3, "out": 3}, "b": {"in": 1, "out": 0}}, busy_s=1.0),
+    )
+    merged = t.get("inference")
+    assert merged.counters["a"] == {"in": 12, "out": 10, "dropped": {"stale": 2}}
+    assert merged.counters["b"] == {"in": 1, "out": 0, "dropped": {}}
+    assert merged.busy_s == 1.0
+    assert t.names() == ["inference"]
+
+
+def test_add_counts_keeps_the_newer_fields():
+    old = {"in": 1, "out": 1, "dropped": {"x": 1}, "state": "up"}
+    new = {"in": 2, "out": 0, "dropped": {"x": 1, "y": 3}, "state": "gone"}
+    assert add_counts(old, new) == {"in": 3, "out": 1, "dropped": {"x": 2, "y": 3}, "state": "gone"}
+    assert add_counts({}, {}) == {"in": 0, "out": 0, "dropped": {}}
