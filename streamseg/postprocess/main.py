@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any
+from pathlib import Path
 
 import torch
 
@@ -70,6 +70,14 @@ class _Sinks:
             raise error
 
 
+def _part(template: str | None, part: int) -> str | None:
+    """out.mp4 -> out.part2.mp4 (a restarted postprocess's outputs)."""
+    if template is None:
+        return None
+    path = Path(template)
+    return str(path.with_name(f"{path.stem}.part{part}{path.suffix}"))
+
+
 def serve(
     *,
     detections_endpoint: str,
@@ -81,10 +89,15 @@ def serve(
     results: str | None,
     publish: str | None,
     n_outputs: int,
+    restarted: int = 0,
 ) -> int:
     counters = Counters()
-    book = StreamBook(counters, streams=streams)
+    book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     reporter = StatsReporter(stats_endpoint, "postprocess", counters)
+    reporter.start_heartbeat()
+    if restarted:  # a new life: never overwrite what the last one wrote
+        video = _part(video, restarted)
+        results = _part(results, restarted)
     receiver = transport.Receiver(transport.pull(detections_endpoint, hwm=4), name="postprocess")
     pub = transport.publisher(publish) if publish else None
     sinks: dict[str, _Sinks] = {}
@@ -96,6 +109,8 @@ def serve(
             log.warning("%s: frame %d of a stream that is not open: dropped", det.stream, det.frame)
             return
         result, local = make_result(det, mask_threshold=mask_threshold, label_names=label_names)
+        if det.stream not in sinks:  # adopted: a stream that started before this life
+            sinks[det.stream] = _Sinks(state.info, video=video, results=results, n=n_outputs)
         out = sinks[det.stream]
         if out.results:
             out.results.write(result.to_json())
@@ -147,9 +162,12 @@ def main(
     results: str | None = None,
     publish: str | None = None,
     n_outputs: int = 1,
+    restarted: bool = False,
+    part: int = 0,
     verbose: bool = False,
-    **_: Any,
 ) -> int:
+    """`restarted`: a new life after the last one died; it takes over the streams already
+    running and writes its outputs to NAME.partN.EXT (N = `part`), next to the last life's."""
     setup_process("postprocess", verbose=verbose)
     torch.set_num_threads(1)  # the model stage needs the cores; paste work here is small
     return serve(
@@ -162,4 +180,5 @@ def main(
         results=results,
         publish=publish,
         n_outputs=n_outputs,
+        restarted=part if restarted else 0,
     )
