@@ -53,14 +53,18 @@ class Run:
         os.kill(self.proc.pid, sig)
 
     def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        """The run's exit code; fails (killing what is left) if it does not end in time."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            stages = stage_pids(self.proc.pid, "")
             os.killpg(self.proc.pid, signal.SIGKILL)
-            for pid in stage_pids(self.proc.pid, ""):
+            for pid in stages:
                 os.kill(pid, signal.SIGKILL)
             self.proc.wait()
             raise AssertionError(f"the run did not end within {timeout} s:\n{self.stderr()}")
+        return self.proc.returncode
 
 
 def stage_pids(parent: int, stage: str) -> list[int]:
