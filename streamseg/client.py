@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streamseg.wire import transport
+from streamseg.wire import curve, transport
 from streamseg.wire.protocol import (
     Instance,
     ProtocolError,
@@ -36,6 +36,9 @@ from streamseg.wire.protocol import (
 __all__ = ["FrameResult", "Instance", "Subscriber", "parse"]
 
 log = logging.getLogger(__name__)
+
+_CHECK_S = 0.25
+"""While waiting for results, a subscriber looks this often whether its handshake failed."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,9 @@ class Subscriber:
 
     streams: stream ids to receive (None: all). timeout_s: end the iteration when no result came
     for this long (None: wait forever). hwm: results queued here before the publisher drops
-    (ZeroMQ's receive high-water mark).
+    (ZeroMQ's receive high-water mark). security: CURVE keys for a publisher on the network
+    (`curve.client_security(keys, server_key)`; None: plain, for loopback). max_msg_bytes: a
+    larger message part disconnects the publisher (ZeroMQ drops it; the subscriber reconnects).
     Counters: `received` and `missed` per stream, `rejected` (malformed messages, skipped).
     """
 
@@ -121,6 +126,8 @@ class Subscriber:
         *,
         timeout_s: float | None = None,
         hwm: int = 1000,
+        security: transport.Security | None = None,
+        max_msg_bytes: int = transport.DEFAULT_MAX_MSG_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = endpoint
@@ -128,7 +135,13 @@ class Subscriber:
         self.timeout_s = timeout_s
         self.clock = clock
         # ZeroMQ topics match by prefix ("cam1" also gets "cam10"): filter exactly below too.
-        self.sock = transport.subscriber(endpoint, sorted(self.streams or [""]), hwm=hwm)
+        self.sock, self.handshakes = transport.watched_subscriber(
+            endpoint,
+            sorted(self.streams or [""]),
+            hwm=hwm,
+            max_msg_bytes=max_msg_bytes,
+            security=security,
+        )
         self.gaps = GapCounter()
         self.received: dict[str, int] = {}
         self.rejected = 0
@@ -138,13 +151,22 @@ class Subscriber:
         return self.gaps.missed
 
     def recv(self, timeout_s: float | None = None) -> FrameResult | None:
-        """The next result of a wanted stream, or None when none came within `timeout_s`."""
+        """The next result of a wanted stream, or None when none came within `timeout_s`.
+
+        Raises transport.HandshakeError when the publisher refuses this subscriber's keys (or
+        they disagree on CURVE): nothing would ever arrive.
+        """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            parts = transport.recv_raw(self.sock, None if left is None else left * 1000.0)
+            left = _CHECK_S if deadline is None else max(0.0, deadline - time.monotonic())
+            parts = transport.recv_raw(self.sock, min(left, _CHECK_S) * 1000.0)
             if parts is None:
-                return None
+                error = self.handshakes.failure()
+                if error is not None:
+                    raise transport.HandshakeError(error)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
             try:
                 result = parse(parts, self.clock())
             except ProtocolError as e:
@@ -165,6 +187,7 @@ class Subscriber:
             yield result
 
     def close(self) -> None:
+        self.handshakes.close()
         self.sock.close(0)
 
     def __enter__(self) -> Subscriber:
@@ -181,8 +204,25 @@ def format_line(r: FrameResult) -> str:
     return f"{r.stream} frame {r.frame} latency {r.latency * 1000:.0f} ms: {what}"
 
 
+def _security(args: argparse.Namespace) -> transport.Security | None:
+    """CURVE keys from --server-key and --keys (both or neither); KeyFileError if unusable."""
+    if not (args.server_key or args.keys):
+        return None
+    if not (args.server_key and args.keys):
+        raise curve.KeyFileError(
+            "CURVE needs both --server-key (the publisher's NAME.key) and --keys DIR/NAME (this "
+            "subscriber's keypair, from `streamseg keys`, allowed by the publisher)"
+        )
+    return curve.client_security(args.keys, args.server_key)
+
+
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    sub = Subscriber(args.endpoint, args.streams, timeout_s=args.timeout)
+    try:
+        security = _security(args)
+    except curve.KeyFileError as e:
+        print(f"streamseg subscribe: error: {e}", file=sys.stderr)
+        return 2
+    sub = Subscriber(args.endpoint, args.streams, timeout_s=args.timeout, security=security)
     n = 0
     try:
         for result in sub:
@@ -192,6 +232,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    except transport.HandshakeError as e:
+        print(f"streamseg subscribe: error: {e}", file=sys.stderr)
+        return 2
     finally:
         sub.close()
         transport.close_all(abort=True)
@@ -218,4 +261,16 @@ def register(sub: Any) -> None:
     p.add_argument("--streams", nargs="+", metavar="STREAM", help="only these stream ids")
     p.add_argument("--count", type=int, help="stop after N results")
     p.add_argument("--timeout", type=float, help="stop when nothing came for this many seconds")
+    p.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="the publisher's public key (its NAME.key): connect with CURVE, encrypted and "
+        "authenticated (a publisher bound on the network requires it)",
+    )
+    p.add_argument(
+        "--keys",
+        metavar="DIR/NAME",
+        help="this subscriber's keypair from `streamseg keys DIR --name NAME`; the publisher "
+        "must have its NAME.key among its allowed keys",
+    )
     p.set_defaults(func=cmd_subscribe)

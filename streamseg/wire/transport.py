@@ -3,17 +3,37 @@
 Stages talk in `streamseg.wire.protocol` messages. Every socket has a high-water mark, so memory is
 bounded: a PUSH to a full peer blocks (lossless file runs: backpressure) or, with block=False,
 returns False (live runs count a drop); a PUB to a slow subscriber drops at the subscriber's queue.
+ZeroMQ itself caps the size of what a peer may send (MAXMSGSIZE: it drops the connection).
+
+Trust boundary. A socket bound on a network address (anything but ipc://, inproc:// and loopback
+tcp) needs CURVE keys (`Security`), or an explicit `insecure=True`: binding sockets are CURVE
+servers that admit only the listed client keys (ZAP, pyzmq's ThreadAuthenticator); connecting
+sockets are CURVE clients. Keys are made and read by `streamseg.wire.curve`.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import logging
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
-from streamseg.wire.protocol import Message, ProtocolError, Result, decode, encode, encode_published
+from streamseg.wire.protocol import (
+    Message,
+    ProtocolError,
+    Result,
+    decode,
+    encode,
+    encode_published,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +43,206 @@ log = logging.getLogger(__name__)
 _DATA_LINGER_MS = -1
 _STATS_LINGER_MS = 3000  # reports to a runner that may already be gone
 
+DEFAULT_MAX_MSG_BYTES = 64 << 20
+"""Largest message part a receiving socket accepts: one 4K RGB frame (3840x2160x3, ~25 MB) fits
+twice. A peer that sends a larger part is disconnected by libzmq; the part never arrives."""
+_SENDER_MAX_MSG_BYTES = 64 << 10
+"""PUSH and PUB sockets only ever receive subscriptions (topics) and handshakes from peers."""
+
+REJECT_LOG_INTERVAL_S = 10.0
+"""A rejection reason is logged at most once per this many seconds (counted always)."""
+
+_LOCAL_SCHEMES = ("ipc://", "inproc://")
+_LOOPBACK_NAMES = {"localhost"}
+KEYS_HINT = "make keys with `streamseg keys DIR` (README: Security)"
+
+
+class InsecureEndpointError(ValueError):
+    """A socket would bind a network endpoint without CURVE keys."""
+
+
+class HandshakeError(ConnectionError):
+    """A connecting socket's peer refused its keys, or they could not agree on security."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """CURVE keys for one socket: Z85 text, 40 characters each (`streamseg keys` makes them).
+
+    A socket that binds is a CURVE server: its own keypair, and `allowed_keys`, the public keys
+    of the only clients it admits. A socket that connects is a CURVE client: its own keypair
+    (its public key must be in the server's allowed keys) and the server's public key,
+    `server_key`. Build it from key files with `streamseg.wire.curve`.
+    """
+
+    public_key: str
+    secret_key: str = field(repr=False)
+    server_key: str = ""
+    """Connecting sockets: the public key of the server they connect to."""
+    allowed_keys: frozenset[str] = frozenset()
+    """Binding sockets: client public keys admitted; everyone else is refused in the handshake."""
+
+
+def publish_endpoint(text: str) -> str:
+    """The endpoint a `--publish` value means: loopback unless an address is given.
+
+    "5555", ":5555", "tcp://:5555" -> "tcp://127.0.0.1:5555"; "HOST:5555" -> "tcp://HOST:5555";
+    full endpoints ("tcp://*:5555", "tcp://0.0.0.0:5555", "ipc://...") are kept. ValueError for
+    a tcp endpoint without a port number in 1-65535.
+    """
+    text = text.strip()
+    if "://" in text and not text.startswith("tcp://"):
+        return text
+    rest = text.removeprefix("tcp://")
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = "", rest
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"publish endpoint {text!r}: needs a port number 1-65535, e.g. 5555 (loopback), "
+            "tcp://*:5555 (every interface, needs keys) or tcp://HOST:5555"
+        )
+    return f"tcp://{host or '127.0.0.1'}:{int(port)}"
+
+
+def needs_keys(endpoint: str) -> bool:
+    """True when binding `endpoint` lets other hosts connect: any tcp:// address that is not
+    loopback (127.0.0.0/8, ::1, localhost; `*`, 0.0.0.0 and interface names are not), and any
+    network transport other than ipc:// and inproc://."""
+    if endpoint.startswith(_LOCAL_SCHEMES):
+        return False
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    if host.lower() in _LOOPBACK_NAMES:
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name or a host name
+        return True
+
+
+def check_bind(endpoint: str, security: Security | None, *, insecure: bool = False) -> None:
+    """Raise InsecureEndpointError (one line, with the fix) when binding `endpoint` needs keys
+    and `security` is None; `insecure=True` allows it anyway (a trusted network)."""
+    if security is None and not insecure and needs_keys(endpoint):
+        raise InsecureEndpointError(
+            f"refusing to bind {endpoint} without CURVE keys (anyone who can reach it could "
+            f"connect): {KEYS_HINT}, or bind loopback, e.g. tcp://127.0.0.1:PORT"
+        )
+
+
+def curve_keypair() -> tuple[str, str]:
+    """A new CURVE keypair (public, secret), Z85 text."""
+    public, secret = zmq.curve_keypair()
+    return public.decode("ascii"), secret.decode("ascii")
+
+
+def curve_public_key(secret_key: str) -> str:
+    """The public key of a CURVE secret key (Z85 text); ValueError if it is not one."""
+    try:
+        return zmq.curve_public(secret_key.encode("ascii")).decode("ascii")
+    except (zmq.ZMQError, ValueError):
+        raise ValueError("not a CURVE secret key (40 Z85 characters)") from None
+
+
+class _RateLimit:
+    """Says when a key may be logged again: at most once per `interval_s`. Pure (clock given)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last: dict[str, float] = {}
+
+    def ready(self, key: str, now: float) -> bool:
+        last = self.last.get(key)
+        if last is not None and now - last < self.interval_s:
+            return False
+        self.last[key] = now
+        return True
+
+
+class _AllowList:
+    """The ZAP check for one CURVE server socket (runs in the authenticator's thread)."""
+
+    def __init__(self, keys: frozenset[str], name: str) -> None:
+        self.keys = {k.encode("ascii") for k in keys}
+        self.name = name
+        self.refused = 0
+        self.limit = _RateLimit(REJECT_LOG_INTERVAL_S)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.keys:
+            return True
+        self.refused += 1
+        if self.limit.ready("refused", time.monotonic()):
+            log.warning(
+                "%s: refused a CURVE client whose key is not allowed (%s...; %d refused so far)",
+                self.name,
+                key[:8].decode("ascii", "replace"),
+                self.refused,
+            )
+        return False
+
+
+# One ZAP handler per process (ZeroMQ allows one per context); each CURVE server socket has its
+# own ZAP domain, so sockets with different allowed keys never admit each other's clients.
+_auth: ThreadAuthenticator | None = None
+_auth_lock = threading.Lock()
+_domains = itertools.count()
+
+
+def _zap_domain(allowed: frozenset[str], name: str) -> str:
+    global _auth
+    with _auth_lock:
+        if _auth is None:
+            _auth = ThreadAuthenticator(_ctx())
+            _auth.start()
+        domain = f"streamseg.{next(_domains)}"
+        _auth.configure_curve_callback(domain, credentials_provider=_AllowList(allowed, name))
+    return domain
+
+
+def _secure(sock: zmq.Socket, endpoint: str, security: Security, bind: bool) -> None:
+    if endpoint.startswith("inproc://"):
+        raise ValueError(f"{endpoint}: CURVE does not apply to inproc:// (give security=None)")
+    _set_key(sock, zmq.CURVE_PUBLICKEY, security.public_key, endpoint)
+    _set_key(sock, zmq.CURVE_SECRETKEY, security.secret_key, endpoint)
+    if bind:
+        if not security.allowed_keys:
+            raise ValueError(f"CURVE server {endpoint}: no allowed client keys given")
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.ZAP_DOMAIN, _zap_domain(security.allowed_keys, endpoint).encode())
+        # Without this, libzmq admits every client when no ZAP handler answers (e.g. after
+        # close_all stopped it while sockets linger): fail closed instead.
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+    elif security.server_key:
+        _set_key(sock, zmq.CURVE_SERVERKEY, security.server_key, endpoint)
+    else:
+        raise ValueError(f"CURVE client {endpoint}: the server's public key is missing")
+
+
+def _set_key(sock: zmq.Socket, option: int, key: str, endpoint: str) -> None:
+    try:
+        sock.setsockopt(option, key.encode("ascii"))
+    except (zmq.ZMQError, UnicodeEncodeError):
+        raise ValueError(f"{endpoint}: a CURVE key is not 40 Z85 characters") from None
+
 
 def _ctx() -> zmq.Context:
     return zmq.Context.instance()
 
 
-def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> zmq.Socket:
+def _attach(
+    sock: zmq.Socket, endpoint: str, bind: bool, security: Security | None, insecure: bool
+) -> zmq.Socket:
+    try:
+        if bind:
+            check_bind(endpoint, security, insecure=insecure)
+        if security is not None:
+            _secure(sock, endpoint, security, bind)
+    except ValueError:
+        sock.close(0)
+        raise
     if endpoint.startswith("ipc://"):
         Path(endpoint[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -41,40 +255,172 @@ def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> zmq.Socket:
 
 
 def _socket(
-    kind: int, endpoint: str, *, bind: bool, hwm: int, linger_ms: int = _DATA_LINGER_MS
+    kind: int,
+    endpoint: str,
+    *,
+    bind: bool,
+    hwm: int,
+    max_msg_bytes: int,
+    security: Security | None,
+    insecure: bool = False,
+    linger_ms: int = _DATA_LINGER_MS,
 ) -> zmq.Socket:
     sock = _ctx().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
-    return _attach(sock, endpoint, bind)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)
+    return _attach(sock, endpoint, bind, security, insecure)
 
 
-def push(endpoint: str, *, bind: bool = False, hwm: int = 8) -> zmq.Socket:
-    return _socket(zmq.PUSH, endpoint, bind=bind, hwm=hwm)
+def push(
+    endpoint: str,
+    *,
+    bind: bool = False,
+    hwm: int = 8,
+    security: Security | None = None,
+    insecure: bool = False,
+) -> zmq.Socket:
+    """A PUSH socket (connects by default). `security`: CURVE keys; see the module docstring."""
+    return _socket(
+        zmq.PUSH,
+        endpoint,
+        bind=bind,
+        hwm=hwm,
+        max_msg_bytes=_SENDER_MAX_MSG_BYTES,
+        security=security,
+        insecure=insecure,
+    )
 
 
-def stats_push(endpoint: str, *, hwm: int = 100) -> zmq.Socket:
+def stats_push(endpoint: str, *, hwm: int = 100, security: Security | None = None) -> zmq.Socket:
     """A PUSH for stage reports: gives up on undelivered reports 3 s after close."""
-    return _socket(zmq.PUSH, endpoint, bind=False, hwm=hwm, linger_ms=_STATS_LINGER_MS)
+    return _socket(
+        zmq.PUSH,
+        endpoint,
+        bind=False,
+        hwm=hwm,
+        max_msg_bytes=_SENDER_MAX_MSG_BYTES,
+        security=security,
+        linger_ms=_STATS_LINGER_MS,
+    )
 
 
-def pull(endpoint: str, *, bind: bool = True, hwm: int = 8) -> zmq.Socket:
-    return _socket(zmq.PULL, endpoint, bind=bind, hwm=hwm)
+def pull(
+    endpoint: str,
+    *,
+    bind: bool = True,
+    hwm: int = 8,
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES,
+    security: Security | None = None,
+    insecure: bool = False,
+) -> zmq.Socket:
+    """A PULL socket (binds by default); a peer sending a part over `max_msg_bytes` is dropped."""
+    return _socket(
+        zmq.PULL,
+        endpoint,
+        bind=bind,
+        hwm=hwm,
+        max_msg_bytes=max_msg_bytes,
+        security=security,
+        insecure=insecure,
+    )
 
 
-def publisher(endpoint: str, *, hwm: int = 100) -> zmq.Socket:
+def publisher(
+    endpoint: str, *, hwm: int = 100, security: Security | None = None, insecure: bool = False
+) -> zmq.Socket:
     """A PUB socket; each subscriber gets its own queue of `hwm` messages, then drops."""
-    return _socket(zmq.PUB, endpoint, bind=True, hwm=hwm, linger_ms=0)
+    return _socket(
+        zmq.PUB,
+        endpoint,
+        bind=True,
+        hwm=hwm,
+        max_msg_bytes=_SENDER_MAX_MSG_BYTES,
+        security=security,
+        insecure=insecure,
+        linger_ms=0,
+    )
 
 
-def subscriber(endpoint: str, topics: list[str] | None = None, *, hwm: int = 1000) -> zmq.Socket:
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused this CURVE key: its NAME.key must be among the "
+    "server's allowed keys",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "CURVE handshake failed: is the server's public key "
+    "(NAME.key) the right one?",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mismatch: one side uses CURVE keys and the "
+    "other does not",
+}
+
+
+class Handshakes:
+    """Watches a connecting socket's handshakes (a ZeroMQ socket monitor), so that refused keys
+    are one clear line instead of a socket that silently never delivers anything: libzmq gives
+    up on a refused key for good, and retries a wrong server key forever."""
+
+    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILURES)
+        )
+        self.error: str | None = None
+
+    def failure(self) -> str | None:
+        """Why the latest handshake failed (None: none failed, or a later one succeeded)."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            reason = _HANDSHAKE_FAILURES.get(event)
+            self.error = None if reason is None else f"{self.endpoint}: {reason}"
+        return self.error
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self.sock.disable_monitor()
+        self.monitor.close(0)
+
+
+def subscriber(
+    endpoint: str,
+    topics: list[str] | None = None,
+    *,
+    hwm: int = 1000,
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES,
+    security: Security | None = None,
+) -> zmq.Socket:
+    """A SUB socket connected to `endpoint`, subscribed to `topics` (None: everything)."""
+    sock = _sub_socket(topics, hwm, max_msg_bytes)
+    return _attach(sock, endpoint, False, security, False)
+
+
+def watched_subscriber(
+    endpoint: str,
+    topics: list[str] | None = None,
+    *,
+    hwm: int = 1000,
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES,
+    security: Security | None = None,
+) -> tuple[zmq.Socket, Handshakes]:
+    """`subscriber`, and what its handshakes with the publisher say (watched from before it
+    connects: a refusal can come at once)."""
+    sock = _sub_socket(topics, hwm, max_msg_bytes)
+    handshakes = Handshakes(sock, endpoint)
+    try:
+        _attach(sock, endpoint, False, security, False)
+    except (ValueError, OSError):
+        handshakes.close()
+        raise
+    return sock, handshakes
+
+
+def _sub_socket(topics: list[str] | None, hwm: int, max_msg_bytes: int) -> zmq.Socket:
     sock = _ctx().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)
     for topic in topics or [""]:
         sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-    return _attach(sock, endpoint, bind=False)
+    return sock
 
 
 def send(sock: zmq.Socket, msg: Message, *, block: bool = True) -> bool:
@@ -133,4 +479,9 @@ def recv_raw(sock: zmq.Socket, timeout_ms: float | None) -> list[Any] | None:
 def close_all(*, abort: bool = False) -> None:
     """Close every socket of this process, each delivering what it holds per its own linger;
     `abort` (the stage was interrupted) drops whatever is undelivered at once."""
+    global _auth
+    with _auth_lock:
+        if _auth is not None:  # CURVE servers refuse new handshakes from now on (fail closed)
+            _auth.stop()
+            _auth = None
     _ctx().destroy(linger=0 if abort else None)
