@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ def _output_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--results", help="results file (.jsonl, one JSON object per frame; see README)")
     p.add_argument("--publish", help="also publish results on this ZeroMQ PUB endpoint")
+    p.add_argument(
+        "--report",
+        metavar="FILE",
+        help="also write the end-of-run figures as JSON: counters per stage and stream, drops "
+        "by reason, restarts, errors, exit code",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging from every stage")
 
@@ -60,7 +67,8 @@ def _load_model_config(args: argparse.Namespace):
 
 
 def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
-    from streamseg.pipeline.report import summary
+    from streamseg.pipeline.preflight import check_outputs
+    from streamseg.pipeline.report import summary, to_json
     from streamseg.pipeline.spec import load_pipeline
     from streamseg.pipeline.supervisor import run
     from streamseg.source.decode import open_input
@@ -84,6 +92,13 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
             file=sys.stderr,
         )
         return 2
+    # unusable outputs fail here too, before a model is loaded or a frame is decoded
+    inputs = [s.url for s in specs if s.kind == "file"]
+    problems = check_outputs(args.output, args.results, [s.stream for s in specs], inputs=inputs)
+    for problem in problems:
+        print(f"streamseg: error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     live_options = {}
     for key in ("retry_max_s", "give_up_s", "stall_s"):
         if getattr(args, key, None) is not None:
@@ -100,6 +115,12 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         verbose=args.verbose,
     )
     print(summary(report), file=sys.stderr)
+    if args.report:
+        try:
+            Path(args.report).write_text(json.dumps(to_json(report), indent=1) + "\n")
+        except OSError as e:
+            print(f"streamseg: error: cannot write --report {args.report}: {e}", file=sys.stderr)
+            return report.exit_code or 2
     return report.exit_code
 
 

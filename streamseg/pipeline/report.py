@@ -10,12 +10,18 @@ Exit codes (the same every time, documented in the README):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamseg.accounting import total_dropped
 from streamseg.pipeline.watchdog import describe_exit
 from streamseg.wire.protocol import Stats
+
+
+def to_json(report: RunReport) -> dict[str, Any]:
+    """The report as written by `--report FILE`: every figure, plus drops by reason."""
+    return {**dataclasses.asdict(report), "dropped": drops_by_reason(report)}
 
 
 def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
