@@ -8,29 +8,51 @@ A message is a list of frames (ZeroMQ multipart):
 where "arrays" lists, in order, the name, dtype and shape of each raw buffer that follows.
 Arrays travel as their raw bytes (C order), so the sender hands numpy's memory to ZeroMQ without a
 copy and the receiver wraps the received frame with `np.frombuffer`, again without a copy.
-Nothing is ever pickled. Published results (to subscribers) add a topic frame in front:
+Nothing is ever pickled. Between stages the header may carry "auth", a string by which the sender
+says which stage it is (`encode(msg, auth=...)`, `decode_envelope`). Published results (to
+subscribers) carry no auth and add a topic frame in front:
 
     [topic (stream id, UTF-8), header, *buffers]
 
-`decode` checks everything it is given and raises ProtocolError for anything malformed or
-foreign; stages count and log those and carry on. docs/protocol.md documents this for
-subscribers written in other languages.
+Every decoder trusts nothing it is given: for any input it returns a message whose envelope and
+contents are valid (the per-type checks below) or raises ProtocolError, and it never allocates
+more than a small multiple of the message's own size. Stages count and log rejected messages and
+carry on. docs/protocol.md documents this for subscribers written in other languages.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 PROTOCOL_VERSION = 1
 
 # The dtypes a buffer may carry; anything else is refused (no object arrays, ever).
-_DTYPES = {"uint8", "int32", "int64", "float16", "float32", "float64", "bool"}
+_DTYPES = frozenset({"uint8", "int32", "int64", "float16", "float32", "float64", "bool"})
 _MAX_HEADER = 1 << 20
+"""Header bytes. The largest real headers are Results with many instances (tens of KiB)."""
+_MAX_DEPTH = 16
+"""JSON nesting of a header. Real ones nest 4 deep (Stats counters, Result instances)."""
+_MAX_CONTAINERS = 1 << 15
+"""JSON arrays and objects in a header (a Result has 4 per instance): bounds parsing memory."""
+_MAX_RANK = 4
+_MAX_INT = (1 << 63) - 1
+"""Largest integer field: what every other language can hold."""
+_MAX_NAME = 256
+"""Characters of a stream, stage or counter name."""
+_MAX_AUTH = 128
+_MAX_SIDE = 16384
+"""Largest frame width or height, pixels."""
+_MAX_COORD = float(1 << 20)
+"""Largest box coordinate magnitude, pixels: far outside any frame, safe for int32 drawing."""
+_MIN_FPS, _MAX_FPS = 1e-3, 1e5
+"""Nominal frame rate range. Some RTSP cameras report their 90 kHz clock as the rate."""
 
 
 class ProtocolError(ValueError):
@@ -108,6 +130,9 @@ class EndOfStream:
     """True when the source knows frames were lost (truncated file, stream gone for good)."""
 
 
+_INSTANCE_KEYS = frozenset({"label", "label_name", "score", "box", "rle"})
+
+
 @dataclass(frozen=True)
 class Instance:
     """One detected instance: a record of Result.instances, of a results-file line and of a
@@ -136,27 +161,27 @@ class Instance:
     @classmethod
     def from_json(cls, raw: Any, height: int, width: int) -> Instance:
         """The instance in a decoded record of a `height` x `width` frame; ProtocolError for
-        anything else."""
+        anything else (missing or unknown keys included)."""
         if not isinstance(raw, dict):
             raise ProtocolError("instance is not an object")
-        box = raw.get("box")
+        _exact_keys(raw, _INSTANCE_KEYS, "instance")
+        box = raw["box"]
         if not isinstance(box, list) or len(box) != 4:
             raise ProtocolError("instance box is not [x1, y1, x2, y2]")
-        rle = raw.get("rle")
+        rle = raw["rle"]
         if (
             not isinstance(rle, dict)
-            or rle.get("size") != [height, width]
-            or not isinstance(rle.get("counts"), str)
+            or rle.keys() != {"size", "counts"}
+            or not _is_size(rle["size"], height, width)
+            or not isinstance(rle["counts"], str)
+            or not rle["counts"].isascii()
         ):
             raise ProtocolError("instance rle is not {size: [height, width], counts: str}")
-        label_name = raw.get("label_name")
-        if not isinstance(label_name, str):
-            raise ProtocolError("instance label_name is not a string")
-        x1, y1, x2, y2 = (check_number(v, "box coordinate") for v in box)
+        x1, y1, x2, y2 = (_float(v, "instance box", lo=-_MAX_COORD, hi=_MAX_COORD) for v in box)
         return cls(
-            label=check_int(raw.get("label"), "label"),
-            label_name=label_name,
-            score=check_number(raw.get("score"), "score"),
+            label=_int(raw["label"], "instance label"),
+            label_name=_text(raw["label_name"], "instance label_name", max_len=_MAX_NAME),
+            score=_float(raw["score"], "instance score", lo=0.0, hi=1.0),
             box=(x1, y1, x2, y2),
             rle={"size": [height, width], "counts": rle["counts"]},
         )
@@ -169,16 +194,28 @@ class Instance:
         return mask_utils.decode(rle).astype(bool)
 
 
+def _is_size(size: Any, height: int, width: int) -> bool:
+    return (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(type(n) is int for n in size)
+        and size == [height, width]
+    )
+
+
 def check_number(value: Any, what: str) -> float:
     """`value` as a float; ProtocolError naming `what` unless it is a JSON number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) not in (int, float):
         raise ProtocolError(f"{what} is not a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ProtocolError(f"{what} is out of range") from None
 
 
 def check_int(value: Any, what: str) -> int:
     """`value` as an int; ProtocolError naming `what` unless it is a JSON integer."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if type(value) is not int:
         raise ProtocolError(f"{what} is not an integer")
     return value
 
@@ -233,6 +270,7 @@ _ARRAY_FIELDS: dict[type, tuple[str, ...]] = {
     Frame: ("image",),
     Detections: ("boxes", "scores", "labels", "masks", "image"),
 }
+_OPTIONAL_ARRAYS: dict[type, tuple[str, ...]] = {Detections: ("image",)}
 _TYPES: dict[str, type] = {
     "start": StreamStart,
     "frame": Frame,
@@ -242,14 +280,29 @@ _TYPES: dict[str, type] = {
     "stats": Stats,
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
+_SCALAR_FIELDS: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls)) - set(_ARRAY_FIELDS.get(cls, ()))
+    for cls in _TYPES.values()
+}
 
 
-def encode(msg: Message) -> list[Any]:
-    """Frames for `msg`: [header bytes, *array buffers]. Arrays are not copied when C-contiguous."""
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def encode(msg: Message, *, auth: str = "") -> list[Any]:
+    """Frames for `msg`: [header bytes, *array buffers]. Arrays are not copied when C-contiguous.
+
+    auth: the sending stage's credential, carried in the header when not empty (at most 128
+    characters); the receiver reads it with `decode_envelope`.
+    """
+    if len(auth) > _MAX_AUTH:
+        raise ValueError(f"auth of {len(auth)} characters: at most {_MAX_AUTH}")
     cls = type(msg)
     arrays_meta: list[dict[str, Any]] = []
     buffers: list[Any] = []
     header: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": _NAMES[cls]}
+    if auth:
+        header["auth"] = auth
     array_fields = _ARRAY_FIELDS.get(cls, ())
     for name, value in msg.__dict__.items():
         if name in array_fields:
@@ -272,82 +325,453 @@ def encode_published(result: Result) -> list[Any]:
     return [result.stream.encode(), json.dumps(header, separators=(",", ":")).encode()]
 
 
-def _header(raw: Any) -> dict[str, Any]:
-    data = bytes(raw)
-    if len(data) > _MAX_HEADER:
-        raise ProtocolError(f"header of {len(data)} bytes is too large")
-    try:
-        header = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ProtocolError("header is not UTF-8 JSON") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header is not a JSON object")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {header.get('v')!r}, expected {PROTOCOL_VERSION}")
-    return header
+# --- decoding: the envelope -----------------------------------------------------------------------
 
 
 def decode(parts: Sequence[Any]) -> Message:
     """The message in `parts` (bytes, memoryviews or zmq.Frame objects).
 
-    Arrays wrap the received buffers without copying (read-only). Raises ProtocolError for
-    anything that is not a well-formed message of this version.
+    Arrays wrap the received buffers without copying. Raises ProtocolError, and nothing else, for
+    anything that is not a valid message of this version, in envelope or in content.
     """
-    if not parts:
-        raise ProtocolError("empty message")
-    header = _header(_as_buffer(parts[0]))
-    cls = _TYPES.get(header.pop("type", None))  # type: ignore[arg-type]
-    header.pop("v", None)
-    header.pop("version", None)
-    if cls is None:
-        raise ProtocolError("unknown message type")
-    meta = header.pop("arrays", [])
-    if not isinstance(meta, list) or len(meta) != len(parts) - 1:
-        raise ProtocolError(f"header lists {len(meta)} arrays, message has {len(parts) - 1}")
-    allowed = _ARRAY_FIELDS.get(cls, ())
-    for spec, part in zip(meta, parts[1:], strict=True):
-        header[_check_array_name(spec, allowed)] = _array(spec, _as_buffer(part))
-    try:
-        return cls(**header)
-    except TypeError as e:
-        raise ProtocolError(f"bad fields for {cls.__name__}: {e}") from None
+    return _decode(parts, published=False)[0]
 
 
-def _check_array_name(spec: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(spec, dict) or spec.get("name") not in allowed:
-        raise ProtocolError(f"unexpected array {spec!r}")
-    return str(spec["name"])
-
-
-def _array(spec: dict[str, Any], buf: memoryview) -> np.ndarray:
-    dtype, shape = spec.get("dtype"), spec.get("shape")
-    if dtype not in _DTYPES:
-        raise ProtocolError(f"dtype {dtype!r} not allowed")
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise ProtocolError(f"bad shape {shape!r}")
-    dt = np.dtype(dtype)
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    if buf.nbytes != expected:
-        raise ProtocolError(
-            f"array of shape {shape} {dtype} needs {expected} bytes, got {buf.nbytes}"
-        )
-    if expected == 0:
-        return np.zeros(shape, dtype=dt)
-    return np.frombuffer(buf, dtype=dt).reshape(shape)
-
-
-def _as_buffer(part: Any) -> memoryview:
-    buf = getattr(part, "buffer", part)  # zmq.Frame exposes .buffer; bytes/memoryview as is
-    return memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
+def decode_envelope(parts: Sequence[Any]) -> tuple[Message, str]:
+    """The message in `parts` and the sender's auth string ("" when it sent none); as `decode`."""
+    return _decode(parts, published=False)
 
 
 def decode_published(parts: Sequence[Any]) -> Result:
     """A published result from [topic, header, *buffers]; the topic must match the stream."""
+    parts = _frames(parts)
     if len(parts) < 2:
         raise ProtocolError("published message needs [topic, header, ...]")
-    msg = decode(parts[1:])
-    if not isinstance(msg, Result):
-        raise ProtocolError(f"published message is a {type(msg).__name__}, not a Result")
-    if bytes(_as_buffer(parts[0])).decode("utf-8", "replace") != msg.stream:
+    msg, _ = _decode(parts[1:], published=True)
+    assert isinstance(msg, Result)  # _decode checked the type
+    if _as_buffer(parts[0]) != msg.stream.encode():
         raise ProtocolError("topic does not match the result's stream")
     return msg
+
+
+def _frames(parts: Any) -> list[Any]:
+    """`parts` as a list of frames; ProtocolError for a single buffer or a non-sequence."""
+    if isinstance(parts, bytes | bytearray | memoryview | str):
+        raise ProtocolError("message is one buffer, not a list of frames")
+    try:
+        return list(parts)
+    except TypeError:
+        raise ProtocolError("message is not a sequence of frames") from None
+
+
+def _decode(parts: Sequence[Any], *, published: bool) -> tuple[Message, str]:
+    parts = _frames(parts)
+    n = len(parts)
+    if n == 0:
+        raise ProtocolError("empty message")
+    header = _header(_as_buffer(parts[0]))
+    _check_version(header, "v")
+    if published:
+        _check_version(header, "version")
+    auth = "" if published else header.pop("auth", "")
+    if not isinstance(auth, str) or len(auth) > _MAX_AUTH:
+        raise ProtocolError(f"auth must be a string of at most {_MAX_AUTH} characters")
+    kind = header.pop("type", None)
+    if not isinstance(kind, str) or kind not in _TYPES:
+        raise ProtocolError(f"unknown message type {_show(kind)}")
+    cls = _TYPES[kind]
+    if published and cls is not Result:
+        raise ProtocolError(f"published message is a {cls.__name__}, not a Result")
+    meta = header.pop("arrays", []) if cls in _ARRAY_FIELDS else []
+    if not isinstance(meta, list) or len(meta) != n - 1:
+        count = len(meta) if isinstance(meta, list) else _show(meta)
+        raise ProtocolError(f"header lists {count} arrays, message has {n - 1}")
+    _exact_keys(header, _SCALAR_FIELDS[cls], cls.__name__)
+    arrays = {name: None for name in _OPTIONAL_ARRAYS.get(cls, ())}
+    for i, spec in enumerate(meta):
+        name, arr = _array(spec, _as_buffer(parts[i + 1]), _ARRAY_FIELDS[cls], arrays)
+        arrays[name] = arr
+    missing = [a for a in _ARRAY_FIELDS.get(cls, ()) if a not in arrays]
+    if missing:
+        raise ProtocolError(f"{cls.__name__} misses array(s) {', '.join(missing)}")
+    try:
+        fields = _CHECKS[cls]({**header, **arrays})
+    except ProtocolError as e:
+        raise ProtocolError(f"{cls.__name__}: {e}") from None
+    return cls(**fields), auth
+
+
+def _check_version(header: dict[str, Any], key: str) -> None:
+    v = header.pop(key, None)
+    if type(v) is not int or v != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {_show(v)}, expected {PROTOCOL_VERSION}")
+
+
+def _exact_keys(record: dict[str, Any], expected: frozenset[str], what: str) -> None:
+    """ProtocolError naming the keys of `record` that are missing from or foreign to `expected`."""
+    missing = sorted(expected - record.keys())
+    if missing:
+        raise ProtocolError(f"{what} misses field(s) {', '.join(missing)}")
+    unknown = [k for k in record if k not in expected]
+    if unknown:
+        raise ProtocolError(f"{what} has unknown field(s) {_show(unknown)}")
+
+
+def _as_buffer(part: Any) -> memoryview:
+    """The bytes of one frame, without a copy."""
+    buf = getattr(part, "buffer", part)  # zmq.Frame exposes .buffer; bytes/memoryview as is
+    try:
+        view = memoryview(buf)
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    except (TypeError, ValueError):
+        raise ProtocolError(f"message frame is a {type(part).__name__}, not a buffer") from None
+
+
+def _header(buf: memoryview) -> dict[str, Any]:
+    if buf.nbytes > _MAX_HEADER:
+        raise ProtocolError(f"header of {buf.nbytes} bytes is larger than {_MAX_HEADER}")
+    data = bytes(buf)
+    depth, containers = _json_shape(data)
+    if depth > _MAX_DEPTH:
+        raise ProtocolError(f"header nests {depth} deep, more than {_MAX_DEPTH}")
+    if containers > _MAX_CONTAINERS:
+        raise ProtocolError(
+            f"header holds {containers} arrays and objects, more than {_MAX_CONTAINERS}"
+        )
+    try:
+        header = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # ValueError: bad UTF-8, bad JSON, a 5000-digit int
+        raise ProtocolError("header is not UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    return header
+
+
+def _json_shape(data: bytes) -> tuple[int, int]:
+    """(deepest nesting, number) of the JSON arrays and objects in `data`, brackets inside
+    strings not counted; found without parsing, so a hostile header never makes the parser
+    recurse deeply or build millions of containers.
+
+    Costs one vectorised pass, and only when `data` holds more brackets than _MAX_DEPTH at all.
+    """
+    openers = data.count(b"[") + data.count(b"{")
+    if openers <= _MAX_DEPTH:
+        return openers, openers
+    # Backslashes occur only inside strings, each escaping the next character: dropping escaped
+    # backslashes, then escaped quotes, leaves exactly the quotes that open or close strings.
+    plain = np.frombuffer(data.replace(b"\\\\", b"").replace(b'\\"', b""), np.uint8)
+    inside = np.logical_xor.accumulate(plain == ord('"'))
+    step = ((plain == ord("[")) | (plain == ord("{"))).astype(np.int8)
+    step -= (plain == ord("]")) | (plain == ord("}"))
+    step[inside] = 0
+    return int(np.cumsum(step, dtype=np.int32).max()), int(np.count_nonzero(step == 1))
+
+
+def _array(
+    spec: Any, buf: memoryview, allowed: tuple[str, ...], seen: dict[str, Any]
+) -> tuple[str, np.ndarray]:
+    """(field name, array) for one buffer and its header entry; sizes are checked before any
+    allocation, in Python integers (no overflow)."""
+    if not isinstance(spec, dict) or spec.keys() != {"name", "dtype", "shape"}:
+        raise ProtocolError(f"array entry {_show(spec)} is not {{name, dtype, shape}}")
+    name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
+    if not isinstance(name, str) or name not in allowed or seen.get(name) is not None:
+        raise ProtocolError(f"unexpected array {_show(name)}")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise ProtocolError(f"array {name}: dtype {_show(dtype)} not allowed")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_RANK
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise ProtocolError(f"array {name}: bad shape {_show(shape)}")
+    dt = np.dtype(dtype)
+    # numpy refuses shapes whose non-zero dimensions span more than it can address, even for
+    # zero-size arrays; Python integers here, so nothing overflows on the way.
+    if math.prod(max(d, 1) for d in shape) * dt.itemsize > _MAX_INT:
+        raise ProtocolError(f"array {name}: bad shape {_show(shape)}, larger than any message")
+    expected = math.prod(shape) * dt.itemsize
+    if buf.nbytes != expected:
+        raise ProtocolError(
+            f"array {name} of shape {shape} {dtype} needs {expected} bytes, got {buf.nbytes}"
+        )
+    if expected == 0:
+        return name, np.empty(shape, dtype=dt)
+    return name, np.frombuffer(buf, dtype=dt).reshape(shape)
+
+
+# --- decoding: the contents of each message type --------------------------------------------------
+
+
+def _fail(what: str, must: str, value: Any) -> NoReturn:
+    raise ProtocolError(f"{what} must be {must}, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    """A short description of a received value for an error message."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype}{list(value.shape)}"
+    try:
+        text = repr(value)
+    except ValueError:  # an int longer than Python prints (sys.get_int_max_str_digits)
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value: Any, what: str, *, lo: int = 0, hi: int = _MAX_INT) -> int:
+    if type(value) is not int or not lo <= value <= hi:  # type(): a bool is not an int here
+        _fail(what, f"an integer in [{lo}, {hi}]", value)
+    return value
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    return None if value is None else _int(value, what)
+
+
+def _float(value: Any, what: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite JSON number in [lo, hi], as a float."""
+    if type(value) in (int, float):
+        try:
+            x = float(value)
+        except OverflowError:
+            x = math.nan
+        if math.isfinite(x) and lo <= x <= hi:
+            return x
+    bounds = "" if lo == -math.inf and hi == math.inf else f" in [{lo:g}, {hi:g}]"
+    _fail(what, f"a finite number{bounds}", value)
+
+
+def _any_float(value: Any, what: str) -> float:
+    """A JSON number, NaN included (a latency percentile before the first frame)."""
+    if type(value) not in (int, float):
+        _fail(what, "a number", value)
+    return check_number(value, what)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        _fail(what, "true or false", value)
+    return value
+
+
+def _text(value: Any, what: str, *, max_len: int | None = None) -> str:
+    """A string of valid Unicode (no lone surrogates: it is written to files and logs)."""
+    if isinstance(value, str) and (max_len is None or len(value) <= max_len):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
+    _fail(what, "a string" + (f" of at most {max_len} characters" if max_len else ""), value)
+
+
+def check_name(value: Any, what: str) -> str:
+    """`value` if it is a valid stream, stage or counter name; else ProtocolError naming `what`.
+
+    1-256 printable characters, no / or \\, not . or ..: a name becomes a ZeroMQ topic, a log
+    word and part of a file name. (Sources can check user-given stream ids with it up front.)
+    """
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= _MAX_NAME
+        or not value.isprintable()  # also refuses lone surrogates
+        or "/" in value
+        or "\\" in value
+        or value in (".", "..")
+    ):
+        _fail(what, f"1-{_MAX_NAME} printable characters without / or \\", value)
+    return value
+
+
+def _side(value: Any, what: str) -> int:
+    return _int(value, what, lo=1, hi=_MAX_SIDE)
+
+
+def _shaped(value: Any, what: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """`value` if it is an array of `dtype` and `shape` (None: any length)."""
+    if (
+        not isinstance(value, np.ndarray)
+        or value.dtype != np.dtype(dtype)
+        or value.ndim != len(shape)
+        or any(s is not None and s != d for s, d in zip(shape, value.shape, strict=True))
+    ):
+        dims = ", ".join("*" if s is None else str(s) for s in shape)
+        _fail(what, f"{dtype}[{dims}]", value)
+    return value
+
+
+def _in_range(arr: np.ndarray, what: str, lo: float, hi: float) -> None:
+    """ProtocolError unless every element is finite and in [lo, hi]. Allocates nothing: min and
+    max are one pass each, and NaN propagates through both."""
+    if arr.size:
+        low, high = float(arr.min()), float(arr.max())
+        if not (math.isfinite(low) and math.isfinite(high) and lo <= low and high <= hi):
+            raise ProtocolError(f"{what} must be finite and in [{lo:g}, {hi:g}]")
+
+
+def _image(
+    value: Any, what: str, height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    img = _shaped(value, what, "uint8", (height, width, 3))
+    if not (0 < img.shape[0] <= _MAX_SIDE and 0 < img.shape[1] <= _MAX_SIDE):
+        _fail(what, f"uint8[H, W, 3] with 1 <= H, W <= {_MAX_SIDE}", img)
+    return img
+
+
+def _check_start(f: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stream": check_name(f["stream"], "stream"),
+        "width": _side(f["width"], "width"),
+        "height": _side(f["height"], "height"),
+        "fps": _float(f["fps"], "fps", lo=_MIN_FPS, hi=_MAX_FPS),
+        "frames": _optional_int(f["frames"], "frames"),
+        "source": _text(f["source"], "source"),
+        "live": _bool(f["live"], "live"),
+        "reconnects": _int(f["reconnects"], "reconnects"),
+    }
+
+
+def _check_frame(f: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stream": check_name(f["stream"], "stream"),
+        "frame": _int(f["frame"], "frame"),
+        "pts": _float(f["pts"], "pts"),
+        "wall_time": _float(f["wall_time"], "wall_time"),
+        "image": _image(f["image"], "image"),
+    }
+
+
+def _check_detections(f: dict[str, Any]) -> dict[str, Any]:
+    width, height = _side(f["width"], "width"), _side(f["height"], "height")
+    boxes = _shaped(f["boxes"], "boxes", "float32", (None, 4))
+    n = boxes.shape[0]
+    scores = _shaped(f["scores"], "scores", "float32", (n,))
+    labels = _shaped(f["labels"], "labels", "int64", (n,))
+    masks = _shaped(f["masks"], "masks", "float32", (n, None, None))
+    if masks.shape[1] == 0 or masks.shape[1] != masks.shape[2]:
+        _fail("masks", f"float32[{n}, M, M] with M > 0", masks)
+    _in_range(boxes, "boxes", -_MAX_COORD, _MAX_COORD)
+    _in_range(scores, "scores", 0.0, 1.0)
+    _in_range(labels, "labels", 0, _MAX_INT)
+    _in_range(masks, "masks", -math.inf, math.inf)
+    image = f["image"]
+    return {
+        "stream": check_name(f["stream"], "stream"),
+        "frame": _int(f["frame"], "frame"),
+        "pts": _float(f["pts"], "pts"),
+        "wall_time": _float(f["wall_time"], "wall_time"),
+        "width": width,
+        "height": height,
+        "boxes": boxes,
+        "scores": scores,
+        "labels": labels,
+        "masks": masks,
+        "image": None if image is None else _image(image, "image", height, width),
+        "infer_ms": _float(f["infer_ms"], "infer_ms", lo=0.0),
+        "batch": _int(f["batch"], "batch", lo=1),
+    }
+
+
+def _check_eos(f: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stream": check_name(f["stream"], "stream"),
+        "frames": _int(f["frames"], "frames"),
+        "error": _text(f["error"], "error"),
+        "lost": _bool(f["lost"], "lost"),
+    }
+
+
+def _check_result(f: dict[str, Any]) -> dict[str, Any]:
+    width, height = _side(f["width"], "width"), _side(f["height"], "height")
+    instances = f["instances"]
+    if not isinstance(instances, list):
+        _fail("instances", "a list", instances)
+    for i, raw in enumerate(instances):
+        try:
+            Instance.from_json(raw, height, width)
+        except ProtocolError as e:
+            raise ProtocolError(f"instances[{i}]: {e}") from None
+    return {
+        "stream": check_name(f["stream"], "stream"),
+        "frame": _int(f["frame"], "frame"),
+        "pts": _float(f["pts"], "pts"),
+        "wall_time": _float(f["wall_time"], "wall_time"),
+        "width": width,
+        "height": height,
+        "instances": instances,
+        "seq": _int(f["seq"], "seq"),
+    }
+
+
+def _drops(value: Any, what: str) -> dict[str, int]:
+    if not isinstance(value, dict):
+        _fail(what, "an object {reason: count}", value)
+    for reason, n in value.items():
+        _int(n, f"{what}[{check_name(reason, f'{what} reason')!r}]")
+    return value
+
+
+# The typed keys of a stream's counters and of a stage's extra (the runner does arithmetic and
+# formatting on them); stages may add other keys, of any JSON value.
+_StatCheck = Callable[[Any, str], Any]
+_STREAM_STATS: dict[str, _StatCheck] = {
+    "in": _int,
+    "out": _int,
+    "sent": _int,
+    "reconnects": _int,
+    "expected": _optional_int,
+    "dropped": _drops,
+    "lost": _bool,
+    "ended": _bool,
+    "error": _text,
+    "state": _text,
+    "latency_p50_ms": _any_float,
+    "latency_p99_ms": _any_float,
+}
+_EXTRA_STATS: dict[str, _StatCheck] = {
+    "name": _text,
+    "heartbeat": _bool,
+    "ready": _bool,
+    "device": _text,
+    "batches": _int,
+    "mean_batch": _any_float,
+    "rejected": _int,
+    "frames_expected": _optional_int,
+    "error": _text,
+}
+
+
+def _stat_record(value: Any, what: str, checks: dict[str, _StatCheck]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(what, "an object", value)
+    for key, item in value.items():
+        check = checks.get(key)
+        if check is not None:
+            check(item, f"{what}[{key!r}]")
+    return value
+
+
+def _check_stats(f: dict[str, Any]) -> dict[str, Any]:
+    counters = f["counters"]
+    if not isinstance(counters, dict):
+        _fail("counters", "an object {stream: {counter: value}}", counters)
+    for stream, record in counters.items():
+        _stat_record(record, f"counters[{check_name(stream, 'counters stream')!r}]", _STREAM_STATS)
+    return {
+        "stage": check_name(f["stage"], "stage"),
+        "counters": counters,
+        "busy_s": _float(f["busy_s"], "busy_s", lo=0.0),
+        "final": _bool(f["final"], "final"),
+        "extra": _stat_record(f["extra"], "extra", _EXTRA_STATS),
+    }
+
+
+_CHECKS: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    StreamStart: _check_start,
+    Frame: _check_frame,
+    Detections: _check_detections,
+    EndOfStream: _check_eos,
+    Result: _check_result,
+    Stats: _check_stats,
+}
