@@ -1,0 +1,493 @@
+"""Track ids per stream: a pure tracker that links a frame's instance masks to the previous ones.
+
+One :class:`Tracker` per stream. Each call to :meth:`Tracker.update` takes one frame's instances
+(masks as box-local crops, as the postprocess stage has them) and returns a track id per
+instance. No sockets, no clock, no randomness: the frame number is the only notion of time, so
+the ids depend only on the sequence of frames given, never on how they were batched.
+
+Algorithm, per frame:
+
+1. Tracks not matched for more than ``max_missed`` frames (by frame number) are ended.
+2. Motion prediction: each track moves by its velocity (px / frame, measured between mask
+   centroids) times the frame gap, so it also holds across frames skipped by a live stream.
+3. Three passes, each one global assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``:
+   as many matches as possible, then the best total) over what the passes before left:
+   a. mask IoU of the track's last mask, moved as predicted, and the new mask >= ``min_iou``;
+   b. share of the new mask inside the track's last complete (unoccluded) mask, moved as
+      predicted, >= ``min_coverage``: objects coming out from behind others, whose visible
+      part changes faster than IoU can follow;
+   c. nearest centroid within a radius that grows with speed and time missed: objects missed
+      or hidden for a while that come back elsewhere than predicted.
+   IoU and coverage are computed on the crops, only for pairs whose rectangles overlap: cost
+   follows instance area, not frame area. Different labels never match unless
+   ``cross_label_weight`` > 0.
+4. Matched tracks take the new mask; unmatched instances with score >= ``new_track_score``
+   start new tracks (ids 1, 2, 3, ... per tracker); the rest get id -1.
+
+Masks, not boxes, decide: the boxes of two overlapping objects overlap a lot, their masks do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from streamseg.postprocess.masks import LocalMasks
+
+NO_TRACK = -1  # id of an instance that neither continues a track nor may start one
+_FORBIDDEN = 1e6  # assignment cost of a pair that may not match
+# The last mask not moved is the fallback for a stale velocity (a turn, a bounce), trusted less
+# than the prediction: a new object where a fast one was last seen must not take its id.
+_STILL_WEIGHT = 0.5
+_NEAR = 1e-9  # least nearness of a third-pass match (any distance within the radius)
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """A binary mask as a tight crop: ``mask[r, c]`` is frame pixel (y0 + r, x0 + c).
+
+    mask: bool[h, w], with at least one True pixel in its first/last row and column
+        (0 x 0 for an empty mask).
+    centroid: float64[2], (x, y) mean of the mask pixels in frame pixels (pixel centres at
+        integer coordinates).
+    """
+
+    mask: np.ndarray
+    x0: int
+    y0: int
+    area: int
+    centroid: np.ndarray
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.mask.shape[1]
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.mask.shape[0]
+
+
+def _tight(mask: np.ndarray, x0: int, y0: int) -> _Crop:
+    """The tight crop of ``mask`` (bool[h, w]) whose top-left pixel is frame (y0, x0)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return _Crop(np.zeros((0, 0), bool), x0, y0, 0, np.array([x0, y0], np.float64))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    sub = np.ascontiguousarray(mask[r0:r1, c0:c1])
+    area = int(np.count_nonzero(sub))
+    ys, xs = np.nonzero(sub)
+    centroid = np.array([x0 + c0 + xs.mean(), y0 + r0 + ys.mean()], np.float64)
+    return _Crop(sub, x0 + c0, y0 + r0, area, centroid)
+
+
+def _intersection(a: _Crop, ax: int, ay: int, b: _Crop) -> int:
+    """Pixels in both ``a`` moved by (ax, ay) and ``b``."""
+    x0, x1 = max(a.x0 + ax, b.x0), min(a.x1 + ax, b.x1)
+    y0, y1 = max(a.y0 + ay, b.y0), min(a.y1 + ay, b.y1)
+    if x0 >= x1 or y0 >= y1:
+        return 0
+    sa = a.mask[y0 - a.y0 - ay : y1 - a.y0 - ay, x0 - a.x0 - ax : x1 - a.x0 - ax]
+    sb = b.mask[y0 - b.y0 : y1 - b.y0, x0 - b.x0 : x1 - b.x0]
+    return int(np.count_nonzero(sa & sb))
+
+
+def _area_in_frame(a: _Crop, ax: int, ay: int, frame_size: tuple[int, int]) -> int:
+    """Pixels of ``a`` moved by (ax, ay) that lie inside a frame of (H, W)."""
+    frame_h, frame_w = frame_size
+    x0, x1 = max(a.x0 + ax, 0), min(a.x1 + ax, frame_w)
+    y0, y1 = max(a.y0 + ay, 0), min(a.y1 + ay, frame_h)
+    if (x0, y0, x1, y1) == (a.x0 + ax, a.y0 + ay, a.x1 + ax, a.y1 + ay):
+        return a.area
+    if x0 >= x1 or y0 >= y1:
+        return 0
+    sub = a.mask[y0 - a.y0 - ay : y1 - a.y0 - ay, x0 - a.x0 - ax : x1 - a.x0 - ax]
+    return int(np.count_nonzero(sub))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every pair of boxes.
+
+    Args:
+        a: float[P, 4], xyxy, frame pixels.
+        b: float[Q, 4], xyxy, frame pixels.
+
+    Returns:
+        float64[P, Q], in [0, 1]; 0 where a box has no area.
+    """
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+@dataclass
+class _Track:
+    """One object's state.
+
+    crop: its last mask; template: its last complete mask (area >= ``complete_fraction`` of
+    ``ref_area``, the decaying largest area seen), for when the object is partly hidden.
+    box: float64[4], xyxy, of the last match. velocity: float64[2], (vx, vy) px / frame.
+    """
+
+    id: int
+    label: int
+    crop: _Crop
+    last_frame: int
+    template: _Crop
+    template_frame: int
+    ref_area: float
+    box: np.ndarray
+    velocity: np.ndarray
+    moving: bool  # velocity has been measured
+
+
+class Tracker:
+    """Track ids for one stream's instances, frame after frame (see the module docstring).
+
+    Args:
+        min_iou: least mask IoU of an instance and a track's last mask, moved by the
+            predicted motion, to continue the track (first pass). The last mask not moved
+            counts too, at half its IoU (for a velocity gone stale).
+        min_coverage: second pass, for the instances and tracks the first left over: least
+            share of an instance's pixels inside the track's last complete mask or last mask,
+            both moved by the predicted motion. It links objects that come out from behind
+            others, whose visible part changes faster than IoU can follow.
+        recover_radius: third pass, for what the first two left over: a track takes the
+            nearest instance of its label (no larger than twice the object) whose centroid is
+            within recover_radius * (object size + speed * frames since its last complete
+            mask) of where the track's centroid is predicted (kept inside the frame; object
+            size = sqrt(area); before a track has a velocity, speed = size / 2). It
+            recovers objects that were missed or hidden and come back elsewhere than predicted
+            (a turn, a bounce off the frame edge). 0: no third pass.
+        cross_label_weight: similarities of a track and an instance of different labels are
+            multiplied by this (the track takes the new label); 0 (default): never match.
+        max_missed: frames (by frame number) a track survives without a match: an object
+            hidden or missed in up to this many consecutive frames comes back with its id.
+        new_track_score: least score for an unmatched instance to start a new track; below
+            it the instance gets id -1 (``NO_TRACK``). 0 (default): every instance has an id.
+        velocity_weight: weight of a new velocity measurement in the running estimate
+            (1: the last measurement only).
+        complete_fraction: a mask with at least this share of the object's reference area
+            (its largest recent area) shows the whole object: it becomes the template, and
+            velocity is measured between such masks only (a partly hidden object's centroid
+            moves for other reasons than motion).
+        area_decay: per frame, the reference area shrinks by this factor (objects that move
+            away get smaller).
+    """
+
+    def __init__(
+        self,
+        *,
+        # association
+        min_iou: float = 0.2,
+        min_coverage: float = 0.5,
+        cross_label_weight: float = 0.0,
+        recover_radius: float = 1.0,
+        # track life
+        max_missed: int = 30,
+        new_track_score: float = 0.0,
+        # motion and appearance
+        velocity_weight: float = 0.5,
+        complete_fraction: float = 0.8,
+        area_decay: float = 0.98,
+    ) -> None:
+        for name, value in (
+            ("min_iou", min_iou),
+            ("min_coverage", min_coverage),
+            ("velocity_weight", velocity_weight),
+            ("complete_fraction", complete_fraction),
+            ("area_decay", area_decay),
+        ):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"Tracker: {name} must be in (0, 1], got {value}")
+        if not 0.0 <= cross_label_weight <= 1.0:
+            raise ValueError(
+                f"Tracker: cross_label_weight must be in [0, 1], got {cross_label_weight}"
+            )
+        if max_missed < 0:
+            raise ValueError(f"Tracker: max_missed must be >= 0, got {max_missed}")
+        self.min_iou = min_iou
+        self.min_coverage = min_coverage
+        self.cross_label_weight = cross_label_weight
+        self.recover_radius = recover_radius
+        self.max_missed = max_missed
+        self.new_track_score = new_track_score
+        self.velocity_weight = velocity_weight
+        self.complete_fraction = complete_fraction
+        self.area_decay = area_decay
+        self._tracks: list[_Track] = []  # in id order
+        self._next_id = 1
+        self._last_frame: int | None = None
+
+    def __len__(self) -> int:
+        """Tracks alive after the last update (not missed for more than max_missed frames)."""
+        return len(self._tracks)
+
+    def update(
+        self,
+        frame: int,
+        masks: LocalMasks,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        scores: np.ndarray,
+    ) -> np.ndarray:
+        """Link one frame's instances to the tracks; return their track ids.
+
+        Args:
+            frame: the frame number, greater than the previous call's (gaps are skipped
+                frames; the motion prediction spans them).
+            masks: the frame's N binary masks as crops (:class:`LocalMasks`, from
+                ``paste_masks``; :func:`local_masks` builds them from full-frame masks).
+            boxes: float[N, 4], xyxy, frame pixels; stand in for an instance's empty mask.
+            labels: int[N], label ids.
+            scores: float[N], in [0, 1].
+
+        Returns:
+            int64[N], each instance's track id (>= 1), or -1 (``NO_TRACK``) for an unmatched
+            instance below ``new_track_score``.
+        """
+        n = len(masks)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        labels = np.asarray(labels).reshape(-1)
+        scores = np.asarray(scores).reshape(-1)
+        if not (len(boxes) == len(labels) == len(scores) == n):
+            raise ValueError(
+                f"Tracker.update: {n} masks but {len(boxes)} boxes, {len(labels)} labels, "
+                f"{len(scores)} scores"
+            )
+        if self._last_frame is not None and frame <= self._last_frame:
+            raise ValueError(
+                f"Tracker.update: frame {frame} after frame {self._last_frame}; frames of a "
+                "stream must come in increasing order"
+            )
+        self._last_frame = frame
+        # Frames last_frame + 1 .. frame - 1 went by without a match.
+        self._tracks = [t for t in self._tracks if frame - t.last_frame - 1 <= self.max_missed]
+
+        dets = [
+            _tight(masks.masks[i, : masks.h[i], : masks.w[i]], int(masks.x0[i]), int(masks.y0[i]))
+            for i in range(n)
+        ]
+        iou, coverage = self._similarity(frame, dets, boxes, labels, masks.frame_size)
+        nearness = self._nearness(frame, dets, labels, masks.frame_size)
+        track_free = np.ones(len(self._tracks), bool)
+        det_free = np.ones(n, bool)
+        pairs: list[tuple[int, int]] = []
+        for similarity, least in (
+            (iou, self.min_iou),
+            (coverage, self.min_coverage),
+            (nearness, _NEAR),
+        ):
+            free = track_free[:, None] & det_free[None, :]
+            rows, cols = _assign(np.where(free, similarity, 0.0), least)
+            track_free[rows], det_free[cols] = False, False
+            pairs += zip(rows.tolist(), cols.tolist(), strict=True)
+        ids = np.full(n, NO_TRACK, np.int64)
+        for t, d in pairs:
+            track = self._tracks[t]
+            self._continue(track, frame, dets[d], boxes[d], int(labels[d]))
+            ids[d] = track.id
+        for d in range(n):
+            if ids[d] == NO_TRACK and scores[d] >= self.new_track_score:
+                ids[d] = self._start(frame, dets[d], boxes[d], int(labels[d]))
+        return ids
+
+    # --- association -----------------------------------------------------------------------
+
+    @staticmethod
+    def _shift(track: _Track, frames: int) -> tuple[int, int]:
+        """The predicted displacement (dx, dy) of ``track`` over ``frames``, whole pixels."""
+        dx, dy = track.velocity * frames
+        return round(float(dx)), round(float(dy))
+
+    def _similarity(
+        self,
+        frame: int,
+        dets: list[_Crop],
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        frame_size: tuple[int, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(iou, coverage), float64[T, N] each, of each track with each instance, weighted by
+        ``cross_label_weight`` across labels (see the constructor's min_iou, min_coverage).
+        Where an instance's mask is empty, iou is the box IoU and coverage 0."""
+        n_tracks, n = len(self._tracks), len(dets)
+        iou = np.zeros((n_tracks, n), np.float64)
+        coverage = np.zeros((n_tracks, n), np.float64)
+        if n_tracks == 0 or n == 0:
+            return iou, coverage
+        # Per track, three placements: last mask moved, last mask still, template moved.
+        moves = np.array(
+            [
+                (
+                    *self._shift(t, frame - t.last_frame),
+                    *self._shift(t, frame - t.template_frame),
+                )
+                for t in self._tracks
+            ],
+            np.int64,
+        ).reshape(n_tracks, 4)
+        last = np.array([(t.crop.x0, t.crop.y0, t.crop.x1, t.crop.y1) for t in self._tracks])
+        tmpl = np.array(
+            [(t.template.x0, t.template.y0, t.template.x1, t.template.y1) for t in self._tracks]
+        )
+        last = last.reshape(n_tracks, 4)
+        tmpl = tmpl.reshape(n_tracks, 4)
+        reach = np.stack(  # a rectangle around all three placements
+            [
+                np.minimum(last[:, :2] + np.minimum(moves[:, :2], 0), tmpl[:, :2] + moves[:, 2:]),
+                np.maximum(last[:, 2:] + np.maximum(moves[:, :2], 0), tmpl[:, 2:] + moves[:, 2:]),
+            ],
+            axis=1,
+        ).reshape(n_tracks, 4)
+        det_rect = np.array([(d.x0, d.y0, d.x1, d.y1) for d in dets], np.int64).reshape(n, 4)
+        near = (
+            (reach[:, None, 0] < det_rect[None, :, 2])
+            & (det_rect[None, :, 0] < reach[:, None, 2])
+            & (reach[:, None, 1] < det_rect[None, :, 3])
+            & (det_rect[None, :, 1] < reach[:, None, 3])
+        )
+        track_labels = np.array([t.label for t in self._tracks], np.int64)
+        same_label = track_labels[:, None] == labels[None, :]
+        if self.cross_label_weight == 0.0:
+            near &= same_label
+        moved_area: dict[int, int] = {}
+        for t, d in zip(*np.nonzero(near), strict=True):
+            track, det = self._tracks[t], dets[d]
+            if det.area == 0:
+                continue
+            lx, ly, tx, ty = (int(v) for v in moves[t])
+            if t not in moved_area:
+                moved_area[t] = _area_in_frame(track.crop, lx, ly, frame_size)
+            inter_moved = _intersection(track.crop, lx, ly, det)
+            inter_still = _intersection(track.crop, 0, 0, det) if (lx, ly) != (0, 0) else 0
+            iou[t, d] = max(
+                inter_moved / (moved_area[t] + det.area - inter_moved),
+                _STILL_WEIGHT * inter_still / (track.crop.area + det.area - inter_still),
+            )
+            inter_tmpl = _intersection(track.template, tx, ty, det)
+            coverage[t, d] = max(inter_moved, inter_tmpl) / det.area
+        empty = np.array([d.area == 0 for d in dets])
+        if empty.any():  # no mask to compare: the predicted box stands in
+            pred_boxes = np.array([t.box for t in self._tracks]) + np.tile(moves[:, :2], 2)
+            iou[:, empty] = box_iou(pred_boxes, boxes[empty])
+            if self.cross_label_weight == 0.0:
+                iou[:, empty] *= same_label[:, empty]
+        weight = np.where(same_label, 1.0, self.cross_label_weight)
+        return iou * weight, coverage * weight
+
+    def _nearness(
+        self, frame: int, dets: list[_Crop], labels: np.ndarray, frame_size: tuple[int, int]
+    ) -> np.ndarray:
+        """float64[T, N], third pass: 1 - d / r for instances of the track's label whose
+        centroid is at distance d < r of the track's predicted centroid (clamped into the
+        frame: what is outside cannot be seen), r = recover_radius * (object size + speed
+        * frames since the last complete mask); 0 elsewhere, and for instances much larger
+        than the object."""
+        n_tracks, n = len(self._tracks), len(dets)
+        near = np.zeros((n_tracks, n), np.float64)
+        if n_tracks == 0 or n == 0 or self.recover_radius == 0.0:
+            return near
+        frame_h, frame_w = frame_size
+        det_c = np.array([d.centroid for d in dets], np.float64).reshape(n, 2)
+        det_area = np.array([d.area for d in dets], np.float64)
+        for t, track in enumerate(self._tracks):
+            gap = frame - track.template_frame
+            cx, cy = track.template.centroid + track.velocity * gap
+            centre = np.array([min(max(cx, 0.0), frame_w - 1.0), min(max(cy, 0.0), frame_h - 1.0)])
+            size = math.sqrt(track.ref_area)
+            # Unknown motion (one sighting so far): allow half the object's size per frame.
+            speed = float(np.hypot(*track.velocity)) if track.moving else size / 2
+            radius = self.recover_radius * (size + speed * gap)
+            dist = np.hypot(*(det_c - centre).T)
+            ok = (labels == track.label) & (det_area > 0) & (det_area <= 2.0 * track.ref_area)
+            near[t] = np.where(ok & (dist < radius), 1.0 - dist / max(radius, 1e-9), 0.0)
+        return near
+
+    # --- track state -----------------------------------------------------------------------
+
+    def _continue(self, track: _Track, frame: int, det: _Crop, box: np.ndarray, label: int) -> None:
+        """Move ``track`` to its new mask; measure its velocity between complete masks."""
+        if det.area == 0:  # keep the last shape, moved with the box centre
+            shift = np.round((box[:2] + box[2:] - track.box[:2] - track.box[2:]) / 2)
+            old, (dx, dy) = track.crop, shift.astype(int).tolist()
+            det = _Crop(old.mask, old.x0 + dx, old.y0 + dy, old.area, old.centroid + shift)
+        track.ref_area = max(
+            float(det.area), track.ref_area * self.area_decay ** (frame - track.last_frame)
+        )
+        if det.area and det.area >= self.complete_fraction * track.ref_area:
+            measured = (det.centroid - track.template.centroid) / (frame - track.template_frame)
+            w = self.velocity_weight if track.moving else 1.0
+            track.velocity = w * measured + (1.0 - w) * track.velocity
+            track.moving = True
+            track.template, track.template_frame = det, frame
+        track.crop = det
+        track.box = box.copy()
+        track.label = label
+        track.last_frame = frame
+
+    def _start(self, frame: int, det: _Crop, box: np.ndarray, label: int) -> int:
+        track = _Track(
+            id=self._next_id,
+            label=label,
+            crop=det,
+            last_frame=frame,
+            template=det,
+            template_frame=frame,
+            ref_area=float(det.area),
+            box=box.copy(),
+            velocity=np.zeros(2, np.float64),
+            moving=False,
+        )
+        self._next_id += 1
+        self._tracks.append(track)
+        return track.id
+
+
+def _assign(similarity: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
+    """Matched (rows, columns) of a [T, N] similarity: as many pairs with similarity >= least
+    as possible, then the highest total similarity (Hungarian)."""
+    allowed = similarity >= least
+    rows, cols = np.flatnonzero(allowed.any(1)), np.flatnonzero(allowed.any(0))
+    if rows.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sub = similarity[np.ix_(rows, cols)]
+    cost = np.where(sub >= least, 1.0 - sub, _FORBIDDEN)
+    r, c = linear_sum_assignment(cost)
+    ok = cost[r, c] < _FORBIDDEN
+    return rows[r[ok]], cols[c[ok]]
+
+
+def local_masks(full: np.ndarray) -> LocalMasks:
+    """Full-frame masks as :class:`LocalMasks` tight crops (for tests, tools and ground truth).
+
+    Args:
+        full: bool[N, H, W].
+
+    Returns:
+        Crops of each mask's bounding box (0 x 0 at (0, 0) for an empty mask).
+    """
+    full = np.asarray(full, bool)
+    n, frame_h, frame_w = full.shape
+    crops = [_tight(m, 0, 0) for m in full]
+    crop_h = max((c.mask.shape[0] for c in crops), default=0)
+    crop_w = max((c.mask.shape[1] for c in crops), default=0)
+    stacked = np.zeros((n, crop_h, crop_w), bool)
+    for i, c in enumerate(crops):
+        stacked[i, : c.mask.shape[0], : c.mask.shape[1]] = c.mask
+    return LocalMasks(
+        masks=stacked,
+        x0=np.array([c.x0 for c in crops], np.int32),
+        y0=np.array([c.y0 for c in crops], np.int32),
+        h=np.array([c.mask.shape[0] for c in crops], np.int32),
+        w=np.array([c.mask.shape[1] for c in crops], np.int32),
+        frame_size=(frame_h, frame_w),
+    )
