@@ -1,15 +1,18 @@
-"""streamseg.wire.transport: publish endpoints, which binds need keys, MAXMSGSIZE.
+"""streamseg.wire.transport: publish endpoints, which binds need keys, MAXMSGSIZE, the accept hook.
 
 Real sockets (ipc:// in a temporary folder), no mocks.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import pytest
 
 from streamseg.wire import transport
-from streamseg.wire.protocol import Frame
+from streamseg.wire.protocol import EndOfStream, Frame, Message
 
 
 @pytest.mark.parametrize(
@@ -110,3 +113,71 @@ def test_maxmsgsize_drops_a_larger_message_and_keeps_the_connection_usable(endpo
 
 def test_receivers_default_to_a_bounded_size_that_takes_a_4k_frame():
     assert 3840 * 2160 * 3 < transport.DEFAULT_MAX_MSG_BYTES <= 256 << 20
+
+
+def owner_check(msg: Message, auth: str) -> str | None:
+    """Only the source of a stream may end it."""
+    if isinstance(msg, EndOfStream) and auth != f"source:{msg.stream}":
+        return "not the stream's source"
+    return None
+
+
+def test_receiver_accept_hook_counts_rejections_by_reason(endpoint):
+    pull = transport.pull(endpoint)
+    push = transport.push(endpoint)
+    receiver = transport.Receiver(pull, name="postprocess", accept=owner_check)
+    try:
+        assert receiver.recv(50) is None  # nothing sent: nothing received, nothing counted
+        assert (receiver.rejected, receiver.rejected_by) == (0, {})
+        transport.send(push, EndOfStream("cam1", 3), auth="source:cam2")
+        push.send_multipart([b"not json"])
+        transport.send(push, EndOfStream("cam1", 3))
+        transport.send(push, frame(3, 7), auth="source:cam1")
+        transport.send(push, EndOfStream("cam1", 8), auth="source:cam1")
+        got = [receiver.recv(5000), receiver.recv(5000)]
+        assert [type(m).__name__ for m in got] == ["Frame", "EndOfStream"]
+        assert got[1] == EndOfStream("cam1", 8)
+        assert receiver.recv(100) is None
+        assert receiver.rejected_by == {"not the stream's source": 2, "malformed": 1}
+        assert receiver.rejected == 3
+    finally:
+        push.close(0)
+        pull.close(0)
+
+
+def test_rejections_are_logged_once_per_reason_per_10_s(endpoint, caplog):
+    now = [100.0]
+    pull = transport.pull(endpoint)
+    push = transport.push(endpoint)
+    receiver = transport.Receiver(pull, name="inference", accept=owner_check, clock=lambda: now[0])
+
+    def reject(n: int, malformed: bool = False) -> None:
+        """Send `n` messages that are rejected; return once the receiver has seen them all."""
+        target = receiver.rejected + n
+        for _ in range(n):
+            if malformed:
+                push.send_multipart([b"{}"])
+            else:
+                transport.send(push, EndOfStream("cam1", 1), auth="intruder")
+        deadline = time.monotonic() + 5
+        while receiver.rejected < target:
+            assert receiver.recv(100) is None and time.monotonic() < deadline
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamseg.wire.transport"):
+            reject(50)
+            reject(5, malformed=True)
+            now[0] += 9.9
+            reject(5)
+            now[0] += 0.2
+            reject(1)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 3, lines
+        assert "inference: rejected a message: not the stream's source" in lines[0]
+        assert "EndOfStream of 'cam1'" in lines[0] and "intruder" not in "".join(lines)
+        assert "malformed" in lines[1]
+        assert "56 so far" in lines[2]
+        assert receiver.rejected_by == {"not the stream's source": 56, "malformed": 5}
+    finally:
+        push.close(0)
+        pull.close(0)

@@ -18,6 +18,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from streamseg.wire.protocol import (
     Message,
     ProtocolError,
     Result,
-    decode,
+    decode_envelope,
     encode,
     encode_published,
 )
@@ -423,9 +424,10 @@ def _sub_socket(topics: list[str] | None, hwm: int, max_msg_bytes: int) -> zmq.S
     return sock
 
 
-def send(sock: zmq.Socket, msg: Message, *, block: bool = True) -> bool:
-    """Send `msg` (arrays zero-copy). With block=False, False means the peer's queue is full."""
-    parts = encode(msg)
+def send(sock: zmq.Socket, msg: Message, *, block: bool = True, auth: str = "") -> bool:
+    """Send `msg` (arrays zero-copy), signed with `auth` (see protocol.encode).
+    With block=False, False means the peer's queue is full."""
+    parts = encode(msg, auth=auth)
     try:
         sock.send_multipart(parts, flags=0 if block else zmq.NOBLOCK, copy=len(parts) == 1)
     except zmq.Again:
@@ -441,32 +443,71 @@ def publish(sock: zmq.Socket, result: Result) -> None:
         pass
 
 
-class Receiver:
-    """Receives messages from one or more sockets, counting and logging malformed ones."""
+Accept = Callable[[Message, str], str | None]
+"""accept(message, auth) -> None to take the message, or a short reason to reject it."""
 
-    def __init__(self, *socks: zmq.Socket, name: str = "") -> None:
+
+class Receiver:
+    """Receives messages from one or more sockets; rejects malformed ones and those `accept`
+    refuses, counting them per reason (`rejected_by`, total `rejected`) and logging each reason
+    at most once per 10 s. Rejections are never raised."""
+
+    def __init__(
+        self,
+        *socks: zmq.Socket,
+        name: str = "",
+        accept: Accept | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.poller = zmq.Poller()
         for s in socks:
             self.poller.register(s, zmq.POLLIN)
         self.socks = socks
         self.name = name
+        self.accept = accept
+        self.clock = clock
         self.rejected = 0
+        self.rejected_by: dict[str, int] = {}
+        self._log_limit = _RateLimit(REJECT_LOG_INTERVAL_S)
 
     def recv(self, timeout_ms: float | None) -> Message | None:
-        """The next valid message, or None when none came within `timeout_ms` (None: wait)."""
+        """The next accepted message, or None when none came within `timeout_ms` (None: wait)."""
         while True:
             ready = dict(self.poller.poll(None if timeout_ms is None else int(timeout_ms)))
             if not ready:
                 return None
             for sock in self.socks:
                 if sock in ready:
-                    parts = sock.recv_multipart(copy=False)
-                    try:
-                        return decode(parts)
-                    except ProtocolError as e:
-                        self.rejected += 1
-                        log.warning("%s: rejected a malformed message (%s)", self.name, e)
+                    msg = self._check(sock.recv_multipart(copy=False))
+                    if msg is not None:
+                        return msg
             timeout_ms = 0  # a rejected message: look once more without waiting
+
+    def _check(self, parts: list[Any]) -> Message | None:
+        try:
+            msg, auth = decode_envelope(parts)
+        except ProtocolError as e:
+            self._reject("malformed", str(e))
+            return None
+        reason = self.accept(msg, auth) if self.accept is not None else None
+        if reason is not None:
+            # auth may be a secret (a credential): the log names the message, never the auth
+            stream = getattr(msg, "stream", "")
+            self._reject(reason, f"a {type(msg).__name__}" + (f" of {stream!r}" if stream else ""))
+            return None
+        return msg
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected += 1
+        n = self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
+        if self._log_limit.ready(reason, self.clock()):
+            log.warning(
+                "%s: rejected a message: %s (%s; %d so far for this reason)",
+                self.name,
+                reason,
+                detail,
+                n,
+            )
 
 
 def recv_raw(sock: zmq.Socket, timeout_ms: float | None) -> list[Any] | None:
