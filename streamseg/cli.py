@@ -78,7 +78,11 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
     if getattr(args, "realtime", False):
         pipeline = type(pipeline)(**{**pipeline.__dict__, "realtime": True})
     model = _load_model_config(args)
-    specs = parse_sources(sources)
+    try:
+        specs = parse_sources(sources)
+    except SourceError as e:
+        print(f"streamseg: error: {e}", file=sys.stderr)
+        return 2
     for spec in specs:  # unusable files fail here, in a second, before any stage starts
         if spec.kind == "file":
             try:

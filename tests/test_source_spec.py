@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamseg.source.spec import SourceSpec, parse_source, parse_sources
+from streamseg.source.spec import SourceError, SourceSpec, parse_source, parse_sources
 
 
 @pytest.mark.parametrize(
@@ -50,11 +50,6 @@ def test_credentials_never_reach_the_stream_id(arg, stream):
     assert spec == SourceSpec(stream, arg, "rtsp")  # the URL keeps them: it is what connects
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec._derive_id strips userinfo only up to the FIRST '@'; FFmpeg takes it up to the "
-    "last '@' before the path, so a password with a raw '@' leaks its tail into the stream id",
-)
 def test_password_with_a_raw_at_sign_never_reaches_the_stream_id():
     spec = parse_source("rtsp://admin:p@ssw0rd@cam.local/live")
     assert spec.stream == "cam.local_live"
@@ -115,3 +110,9 @@ def test_same_camera_twice_and_mixed_kinds():
 
 def test_no_sources():
     assert parse_sources([]) == []
+
+
+@pytest.mark.parametrize("arg", ["a/b=clip.mp4", "a\\b=clip.mp4", "x\ty=clip.mp4"])
+def test_unusable_stream_ids_are_refused_up_front(arg):
+    with pytest.raises(SourceError, match="stream id"):
+        parse_source(arg)

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamseg.wire.protocol import ProtocolError, check_name
+
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or read; the message is one line for the user."""
@@ -30,14 +32,16 @@ def _derive_id(url: str, kind: str) -> str:
     if kind == "camera":
         return "cam" + re.sub(r"\D", "", url)
     if kind == "rtsp":
-        rest = re.sub(r"^[a-z]+://([^@/]*@)?", "", url)  # drop scheme and credentials
+        # drop scheme and credentials: userinfo ends at the LAST '@' before the path, as FFmpeg
+        # reads it (a password may hold a raw '@')
+        rest = re.sub(r"^[a-z]+://([^/]*@)?", "", url)
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", rest).strip("_") or "rtsp"
     return Path(url).stem or "video"
 
 
 def parse_source(arg: str) -> SourceSpec:
     """ "[NAME=]URL" -> SourceSpec. URL: rtsp://..., /dev/videoN, a camera index, or a file path."""
-    name = ""
+    name, given = "", arg
     if "=" in arg and not arg.startswith(("rtsp://", "rtsps://", "/", ".")):
         name, arg = arg.split("=", 1)
     if arg.startswith(("rtsp://", "rtsps://")):
@@ -47,7 +51,15 @@ def parse_source(arg: str) -> SourceSpec:
         arg = arg if arg.startswith("/dev/") else f"/dev/video{arg}"
     else:
         kind = "file"
-    return SourceSpec(stream=name or _derive_id(arg, kind), url=arg, kind=kind)
+    stream = name or _derive_id(arg, kind)
+    try:
+        check_name(stream, "stream id")
+    except ProtocolError:
+        raise SourceError(
+            f"stream id {stream!r} (from {given!r}): use 1-256 printable characters without / or "
+            "\\, e.g. NAME=URL"
+        ) from None
+    return SourceSpec(stream=stream, url=arg, kind=kind)
 
 
 def parse_sources(args: list[str]) -> list[SourceSpec]:
