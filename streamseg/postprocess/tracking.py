@@ -190,7 +190,7 @@ class Tracker:
         min_iou: float = 0.2,
         min_coverage: float = 0.5,
         cross_label_weight: float = 0.0,
-        recover_radius: float = 1.0,
+        recover_radius: float = 1.5,
         # track life
         max_missed: int = 30,
         new_track_score: float = 0.0,
