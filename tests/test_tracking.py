@@ -205,3 +205,24 @@ def test_synth_ground_truth_is_tracked() -> None:
         instances += s.gt_instances + s.pred_instances
     assert switches <= 1
     assert 2 * idtp / instances >= 0.95
+
+
+def test_takes_paste_masks_crops() -> None:
+    """The postprocess stage's LocalMasks (box crops, padded to the largest) track the same as
+    tight crops of the same full masks."""
+    import torch
+
+    from streamseg.postprocess.masks import paste_masks
+
+    rng = np.random.default_rng(1)
+    a, b = Tracker(), Tracker()
+    for f in range(6):
+        boxes = np.array([[5 + 4 * f, 10, 30 + 4 * f, 40], [60, 5, 90, 25]], np.float32)
+        probs = rng.uniform(0.3, 1.0, (2, 1, 28, 28)).astype(np.float32)
+        local = paste_masks(torch.from_numpy(probs), torch.from_numpy(boxes), (H, W))
+        labels, scores = np.array([SQUARE, CIRCLE]), np.array([0.9, 0.8], np.float32)
+        ids = a.update(f, local, boxes, labels, scores)
+        assert (
+            ids.tolist() == b.update(f, local_masks(local.full()), boxes, labels, scores).tolist()
+        )
+        assert ids.tolist() == [1, 2]
