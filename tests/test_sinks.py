@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import struct
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -273,3 +274,35 @@ def test_unwritable_results_file_is_one_line(tmp_path):
         ResultsSink(tmp_path / "dir")  # fine: created
         ResultsSink(tmp_path)  # a folder
     assert str(e.value).startswith(f"{tmp_path}: cannot write (")
+
+
+def test_a_video_name_without_a_container_is_one_line(tmp_path):
+    with pytest.raises(OutputError) as e:
+        VideoSink(tmp_path / "out_noext", 64, 48, 25.0)
+    assert str(e.value).startswith(f"{tmp_path / 'out_noext'}: no video file extension")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MB tmpfs (skipped where mounting is not allowed)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_full_disk_stops_the_video_at_its_last_whole_fragment(tiny_disk):
+    path = tiny_disk / "v.mp4"
+    rng = np.random.default_rng(0)  # noise: ~40 kB a frame, the disk fills in a few fragments
+    sink = VideoSink(path, 160, 120, 25.0, time_base=TICK, fragment_s=0.2)
+    with pytest.raises(OutputError) as e:
+        for i in range(1000):
+            sink.write(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), pts=i / 25)
+    assert str(e.value) == f"{path}: disk full; free some space or write elsewhere"
+    sink.close()  # raises nothing more
+    assert len(decoded_pts(path)) >= 5  # plain decoding: no broken fragment at the end

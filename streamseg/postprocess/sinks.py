@@ -8,6 +8,7 @@ Publishing to subscribers is `transport.publish`; the message format is in `prot
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import av
 import numpy as np
 
-from streamseg.pipeline.preflight import output_path
+from streamseg.pipeline.preflight import output_path, video_format_problem
 
 __all__ = ["OutputError", "ResultsSink", "VideoSink", "output_path"]
 
@@ -78,12 +79,16 @@ class VideoSink:
         rate = Fraction(fps).limit_denominator(1001)
         self.vfr = time_base is not None
         self.time_base = time_base if time_base is not None else Fraction(1) / rate
-        fragmented = fragment_s is not None and self.path.suffix.lower() in _MOV_FAMILY
-        options = {"movflags": FRAGMENTED_MOVFLAGS, "flush_packets": "1"} if fragmented else {}
+        self.fragmented = fragment_s is not None and self.path.suffix.lower() in _MOV_FAMILY
+        # flush_packets: each fragment reaches the file whole, the moment it is cut
+        options = {"movflags": FRAGMENTED_MOVFLAGS, "flush_packets": "1"} if self.fragmented else {}
         try:
             self.container = av.open(str(self.path), mode="w", options=options)
         except OSError as e:
             raise output_error(self.path, e) from None
+        except ValueError:  # FFmpeg knows no container for this name
+            why = video_format_problem(self.path) or f"{self.path}: no container for this name"
+            raise OutputError(errno.EINVAL, why, str(self.path)) from None
         self.stream = self.container.add_stream("libx264", rate=rate)
         self.stream.width, self.stream.height = width, height
         # yuv420p (what every player takes) needs even sizes; 4:4:4 keeps odd ones exact.
@@ -105,6 +110,8 @@ class VideoSink:
         self._durations: dict[int, int] = {}
         self._failed = False
         self._closed = False
+        self._whole = 0
+        """Bytes of the file that end on a whole fragment (fragmented only)."""
 
     def write(self, image: np.ndarray, pts: float | None = None) -> None:
         """image: uint8[H, W, 3] RGB of the stream's size; pts: its presentation time, seconds
@@ -135,6 +142,8 @@ class VideoSink:
             for packet in self.stream.encode(frame):
                 packet.duration = self._durations.pop(packet.pts, packet.duration)
                 self.container.mux(packet)
+                if self.fragmented:  # everything muxed is flushed: the file ends whole here
+                    self._whole = os.path.getsize(self.path)
         except OSError as e:
             self._failed = True
             raise output_error(self.path, e) from None
@@ -142,7 +151,7 @@ class VideoSink:
     def close(self) -> None:
         """Encode the frames still held, write the trailer, close the file: always, even when
         interrupted half way (what was muxed stays playable). After a failed write, only
-        releases the file. Closing again does nothing."""
+        releases the file, cut back to its last whole fragment. Closing again does nothing."""
         if self._closed:
             return
         self._closed = True
@@ -154,12 +163,18 @@ class VideoSink:
                     self._encode(held, tick, self._last_step)
                 self._encode(None)
         finally:
+            error = None
             try:
                 self.container.close()
             except OSError as e:
                 if not self._failed:
                     self._failed = True
-                    raise output_error(self.path, e) from None
+                    error = output_error(self.path, e)
+            if self._failed and self.fragmented:
+                with contextlib.suppress(OSError):  # drop a fragment the failure cut short
+                    os.truncate(self.path, self._whole)
+            if error is not None:
+                raise error
 
 
 class ResultsSink:
