@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -74,9 +75,44 @@ def stream_info(
     return StreamStart(spec.stream, ctx.width, ctx.height, fps, frames, spec.url, live, reconnects)
 
 
-def decode_frames(container: Any) -> Iterator[tuple[float | None, np.ndarray]]:
-    """(pts seconds or None, uint8[H, W, 3] RGB) for each decoded frame, in decode order."""
+@dataclass
+class DecodeErrors:
+    """Packets the decoder rejected (corrupt data), skipped so decoding goes on."""
+
+    corrupt_packets: int = 0
+    consecutive: int = 0
+    """Rejected in a row; decoding gives up past `decode_frames`'s max_consecutive_errors."""
+    last: str = ""
+    """FFmpeg's message for the last rejected packet."""
+
+
+def decode_frames(
+    container: Any,
+    errors: DecodeErrors | None = None,
+    *,
+    max_consecutive_errors: int = 100,
+) -> Iterator[tuple[float | None, np.ndarray]]:
+    """(pts seconds or None, uint8[H, W, 3] RGB) for each decoded frame, in decode order.
+
+    A packet the decoder rejects (corrupt data) is counted in `errors` and skipped: the decoder
+    picks up again at the next packet it can use (at the latest the next keyframe). More than
+    `max_consecutive_errors` in a row re-raises the last error: that is no longer a damaged
+    spot but an undecodable stream. Reading errors (demuxing, network) always raise.
+    """
+    errors = errors if errors is not None else DecodeErrors()
     vs = container.streams.video[0]
     vs.thread_type = "AUTO"
-    for frame in container.decode(vs):
-        yield frame.time, frame.to_ndarray(format="rgb24")
+    for packet in container.demux(vs):  # ends with an empty packet that flushes the decoder
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as e:
+            errors.corrupt_packets += 1
+            errors.consecutive += 1
+            errors.last = str(e.strerror or e)
+            if errors.consecutive > max_consecutive_errors:
+                raise
+            log.debug("skipped a corrupt packet at %s: %s", packet.pts, errors.last)
+            continue
+        errors.consecutive = 0
+        for frame in frames:
+            yield frame.time, frame.to_ndarray(format="rgb24")

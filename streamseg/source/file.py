@@ -1,5 +1,7 @@
 """File sources: decode a whole video file and send every frame, then its end-of-stream.
 
+Packets the decoder rejects (a damaged spot in the file) are skipped and counted
+(`corrupt_packets` in the source's stats); the frames around them still go out.
 A file is sent losslessly (a full inference queue blocks the decoder) unless it stands in for a
 camera (`realtime`), when it is paced at its own frame rate and `send` may refuse frames.
 """
@@ -13,7 +15,7 @@ from typing import Any
 import av
 
 from streamseg.accounting import Counters
-from streamseg.source.decode import decode_frames, open_input, stream_info
+from streamseg.source.decode import DecodeErrors, decode_frames, open_input, stream_info
 from streamseg.source.spec import SourceSpec
 from streamseg.stage.shell import BusyTimer, StatsReporter
 from streamseg.wire.protocol import EndOfStream, Frame
@@ -37,9 +39,10 @@ def run_file(
     reporter.extra["frames_expected"] = info.frames
     send(info)
     count, error = 0, ""
+    errors = DecodeErrors()
     t0 = clock()
     try:
-        frames = decode_frames(container)
+        frames = decode_frames(container, errors)
         while True:
             with BusyTimer(reporter):
                 try:
@@ -48,7 +51,11 @@ def run_file(
                     break
                 except av.error.FFmpegError as e:
                     error = f"decoding stopped after {count} frames: {e.strerror or e}"
+                    if errors.consecutive:
+                        error += f" ({errors.consecutive} corrupt packets in a row)"
                     break
+                finally:
+                    reporter.extra["corrupt_packets"] = errors.corrupt_packets
             pts, image = item
             if pts is None:
                 pts = count / info.fps
@@ -68,7 +75,12 @@ def run_file(
     lost = bool(error)
     if info.frames and count < info.frames:
         lost = True
-        error = error or f"decoded {count} of {info.frames} frames (truncated file?)"
+        error = error or f"decoded {count} of {info.frames} frames (truncated or damaged file?)"
+    if errors.corrupt_packets:
+        lost = lost or not info.frames  # no frame count to compare with: assume frames were lost
+        error = (
+            f"{error}; " if error else ""
+        ) + f"skipped {errors.corrupt_packets} corrupt packets"
     eos = EndOfStream(spec.stream, count, error, lost)
     send(eos)
     return eos
