@@ -102,7 +102,7 @@ def test_variable_rate_keeps_every_frame_time_and_the_duration(tmp_path):
     for t, img in zip(pts, frames(40), strict=True):
         sink.write(img, pts=float(t))
     sink.close()
-    ticks = [round(t * 90000) for t in pts]
+    ticks = [round((t - pts[0]) * 90000) for t in pts]  # the file starts at its first frame
     assert decoded_pts(path) == ticks
     got = packets(path)
     # each frame lasts until the next; the last one as long as the one before it
@@ -306,3 +306,12 @@ def test_a_full_disk_stops_the_video_at_its_last_whole_fragment(tiny_disk):
     assert str(e.value) == f"{path}: disk full; free some space or write elsewhere"
     sink.close()  # raises nothing more
     assert len(decoded_pts(path)) >= 5  # plain decoding: no broken fragment at the end
+
+
+def test_a_first_frame_without_time_is_followed_at_the_nominal_rate(tmp_path):
+    path = tmp_path / "late.mp4"
+    sink = VideoSink(path, 64, 48, 25.0, time_base=TICK)
+    for t, img in zip([None, 10.5, 10.6], frames(3), strict=True):
+        sink.write(img, pts=t)
+    sink.close()
+    assert decoded_pts(path) == [0, 3600, 12600]

@@ -51,9 +51,10 @@ class VideoSink:
     """H.264 writer (libx264), one output frame per input frame, at the source's size.
 
     Timestamps: by default frames are numbered at the constant `fps`; with `time_base` (e.g.
-    Fraction(1, 90000)) `write(image, pts)` keeps each frame's own time to that resolution, so a
-    variable-frame-rate source keeps its timing (B-frames are then off, so each frame lasts
-    exactly until the next one; the last lasts as long as the one before it).
+    Fraction(1, 90000)) `write(image, pts)` keeps each frame's own time to that resolution,
+    counted from the first frame, so a variable-frame-rate source keeps its timing (B-frames
+    are then off, so each frame lasts exactly until the next; the last as long as the one
+    before it).
     `fragment_s`: an .mp4/.mov is written fragmented with a keyframe (and fragment) about every
     `fragment_s` seconds, so a file cut off at any moment (kill -9, power loss, full disk) plays
     up to its last complete fragment. None: a plain MP4, playable only once closed.
@@ -104,6 +105,8 @@ class VideoSink:
         if self.vfr:
             self.stream.time_base = self.time_base
         self.frames = 0
+        self._origin: float | None = None
+        """The first frame's pts, seconds: the file's time 0."""
         self._held: tuple[av.VideoFrame, int] | None = None
         """The newest frame: encoded once the next one says how long it lasts."""
         self._last_step = max(1, round(1 / (fps * self.time_base)))
@@ -126,13 +129,18 @@ class VideoSink:
         self.frames += 1
 
     def _tick(self, pts: float | None) -> int:
-        """The frame's pts in time_base units, strictly after the previous frame's."""
+        """The frame's time in time_base units, strictly after the previous frame's. With
+        `time_base` the first frame is at 0, as ffmpeg does: a live stream or a restarted
+        stage that starts at 3600 s still gives a file that plays from its first frame."""
         if self._held is None:
-            return round(pts / self.time_base) if self.vfr and pts is not None else 0
+            self._origin = pts if self.vfr else None
+            return 0
         previous = self._held[1]
         if not self.vfr or pts is None:
             return previous + (self._last_step if self.vfr else 1)
-        return max(round(pts / self.time_base), previous + 1)
+        if self._origin is None:  # the first frame had no time: this one follows it
+            self._origin = pts - (previous + self._last_step) * float(self.time_base)
+        return max(round((pts - self._origin) / self.time_base), previous + 1)
 
     def _encode(self, frame: av.VideoFrame | None, tick: int = 0, duration: int = 0) -> None:
         if frame is not None:
