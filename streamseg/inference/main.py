@@ -22,6 +22,7 @@ from streamseg.inference.batching import Batch, Batcher
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
+from streamseg.stage.trust import Tokens, from_sources
 from streamseg.wire import transport
 from streamseg.wire.protocol import Detections, EndOfStream, Frame, StreamStart
 
@@ -86,7 +87,8 @@ def serve(
 ) -> int:
     """Run until `streams` end-of-streams have passed (0: until interrupted)."""
     counters = Counters()
-    reporter = StatsReporter(stats_endpoint, "inference", counters)
+    tokens = Tokens.from_env()
+    reporter = StatsReporter(stats_endpoint, "inference", counters, auth=tokens.own)
     reporter.start_heartbeat()  # alive while the model loads, however long that takes
     model = load_model(cfg)
     executor = Executor(model, fp16=cfg.fp16)
@@ -96,7 +98,7 @@ def serve(
     # closed while this side was not reading (reproduced: 9 of 11 arrived, LINGER -1).
     pull = transport.pull(frames_endpoint, bind=True, hwm=max(4, cfg.max_batch))
     push = transport.push(detections_endpoint, bind=False, hwm=max(4, cfg.max_batch))
-    receiver = transport.Receiver(pull, name="inference")
+    receiver = transport.Receiver(pull, name="inference", accept=from_sources(tokens.peers))
     clock = time.monotonic
     batcher = Batcher(
         max_batch=cfg.max_batch,
@@ -128,7 +130,7 @@ def serve(
                     continue
                 cond.notify_all()  # room freed for the receiver
             for ctl in batch.controls:
-                transport.send(push, ctl)
+                transport.send(push, ctl, auth=tokens.own)
                 ended += isinstance(ctl, EndOfStream)
             if batch.frames:
                 t0 = time.perf_counter()
@@ -144,7 +146,7 @@ def serve(
                         r["boxes"], r["scores"], r["labels"], r["masks"],
                         f.image if forward_images else None, dt * 1000.0, len(batch.frames),
                     )  # fmt: skip
-                    transport.send(push, det)
+                    transport.send(push, det, auth=tokens.own)
                     counters.count_out(f.stream)
             reporter.extra.update(
                 batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected

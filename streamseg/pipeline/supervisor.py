@@ -29,6 +29,8 @@ from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, s
 from streamseg.pipeline.spec import Pipeline
 from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, StageWatch, describe_exit
 from streamseg.source.spec import SourceSpec
+from streamseg.stage.trust import ENV as TOKENS_ENV
+from streamseg.stage.trust import Tokens, from_stages, new_token, source_name
 from streamseg.wire import transport
 from streamseg.wire.protocol import Stats
 
@@ -57,9 +59,10 @@ class _Stop:
     signals: list[str] = field(default_factory=list)
 
 
-def _spawn(stage: str, kwargs: dict[str, Any], name: str) -> _Proc:
+def _spawn(stage: str, kwargs: dict[str, Any], name: str, tokens: Tokens) -> _Proc:
     cmd = [sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Tokens go in the environment: a command line is visible to every local user.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{TOKENS_ENV: tokens.to_env()})
     # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops the stages in
     # order (SIGTERM) instead of each one being interrupted wherever it happens to be.
     popen = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -85,7 +88,9 @@ def run(
     ep = {k: v.replace("{run}", rundir) for k, v in pipeline.endpoints.items()}
     publish = publish if publish is not None else (pipeline.publish or None)
     stats_sock = transport.pull(ep["stats"], bind=True, hwm=1000)
-    receiver = transport.Receiver(stats_sock, name="supervisor")
+    names = ["postprocess", "inference", *(source_name(s.stream) for s in sources)]
+    tokens = {name: new_token() for name in names}
+    receiver = transport.Receiver(stats_sock, name="supervisor", accept=from_stages(tokens))
     live = pipeline.live
     n = len(sources)
     common = {"stats_endpoint": ep["stats"], "verbose": verbose}
@@ -98,7 +103,9 @@ def run(
     t0, epoch = time.monotonic(), time.time()
 
     def start(stage: str, name: str, kwargs: dict[str, Any]) -> None:
-        procs[name] = _spawn(stage, {**common, **kwargs}, name)
+        senders = {"inference": names[2:], "postprocess": ["inference"]}.get(stage, [])
+        own = Tokens(tokens[name], {peer: tokens[peer] for peer in senders})
+        procs[name] = _spawn(stage, {**common, **kwargs}, name, own)
         watch.started(name, time.monotonic())
 
     start(
@@ -128,7 +135,7 @@ def run(
             "forward_images": bool(video),
         },
     )
-    source_names = {spec.stream: f"source[{spec.stream}]" for spec in sources}
+    source_names = {spec.stream: source_name(spec.stream) for spec in sources}
     bar = Progress(None, unit="frames", enabled=None if not quiet else False)
     ready = failed = False
     t_ready = t0
@@ -150,6 +157,7 @@ def run(
                         "live": live,
                         "realtime": pipeline.realtime,
                         "hwdecode": pipeline.hwdecode,
+                        "stay": True,
                         **(live_options or {}),
                     },
                 )
@@ -166,13 +174,14 @@ def run(
             if _act(actions, procs, tally, watch, start, errors, epoch):
                 failed = True
                 break
-            if all(p.code is not None for p in procs.values()) and not any(
+            if all(p.code is not None for p in procs.values() if p.stage != "source") and not any(
                 watch.down(name) for name in procs
             ):
-                break
+                break  # the end: sources that ended wait to be stopped (see source.main)
             post = tally.get("postprocess")
             done = sum(c.get("out", 0) for c in post.counters.values()) if post else 0
-            if drain.stuck(procs, source_names.values(), done, now):
+            ended = all(_ended(procs.get(n), tally) for n in source_names.values())
+            if drain.stuck(ended, done, now):
                 why = f"every source ended, but no frame was finished for {drain.wait_s:g} s"
                 if not live:  # a file run's stages must finish: something is wrong
                     errors.append(f"{why}: stopped waiting")
@@ -191,10 +200,10 @@ def run(
                 for line in stream_lines(source_stats, _stage_stats(tally), now - t0):
                     bar.line(line)
         if not ready and not stop.requested:
-            failed = True
-            for p in procs.values():
+            for p in procs.values():  # (2: bad settings, and the stage said so; exit code 2)
                 if (code := p.popen.poll()) is not None and code != 2:
                     errors.append(f"{p.name} {describe_exit(code)} while starting")
+                    failed = True
     finally:
         interrupted = bool(stop.requested)
         _shutdown(procs, watch, tally, receiver, stop, prompt=interrupted or failed or not ready)
@@ -237,12 +246,10 @@ class _Drain:
         self.done = -1
         self.since = 0.0
 
-    def stuck(self, procs: dict[str, _Proc], sources: Any, done: int, now: float) -> bool:
-        names = list(sources)
-        if not names or any(procs[s].code is None for s in names if s in procs):
+    def stuck(self, ended: bool, done: int, now: float) -> bool:
+        """ended: every source has sent its end-of-stream; done: frames finished so far."""
+        if not ended:
             self.done = -1
-            return False
-        if any(s not in procs for s in names):
             return False
         if done != self.done:
             self.done, self.since = done, now
@@ -279,12 +286,20 @@ def _act(
     return failed
 
 
+def _ended(p: _Proc | None, tally: Tally) -> bool:
+    """The source `p` sent its end-of-stream (it then waits to be stopped, or has exited)."""
+    if p is None:
+        return False
+    last = tally.latest.get(p.name)
+    return p.code in (0, 2, 3) or bool(last is not None and last.extra.get("ended"))
+
+
 def _restart_kwargs(
     p: _Proc, procs: dict[str, _Proc], tally: Tally, epoch: float
 ) -> dict[str, Any]:
     """A dead stage's arguments for its next life."""
     kwargs = {k: v for k, v in p.kwargs.items() if k not in ("stats_endpoint", "verbose")}
-    ended = sum(1 for q in procs.values() if q.stage == "source" and q.code in (0, 2, 3))
+    ended = sum(1 for q in procs.values() if q.stage == "source" and _ended(q, tally))
     if p.stage == "source":
         # Frame numbers go on from where the last life got to (and well past what it may have
         # decoded after its last report), so a stream's frame numbers never repeat.
@@ -381,13 +396,13 @@ def _shutdown(
 ) -> None:
     """Let stages finish (they close their files), then terminate, then kill: no orphans.
 
-    `prompt` (stopped by the user, or a stage failed): ask every stage to stop now (SIGTERM),
-    sources first so that nothing new enters while the others close their outputs."""
+    Sources are stopped at once (the ones that ended wait for it). `prompt` (stopped by the
+    user, or a stage failed): every other stage too, after the sources, so that nothing new
+    enters while the others close their outputs."""
     order = sorted(procs.values(), key=lambda p: (p.stage != "source", p.stage == "postprocess"))
-    if prompt:
-        for p in order:
-            if p.popen.poll() is None:
-                _signal(p, signal.SIGTERM)
+    for p in order:
+        if p.popen.poll() is None and (prompt or p.stage == "source"):
+            _signal(p, signal.SIGTERM)
     grace = 10.0 if prompt else 5.0
     deadline = time.monotonic() + grace
     for sig_deadline, sig in ((deadline, signal.SIGTERM), (deadline + 5.0, signal.SIGKILL)):

@@ -23,6 +23,7 @@ from streamseg.postprocess.results import make_result
 from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
 from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
+from streamseg.stage.trust import Tokens, from_inference
 from streamseg.wire import transport
 from streamseg.wire.protocol import Detections, EndOfStream, StreamStart
 
@@ -93,12 +94,17 @@ def serve(
 ) -> int:
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
-    reporter = StatsReporter(stats_endpoint, "postprocess", counters)
+    tokens = Tokens.from_env()
+    reporter = StatsReporter(stats_endpoint, "postprocess", counters, auth=tokens.own)
     reporter.start_heartbeat()
     if restarted:  # a new life: never overwrite what the last one wrote
         video = _part(video, restarted)
         results = _part(results, restarted)
-    receiver = transport.Receiver(transport.pull(detections_endpoint, hwm=4), name="postprocess")
+    receiver = transport.Receiver(
+        transport.pull(detections_endpoint, hwm=4),
+        name="postprocess",
+        accept=from_inference(tokens.peers),
+    )
     pub = transport.publisher(publish) if publish else None
     sinks: dict[str, _Sinks] = {}
     reporter.ready()
@@ -137,8 +143,10 @@ def serve(
             elif isinstance(msg, EndOfStream):
                 if book.end(msg) is not None:
                     sinks[msg.stream].close()
+            for out in sinks.values():
+                out.tick()  # results lines reach the disk within a second, also when idle
             book.report_latency()
-            reporter.extra["rejected"] = receiver.rejected
+            reporter.extra.update(rejected=receiver.rejected, rejected_by=receiver.rejected_by)
             reporter.tick()
         return 3 if book.lost_any else 0
 

@@ -41,7 +41,8 @@ def setup_process(stage: str, *, verbose: bool = False) -> None:
 class StatsReporter:
     """Sends the stage's counters to the runner every `every_s` seconds and once at the end.
 
-    `name` tells the supervisor which process reported ("source[cam1]"; default: the stage).
+    `name` tells the supervisor which process reported ("source[cam1]"; default: the stage);
+    `auth` is the token it signs its reports with (see streamseg.stage.trust).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class StatsReporter:
         counters: Counters,
         *,
         name: str | None = None,
+        auth: str = "",
         every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -58,6 +60,7 @@ class StatsReporter:
         self.sock = transport.stats_push(endpoint) if endpoint else None
         self.stage = stage
         self.name = name or stage
+        self.auth = auth
         self.counters = counters
         self.every_s = every_s
         self.clock = clock
@@ -74,14 +77,14 @@ class StatsReporter:
         if self.endpoint is None or self._beat is not None:
             return
         endpoint, stage, name, stop = self.endpoint, self.stage, self.name, self._stop_beat
-        extra = self.extra
+        extra, auth = self.extra, self.auth
 
         def beat() -> None:
             sock = transport.stats_push(endpoint)
             try:
                 while not stop.wait(every_s):
                     info = {"name": name, "heartbeat": True, "ready": bool(extra.get("ready"))}
-                    transport.send(sock, Stats(stage, {}, extra=info), block=False)
+                    transport.send(sock, Stats(stage, {}, extra=info), block=False, auth=auth)
             finally:
                 sock.close(0)
 
@@ -102,8 +105,18 @@ class StatsReporter:
             self._send(final=False)
 
     def final(self) -> None:
+        """The last report, then the socket closed with up to 1 s to deliver it, so that an
+        interrupted stage (whose other sockets drop what they hold) still reports its counts."""
         self.stop_heartbeat()
         self._send(final=True)
+        if self.sock is not None:
+            self.sock.close(linger=1000)
+            self.sock = None
+
+    def report_now(self) -> None:
+        """Report at once (e.g. a state change the supervisor acts on)."""
+        self.last = self.clock()
+        self._send(final=False)
 
     def ready(self) -> None:
         """Tell the runner this stage is bound and loaded: sources may start sending."""
@@ -114,7 +127,7 @@ class StatsReporter:
         if self.sock is None:
             return
         msg = Stats(self.stage, self.counters.to_json(), self.busy_s, final, dict(self.extra))
-        transport.send(self.sock, msg, block=final)
+        transport.send(self.sock, msg, block=final, auth=self.auth)
 
 
 def run_stage_loop(
@@ -122,13 +135,14 @@ def run_stage_loop(
     reporter: StatsReporter,
     *,
     cleanup: Callable[[], None] | None = None,
+    abort: bool = False,
 ) -> int:
     """Run a stage's main loop and end it the same way in every stage.
 
     Returns the loop's exit code, or 130 when it was interrupted (Ctrl-C, or SIGTERM, which
     setup_process turns into KeyboardInterrupt). Then, always: `cleanup` (close files, stop
     threads), a final stats report, and every socket closed, delivering what it still holds,
-    or dropping it at once when interrupted.
+    or dropping it at once when interrupted or `abort` (the loop knows all was delivered).
     """
     interrupted = False
     try:
@@ -142,7 +156,7 @@ def run_stage_loop(
                 cleanup()
         finally:
             reporter.final()
-            transport.close_all(abort=interrupted)
+            transport.close_all(abort=interrupted or abort)
 
 
 class BusyTimer:
