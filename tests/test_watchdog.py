@@ -38,7 +38,7 @@ def test_final_report_ends_hang_checks():
     assert w.check(30.0) == []
 
 
-@pytest.mark.parametrize("code", [0, 2, 3])
+@pytest.mark.parametrize("code", [0, 3])
 def test_normal_exits_are_not_deaths(code):
     for live in (False, True):
         w = StageWatch(live=live)
@@ -52,6 +52,14 @@ def test_file_run_fails_on_a_death():
     w.started("source[a]", 0.0)
     w.exited("source[a]", -9, 5.0)
     assert w.check(5.0) == [Action(FAIL, "source[a]", "killed by SIGKILL")]
+
+
+def test_an_error_exit_of_a_running_stage_is_a_death():
+    w = StageWatch(live=False)
+    w.started("postprocess", 0.0)
+    w.seen("postprocess", 1.0, ready=True)
+    w.exited("postprocess", 2, 9.0)  # e.g. the disk filled up
+    assert w.check(9.0) == [Action(FAIL, "postprocess", "exited with 2")]
 
 
 def test_live_run_restarts_with_doubling_backoff():

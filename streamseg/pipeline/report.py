@@ -112,13 +112,13 @@ def exit_code(
     """The run's exit code (see the module doc) from each stage process's exit code (by name)
     and the final counters; appends a line per problem to `report.errors`. `failed`: the
     supervisor ended the run because a stage died or hung (its line is in report.errors)."""
+    if failed:
+        return 1
     for name, code in codes.items():
         if code == 2:
             report.errors.append(f"{name} could not start (see its error above)")
     if any(c == 2 for c in codes.values()):
         return 2
-    if failed:
-        return 1
     if interrupted:
         return 130 if not live else 0
     if any(c not in (0, 3) for c in codes.values()):
@@ -173,6 +173,12 @@ def summary(report: RunReport) -> str:
         f"busy: {busy or 'n/a'}"
     )
     lines = [text]
+    corrupt = {
+        k: c["corrupt_packets"] for k, c in report.sources.items() if c.get("corrupt_packets")
+    }
+    if corrupt:
+        per = ", ".join(f"{k} {v}" for k, v in sorted(corrupt.items()))
+        lines.append(f"skipped corrupt packets (the frames in them are lost): {per}")
     if report.restarts:
         restarts = ", ".join(f"{k} {v}" for k, v in sorted(report.restarts.items()))
         lines.append(f"restarted after dying or hanging: {restarts}")

@@ -7,10 +7,11 @@ asks for verdicts; no clock of its own and no processes, so every decision is te
   heartbeat thread reports every 0.25 s whatever its main loop is doing, so silence means the
   process is frozen or gone). Until it is ready (importing torch, loading a model: work that
   can hold the interpreter for seconds on a loaded machine), it gets `start_s`.
-- A stage that exits with a code other than 0 (done), 2 (bad input: restarting cannot help) or
-  3 (done, frames lost) died. In a file run that ends the run (FAIL): nothing after it can
-  complete. In a live run it is restarted (RESTART) after a backoff that doubles per death,
-  from retry_min_s to retry_max_s, so a stage that dies at once does not spin.
+- A stage that exits with a code other than 0 (done) or 3 (done, frames lost) died: once
+  running, even a stage's own error exit (2: a full disk, say) leaves the pipeline without
+  it. In a file run that ends the run (FAIL): nothing after it can complete. In a live run
+  it is restarted (RESTART) after a backoff that doubles per death, from retry_min_s to
+  retry_max_s, so a stage that dies at once does not spin.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 from dataclasses import dataclass
 
 KILL, RESTART, FAIL = "kill", "restart", "fail"
-NORMAL_EXITS = (0, 2, 3)
+NORMAL_EXITS = (0, 3)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ streams and cameras through `live` (reconnects, watchdog); both end with an end-
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from streamseg.accounting import Counters
@@ -14,6 +15,7 @@ from streamseg.source.file import run_file
 from streamseg.source.live import run_live, send_live
 from streamseg.source.spec import SourceError, SourceSpec
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
+from streamseg.stage.trust import Tokens, source_name
 from streamseg.wire import transport
 from streamseg.wire.protocol import EndOfStream
 
@@ -32,22 +34,28 @@ def main(
     hwdecode: str = "off",
     first_frame: int = 0,
     first_pts: float = 0.0,
+    stay: bool = False,
     verbose: bool = False,
     **live_options: Any,
 ) -> int:
-    """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable."""
+    """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable.
+    `stay`: after the end-of-stream, wait to be stopped (SIGTERM) instead of exiting at once
+    (supervised runs: see below)."""
     setup_process(f"source[{stream}]", verbose=verbose)
     spec = SourceSpec(stream, source, kind, hwdecode)
     counters = Counters()
     counters[stream]  # report the stream even if it never yields a frame
-    reporter = StatsReporter(stats_endpoint, "source", counters, name=f"source[{stream}]")
+    tokens = Tokens.from_env()
+    reporter = StatsReporter(
+        stats_endpoint, "source", counters, name=source_name(stream), auth=tokens.own
+    )
     reporter.start_heartbeat()
     reporter.ready()  # a source has nothing to load; its own watchdog handles slow streams
     # Short queues: enough to keep the model fed, few enough that a frame waits little
     sock = transport.push(frames_endpoint, hwm=2)
 
     def send(msg: Any, block: bool = True) -> bool:
-        return transport.send(sock, msg, block=block)
+        return transport.send(sock, msg, block=block, auth=tokens.own)
 
     def loop() -> int:
         try:
@@ -76,4 +84,20 @@ def main(
             log.warning("%s: %s", stream, eos.error)
         return 3 if eos.lost else 0
 
-    return run_stage_loop(loop, reporter)
+    def loop_then_stay() -> int:
+        code = loop()
+        if stay:
+            # libzmq can lose the last messages of a PUSH socket that closes while its peer is
+            # not reading (seen: the last frame and the end-of-stream of a 120-frame file, every
+            # time, at HWM 4). So the source stays connected until the supervisor, which knows
+            # the end-of-stream went through (inference ended), stops it.
+            try:  # (a stop may come at any moment from now on: never a traceback, same code)
+                reporter.extra["ended"] = True
+                reporter.report_now()
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        return code
+
+    return run_stage_loop(loop_then_stay, reporter, abort=stay)

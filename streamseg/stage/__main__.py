@@ -7,7 +7,6 @@ also be started by hand, or on another host, with the same command line.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 from streamseg.config import ConfigError, WeightsError
@@ -28,7 +27,6 @@ def run_stage(stage: str, kwargs: dict) -> int:
     try:
         return main(**kwargs)
     except (ConfigError, WeightsError, SourceError, OSError) as e:
-        logging.getLogger(stage).error("%s", e)
         print(f"streamseg {stage}: error: {e}", file=sys.stderr)
         return 2
 
