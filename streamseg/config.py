@@ -234,9 +234,32 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     return cfg
 
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "arch": (str,),
+    "weights": (str,),
+    "score_threshold": (int, float),
+    "mask_threshold": (int, float),
+    "detections_per_img": (int,),
+    "min_size": (int,),
+    "max_size": (int,),
+    "device": (str,),
+    "max_batch": (int,),
+    "max_wait_ms": (int, float),
+    "fp16": (bool,),
+    "threads": (int,),
+}
+
+
 def validate(cfg: ModelConfig) -> None:
     """Raise ConfigError for values the pipeline cannot run with."""
     where = cfg.path or "config"
+    for name, types in _TYPES.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            kind = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"{where}: {name} must be a {kind}, got {value!r}")
+    if not all(isinstance(v, str) for v in cfg.labels):
+        raise ConfigError(f"{where}: labels must be a list of strings")
     if cfg.arch not in ARCHS:
         raise ConfigError(f"{where}: arch {cfg.arch!r} is not one of {', '.join(ARCHS)}")
     if not 0.0 <= cfg.score_threshold <= 1.0 or not 0.0 < cfg.mask_threshold < 1.0:

@@ -158,11 +158,6 @@ def test_unknown_shipped_name():
         load_config("nope")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='validate compares values without checking their type: score_threshold = "0.5" '
-    "raises TypeError (a traceback) instead of a ConfigError naming the file",
-)
 def test_wrongly_typed_value_is_a_config_error(tmp_path):
     refused(write(tmp_path, GOOD + 'score_threshold = "0.5"\n'), "score_threshold")
 

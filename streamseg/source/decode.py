@@ -70,8 +70,12 @@ def stream_info(
     vs = container.streams.video[0]
     rate = vs.average_rate or vs.guessed_rate or vs.base_rate
     fps = float(rate) if rate else 30.0
+    if not 0.001 <= fps <= 1000.0:  # a container's nonsense rate: timestamps still hold
+        fps = 30.0
     frames = int(vs.frames) if vs.frames and spec.kind == "file" else None
     ctx = vs.codec_context
+    if not (0 < ctx.width <= 16384 and 0 < ctx.height <= 16384):
+        raise SourceError(f"{spec.url}: video of {ctx.width}x{ctx.height} pixels cannot be used")
     return StreamStart(spec.stream, ctx.width, ctx.height, fps, frames, spec.url, live, reconnects)
 
 
