@@ -43,7 +43,15 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         "the stream id (else NAME.STREAM.mp4)",
     )
     p.add_argument("--results", help="results file (.jsonl, one JSON object per frame; see README)")
-    p.add_argument("--publish", help="also publish results on this ZeroMQ PUB endpoint")
+    p.add_argument(
+        "--publish",
+        help="also publish results on this ZeroMQ PUB endpoint: PORT or tcp://:PORT (loopback), "
+        "tcp://HOST:PORT; binding beyond loopback needs --keys and --allow-keys",
+    )
+    p.add_argument("--keys", metavar="DIR/NAME", help="CURVE keypair of this pipeline's publisher")
+    p.add_argument(
+        "--allow-keys", metavar="DIR", help="folder of the public keys of allowed subscribers"
+    )
     p.add_argument(
         "--report",
         metavar="FILE",
@@ -96,6 +104,12 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
             file=sys.stderr,
         )
         return 2
+    publish = args.publish or pipeline.publish or None
+    try:
+        publish, security = _publish_security(publish, args.keys, args.allow_keys)
+    except ValueError as e:
+        print(f"streamseg: error: {e}", file=sys.stderr)
+        return 2
     # unusable outputs fail here too, before a model is loaded or a frame is decoded
     inputs = [s.url for s in specs if s.kind == "file"]
     problems = check_outputs(args.output, args.results, [s.stream for s in specs], inputs=inputs)
@@ -113,7 +127,8 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         model,
         video=args.output,
         results=args.results,
-        publish=args.publish,
+        publish=publish,
+        publish_keys=security,
         live_options=live_options,
         quiet=args.quiet,
         verbose=args.verbose,
@@ -126,6 +141,25 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
             print(f"streamseg: error: cannot write --report {args.report}: {e}", file=sys.stderr)
             return report.exit_code or 2
     return report.exit_code
+
+
+def _publish_security(
+    publish: str | None, keys: str | None, allow: str | None
+) -> tuple[str | None, dict[str, str] | None]:
+    """The publish endpoint (shortcuts expanded) and its key files, checked now; ValueError
+    with one line for the user (a network bind without keys, a bad key file)."""
+    from streamseg.wire import curve, transport
+
+    if (keys is None) != (allow is None):
+        raise ValueError("give both --keys DIR/NAME and --allow-keys DIR, or neither")
+    if publish is None:
+        if keys:
+            raise ValueError("--keys and --allow-keys secure --publish: give an endpoint")
+        return None, None
+    publish = transport.publish_endpoint(publish)
+    security = curve.server_security(keys, allow) if keys and allow else None
+    transport.check_bind(publish, security)
+    return publish, ({"keys": keys, "allow": allow} if keys and allow else None)
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
@@ -329,9 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from streamseg import client
     from streamseg.tools import bench
+    from streamseg.wire import curve
 
     bench.register(sub)
     client.register(sub)
+    curve.register(sub)
     return parser
 
 

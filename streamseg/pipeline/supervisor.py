@@ -77,6 +77,7 @@ def run(
     video: str | None = None,
     results: str | None = None,
     publish: str | None = None,
+    publish_keys: dict[str, str] | None = None,
     live_options: dict[str, Any] | None = None,
     stats_every_s: float = 5.0,
     quiet: bool = False,
@@ -119,6 +120,7 @@ def run(
             "video": video,
             "results": results,
             "publish": publish,
+            "publish_keys": publish_keys,
             "n_outputs": n,
         },
     )

@@ -24,7 +24,7 @@ from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
 from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_inference
-from streamseg.wire import transport
+from streamseg.wire import curve, transport
 from streamseg.wire.protocol import Detections, EndOfStream, StreamStart
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def serve(
     video: str | None,
     results: str | None,
     publish: str | None,
+    publish_security: transport.Security | None,
     n_outputs: int,
     restarted: int = 0,
 ) -> int:
@@ -105,7 +106,7 @@ def serve(
         name="postprocess",
         accept=from_inference(tokens.peers),
     )
-    pub = transport.publisher(publish) if publish else None
+    pub = transport.publisher(publish, security=publish_security) if publish else None
     sinks: dict[str, _Sinks] = {}
     reporter.ready()
 
@@ -169,13 +170,16 @@ def main(
     video: str | None = None,
     results: str | None = None,
     publish: str | None = None,
+    publish_keys: dict[str, str] | None = None,
     n_outputs: int = 1,
     restarted: bool = False,
     part: int = 0,
     verbose: bool = False,
 ) -> int:
-    """`restarted`: a new life after the last one died; it takes over the streams already
-    running and writes its outputs to NAME.partN.EXT (N = `part`), next to the last life's."""
+    """`publish_keys`: {"keys": DIR/NAME, "allow": DIR}, the CURVE key files of the publisher
+    (paths, never keys, travel on the command line). `restarted`: a new life after the last one
+    died; it takes over the streams already running and writes its outputs to NAME.partN.EXT
+    (N = `part`), next to the last life's."""
     setup_process("postprocess", verbose=verbose)
     torch.set_num_threads(1)  # the model stage needs the cores; paste work here is small
     return serve(
@@ -187,6 +191,11 @@ def main(
         video=video,
         results=results,
         publish=publish,
+        publish_security=(
+            curve.server_security(publish_keys["keys"], publish_keys["allow"])
+            if publish_keys
+            else None
+        ),
         n_outputs=n_outputs,
         restarted=part if restarted else 0,
     )
