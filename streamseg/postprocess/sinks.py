@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ import av
 import numpy as np
 
 from streamseg.pipeline.preflight import output_path, video_format_problem
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OutputError", "ResultsSink", "VideoSink", "output_path"]
 
@@ -123,6 +126,9 @@ class VideoSink:
         tick = self._tick(pts)
         if self._held is not None:
             held, held_tick = self._held
+            # not held any more before it is encoded: a stop (SIGTERM) that lands inside the
+            # encoder must not leave it to be encoded twice by close() (FFmpeg refuses that)
+            self._held = None
             self._last_step = tick - held_tick
             self._encode(held, held_tick, self._last_step)
         self._held = (frame, tick)
@@ -170,6 +176,8 @@ class VideoSink:
                     self._held = None
                     self._encode(held, tick, self._last_step)
                 self._encode(None)
+        except av.error.FFmpegError as e:  # a packet cut off by a stop: the file ends before it
+            log.warning("%s: last frames not written (%s)", self.path, e)
         finally:
             error = None
             try:
