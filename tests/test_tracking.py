@@ -226,3 +226,16 @@ def test_takes_paste_masks_crops() -> None:
             ids.tolist() == b.update(f, local_masks(local.full()), boxes, labels, scores).tolist()
         )
         assert ids.tolist() == [1, 2]
+
+
+def test_best_total_not_most_pairs() -> None:
+    """A stray track half over an object must not push the object's track onto a fragment."""
+    whole = square(10, 10, 20)
+    stray = np.zeros((H, W), bool)
+    stray[10:30, 20:30] = True  # the right half of the object
+    fragment = np.zeros((H, W), bool)
+    fragment[12:28, 10:20] = True  # 160 px of the left half: IoU 0.4 with the object's track
+    t = Tracker()
+    assert step(t, 0, [whole, stray]) == [1, 2]
+    # Most pairs would be (1, fragment) + (2, whole): 0.4 + 0.5; the best total is (1, whole): 1.
+    assert step(t, 1, [whole, fragment])[0] == 1

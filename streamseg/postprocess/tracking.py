@@ -10,8 +10,8 @@ Algorithm, per frame:
 1. Tracks not matched for more than ``max_missed`` frames (by frame number) are ended.
 2. Motion prediction: each track moves by its velocity (px / frame, measured between mask
    centroids) times the frame gap, so it also holds across frames skipped by a live stream.
-3. Three passes, each one global assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``:
-   as many matches as possible, then the best total) over what the passes before left:
+3. Three passes, each one global assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``,
+   highest total similarity) over what the passes before left:
    a. mask IoU of the track's last mask, moved as predicted, and the new mask >= ``min_iou``;
    b. share of the new mask inside the track's last complete (unoccluded) mask, moved as
       predicted, >= ``min_coverage``: objects coming out from behind others, whose visible
@@ -38,7 +38,6 @@ from scipy.optimize import linear_sum_assignment
 from streamseg.postprocess.masks import LocalMasks
 
 NO_TRACK = -1  # id of an instance that neither continues a track nor may start one
-_FORBIDDEN = 1e6  # assignment cost of a pair that may not match
 # The last mask not moved is the fallback for a stale velocity (a turn, a bounce), trusted less
 # than the prediction: a new object where a fast one was last seen must not take its id.
 _STILL_WEIGHT = 0.5
@@ -453,16 +452,19 @@ class Tracker:
 
 
 def _assign(similarity: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
-    """Matched (rows, columns) of a [T, N] similarity: as many pairs with similarity >= least
-    as possible, then the highest total similarity (Hungarian)."""
+    """Matched (rows, columns) of a [T, N] similarity: the pairs with similarity >= least of
+    the assignment with the highest total (Hungarian).
+
+    Highest total, not most pairs: a stray track that overlaps an object a little must not
+    push the object's own track onto a fragment so that both get a pair.
+    """
     allowed = similarity >= least
     rows, cols = np.flatnonzero(allowed.any(1)), np.flatnonzero(allowed.any(0))
     if rows.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    sub = similarity[np.ix_(rows, cols)]
-    cost = np.where(sub >= least, 1.0 - sub, _FORBIDDEN)
-    r, c = linear_sum_assignment(cost)
-    ok = cost[r, c] < _FORBIDDEN
+    sub = np.where(allowed[np.ix_(rows, cols)], similarity[np.ix_(rows, cols)], 0.0)
+    r, c = linear_sum_assignment(sub, maximize=True)
+    ok = sub[r, c] >= least
     return rows[r[ok]], cols[c[ok]]
 
 
