@@ -197,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from streamseg.tools import evaluate
 
     try:
-        return evaluate.main(args.results, args.gt)
+        return evaluate.main(args.results, args.gt, tracks=args.tracks)
     except evaluate.EvalError as e:
         print(f"streamseg eval: error: {e}", file=sys.stderr)
         return 2
@@ -333,13 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="COCO mask AP of a results file against ground truth",
+        help="COCO mask and box AP/AR of a results file against ground truth; MOT figures",
         description="Score a results file (.jsonl from annotate/watch) against COCO ground truth "
-        "(e.g. from `streamseg synth --gt`): mask AP (IoU .50:.95), AP50, AP75 via pycocotools. "
-        "Frames are matched to ground-truth images by their 0-based frame number.",
+        "(e.g. from `streamseg synth --gt`): mask and box AP (IoU .50:.95), AP50, AP75 and AR "
+        "via pycocotools. Frames are matched to ground-truth images by their 0-based frame "
+        "number; results and ground truth of different clips are refused (exit 2).",
     )
     p.add_argument("results", help="results file (.jsonl)")
     p.add_argument("--gt", required=True, help="COCO ground truth JSON")
+    p.add_argument(
+        "--tracks",
+        action="store_true",
+        help="also MOT figures of the results' track_id against the ground truth's track_id: "
+        "IDF1, MOTA, MOTP, ID switches (docs/tracking.md)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -362,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from streamseg import client
-    from streamseg.tools import bench
+    from streamseg.tools import bench, export
     from streamseg.wire import curve
 
+    export.register(sub)
     bench.register(sub)
     client.register(sub)
     curve.register(sub)

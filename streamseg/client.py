@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from streamseg.wire import curve, transport
 from streamseg.wire.protocol import (
     Instance,
@@ -33,7 +35,7 @@ from streamseg.wire.protocol import (
     decode_published,
 )
 
-__all__ = ["FrameResult", "Instance", "Subscriber", "parse"]
+__all__ = ["FrameResult", "Instance", "Subscriber", "parse", "to_supervision"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,30 @@ class FrameResult:
     def counts(self) -> dict[str, int]:
         """Instances per label name."""
         return dict(Counter(i.label_name for i in self.instances))
+
+
+def to_supervision(result: FrameResult) -> Any:
+    """The frame's instances as a `supervision.Detections` (pip install streamseg[supervision]):
+    xyxy boxes, full-frame masks bool[N, H, W], confidence, class_id (label ids), tracker_id
+    (track ids; -1 for an untracked instance) and data["class_name"]."""
+    try:
+        import supervision as sv
+    except ImportError:
+        raise ImportError(
+            "to_supervision needs the supervision package: pip install 'streamseg[supervision]'"
+        ) from None
+    inst = result.instances
+    masks = np.zeros((len(inst), result.height, result.width), bool)
+    for k, i in enumerate(inst):
+        masks[k] = i.mask()
+    return sv.Detections(
+        xyxy=np.array([i.box for i in inst], np.float32).reshape(-1, 4),
+        mask=masks,
+        confidence=np.array([i.score for i in inst], np.float32),
+        class_id=np.array([i.label for i in inst], int),
+        tracker_id=np.array([-1 if i.track_id is None else i.track_id for i in inst], int),
+        data={"class_name": np.array([i.label_name for i in inst], dtype=str)},
+    )
 
 
 def parse(parts: Sequence[Any], received: float) -> FrameResult:

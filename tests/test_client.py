@@ -191,3 +191,34 @@ def test_subscribe_command_prints_one_line_per_frame():
     for line in lines:
         assert line.startswith("cam1 frame ") and line.endswith(" ms: 2 square"), line
     assert "received 3 results" in err
+
+
+def test_track_ids_reach_the_client_and_supervision():
+    sv = pytest.importorskip("supervision")
+    from streamseg.client import to_supervision
+
+    square, mask = square_instance()
+    circle, _ = square_instance(label=1, name="circle")
+    tracked = [{**square, "track_id": 7}, {**circle, "track_id": None}]
+    r = parse(encode_published(make_result(instances=tracked)), received=1000.0)
+    assert [i.track_id for i in r.instances] == [7, None]
+    det = to_supervision(r)
+    assert isinstance(det, sv.Detections) and len(det) == 2
+    np.testing.assert_array_equal(det.mask[0], mask)
+    assert det.mask.shape == (2, 6, 8)
+    assert det.tracker_id.tolist() == [7, -1]
+    assert det.class_id.tolist() == [2, 1]
+    assert det.confidence.tolist() == pytest.approx([0.9, 0.9])
+    assert det.xyxy.tolist() == [[2, 1, 6, 4], [2, 1, 6, 4]]
+    assert det.data["class_name"].tolist() == ["square", "circle"]
+    empty = to_supervision(parse(encode_published(make_result()), received=1000.0))
+    assert len(empty) == 0 and empty.mask.shape == (0, 6, 8)
+
+
+def test_an_old_record_without_track_id_still_reads():
+    square, _ = square_instance()  # written before tracking: no "track_id" key
+    (inst,) = parse(encode_published(make_result(instances=[square])), 1000.0).instances
+    assert inst.track_id is None
+    bad = {**square, "track_id": 0}
+    with pytest.raises(ProtocolError, match="track_id"):
+        parse(encode_published(make_result(instances=[bad])), 1000.0)

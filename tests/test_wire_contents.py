@@ -22,6 +22,7 @@ from streamseg.postprocess.render import draw_instances
 from streamseg.postprocess.results import make_result
 from streamseg.postprocess.streams import StreamBook
 from streamseg.wire.protocol import (
+    PROTOCOL_VERSION,
     Detections,
     EndOfStream,
     Frame,
@@ -410,7 +411,7 @@ def test_published_header_needs_version_and_matching_topic() -> None:
         decode_published([topic, json.dumps(without).encode()])
     with pytest.raises(ProtocolError, match="topic"):
         decode_published([b"clip2", header])
-    eos = {**json.loads(encode(EndOfStream("clip", 1))[0]), "version": 1}
+    eos = {**json.loads(encode(EndOfStream("clip", 1))[0]), "version": PROTOCOL_VERSION}
     with pytest.raises(ProtocolError, match="not a Result"):
         decode_published([b"clip", json.dumps(eos).encode()])
 

@@ -24,6 +24,10 @@ class Pipeline:
     depth: int = 1
     publish: str = ""
     hwdecode: str = "auto"
+    track: bool = True
+    """Give every instance a track id (postprocess.tracking), per stream."""
+    track_max_missed: int = 30
+    """A track survives this many frames without its object (occlusion, a missed detection)."""
     hang_s: float = 2.0
     """A stage silent (no heartbeat) for this long is hung: killed, then handled as dead."""
     path: str = ""
@@ -48,6 +52,8 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         depth=int(inf.get("depth", 1)),
         publish=str(post.get("publish", "")),
         hwdecode=str(src.get("hwdecode", "auto")),
+        track=bool(post.get("track", True)),
+        track_max_missed=int(post.get("track_max_missed", 30)),
         hang_s=float(data.get("supervisor", {}).get("hang_s", 2.0)),
         path=str(path),
     )

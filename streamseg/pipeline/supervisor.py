@@ -122,6 +122,8 @@ def run(
             "publish": publish,
             "publish_keys": publish_keys,
             "n_outputs": n,
+            "track": pipeline.track,
+            "track_max_missed": pipeline.track_max_missed,
         },
     )
     start(

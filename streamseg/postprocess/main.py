@@ -14,14 +14,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from streamseg.accounting import Counters
+from streamseg.postprocess.masks import LocalMasks
 from streamseg.postprocess.render import draw_instances
-from streamseg.postprocess.results import make_result
+from streamseg.postprocess.results import make_result, with_track_ids
 from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
+from streamseg.postprocess.tracking import NO_TRACK, Tracker
 from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_inference
 from streamseg.wire import curve, transport
@@ -79,6 +82,21 @@ def _part(template: str | None, part: int) -> str | None:
     return str(path.with_name(f"{path.stem}.part{part}{path.suffix}"))
 
 
+def _track(
+    trackers: dict[str, Tracker], det: Detections, local: LocalMasks, settings: dict[str, Any]
+) -> list[int | None]:
+    """The frame's track ids, from its stream's tracker (frames of a stream come in order)."""
+    tracker = trackers.get(det.stream)
+    if tracker is None:
+        tracker = trackers[det.stream] = Tracker(**settings)
+    try:
+        ids = tracker.update(det.frame, local, det.boxes, det.labels, det.scores)
+    except ValueError as e:  # a frame out of order: its instances go untracked, once said
+        log.warning("%s: frame %d not tracked (%s)", det.stream, det.frame, e)
+        return [None] * len(det.scores)
+    return [None if t == NO_TRACK else int(t) for t in ids]
+
+
 def serve(
     *,
     detections_endpoint: str,
@@ -91,8 +109,10 @@ def serve(
     publish: str | None,
     publish_security: transport.Security | None,
     n_outputs: int,
+    track: dict[str, Any] | None = None,
     restarted: int = 0,
 ) -> int:
+    """track: the Tracker's settings (None: no track ids)."""
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     tokens = Tokens.from_env()
@@ -108,6 +128,7 @@ def serve(
     )
     pub = transport.publisher(publish, security=publish_security) if publish else None
     sinks: dict[str, _Sinks] = {}
+    trackers: dict[str, Tracker] = {}  # per stream, made on its first frame
     reporter.ready()
 
     def on_frame(det: Detections) -> None:
@@ -116,6 +137,10 @@ def serve(
             log.warning("%s: frame %d of a stream that is not open: dropped", det.stream, det.frame)
             return
         result, local = make_result(det, mask_threshold=mask_threshold, label_names=label_names)
+        ids: list[int | None] | None = None
+        if track is not None:
+            ids = _track(trackers, det, local, track)
+            result = with_track_ids(result, ids)
         if det.stream not in sinks:  # adopted: a stream that started before this life
             sinks[det.stream] = _Sinks(state.info, video=video, results=results, n=n_outputs)
         out = sinks[det.stream]
@@ -127,7 +152,9 @@ def serve(
             if det.image is None:
                 raise RuntimeError("video output needs frames forwarded by inference")
             out.video.write(
-                draw_instances(det.image, local, det.boxes, det.labels, det.scores, label_names),
+                draw_instances(
+                    det.image, local, det.boxes, det.labels, det.scores, label_names, track_ids=ids
+                ),
                 pts=det.pts,
             )
         book.done(state, time.time() - det.wall_time)
@@ -138,12 +165,14 @@ def serve(
             if isinstance(msg, StreamStart):
                 if book.start(msg):
                     sinks[msg.stream] = _Sinks(msg, video=video, results=results, n=n_outputs)
+                    trackers.pop(msg.stream, None)
             elif isinstance(msg, Detections):
                 with BusyTimer(reporter):
                     on_frame(msg)
             elif isinstance(msg, EndOfStream):
                 if book.end(msg) is not None:
                     sinks[msg.stream].close()
+                trackers.pop(msg.stream, None)
             for out in sinks.values():
                 out.tick()  # results lines reach the disk within a second, also when idle
             book.report_latency()
@@ -172,6 +201,8 @@ def main(
     publish: str | None = None,
     publish_keys: dict[str, str] | None = None,
     n_outputs: int = 1,
+    track: bool = True,
+    track_max_missed: int = 30,
     restarted: bool = False,
     part: int = 0,
     verbose: bool = False,
@@ -197,5 +228,6 @@ def main(
             else None
         ),
         n_outputs=n_outputs,
+        track={"max_missed": track_max_missed} if track else None,
         restarted=part if restarted else 0,
     )

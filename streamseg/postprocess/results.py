@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -34,3 +35,9 @@ def make_result(
     ]
     result = Result(det.stream, det.frame, det.pts, det.wall_time, det.width, det.height, instances)
     return result, local
+
+
+def with_track_ids(result: Result, ids: Sequence[int | None]) -> Result:
+    """`result` with each instance's "track_id" set (ids: one per instance, None: untracked)."""
+    instances = [{**inst, "track_id": tid} for inst, tid in zip(result.instances, ids, strict=True)]
+    return replace(result, instances=instances)

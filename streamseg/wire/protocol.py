@@ -31,7 +31,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: instances carry "track_id" (docs/protocol.md says what readers of version 1 see)."""
 
 # The dtypes a buffer may carry; anything else is refused (no object arrays, ever).
 _DTYPES = frozenset({"uint8", "int32", "int64", "float16", "float32", "float64", "bool"})
@@ -130,7 +131,8 @@ class EndOfStream:
     """True when the source knows frames were lost (truncated file, stream gone for good)."""
 
 
-_INSTANCE_KEYS = frozenset({"label", "label_name", "score", "box", "rle"})
+_INSTANCE_KEYS = frozenset({"label", "label_name", "score", "box", "rle", "track_id"})
+_INSTANCE_KEYS_V1 = _INSTANCE_KEYS - {"track_id"}  # results files written before tracking
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class Instance:
     score: float
     box: tuple[float, float, float, float]
     rle: dict[str, Any]
+    track_id: int | None = None
+    """The object's id in its stream (>= 1, kept while it stays in view); None: not tracked."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as it is written and sent (score to 5 decimals, box to 2)."""
@@ -156,6 +160,7 @@ class Instance:
             "score": round(self.score, 5),
             "box": [round(v, 2) for v in self.box],
             "rle": self.rle,
+            "track_id": self.track_id,
         }
 
     @classmethod
@@ -164,7 +169,10 @@ class Instance:
         anything else (missing or unknown keys included)."""
         if not isinstance(raw, dict):
             raise ProtocolError("instance is not an object")
-        _exact_keys(raw, _INSTANCE_KEYS, "instance")
+        _exact_keys(raw, _INSTANCE_KEYS if "track_id" in raw else _INSTANCE_KEYS_V1, "instance")
+        track_id = raw.get("track_id")
+        if track_id is not None:
+            track_id = _int(track_id, "instance track_id", lo=1)
         box = raw["box"]
         if not isinstance(box, list) or len(box) != 4:
             raise ProtocolError("instance box is not [x1, y1, x2, y2]")
@@ -184,6 +192,7 @@ class Instance:
             score=_float(raw["score"], "instance score", lo=0.0, hi=1.0),
             box=(x1, y1, x2, y2),
             rle={"size": [height, width], "counts": rle["counts"]},
+            track_id=track_id,
         )
 
     def mask(self) -> np.ndarray:
