@@ -184,7 +184,7 @@ def run(
                 break  # the end: sources that ended wait to be stopped (see source.main)
             post = tally.get("postprocess")
             done = sum(c.get("out", 0) for c in post.counters.values()) if post else 0
-            ended = all(_ended(procs.get(n), tally) for n in source_names.values())
+            ended = all(_ended(procs.get(name), tally) for name in source_names.values())
             if drain.stuck(ended, done, now):
                 why = f"every source ended, but no frame was finished for {drain.wait_s:g} s"
                 if not live:  # a file run's stages must finish: something is wrong
