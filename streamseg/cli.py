@@ -77,12 +77,21 @@ def _load_model_config(args: argparse.Namespace):
 def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
     from streamseg.pipeline.preflight import check_outputs
     from streamseg.pipeline.report import summary, to_json
-    from streamseg.pipeline.spec import load_pipeline
+    from streamseg.pipeline.spec import insecure_endpoints, load_pipeline
     from streamseg.pipeline.supervisor import run
     from streamseg.source.decode import open_input
     from streamseg.source.spec import SourceError, parse_sources
 
     pipeline = load_pipeline(pipeline_path)
+    exposed = insecure_endpoints(pipeline)
+    if exposed:
+        print(
+            f"streamseg: error: {pipeline.path}: {', '.join(exposed)} can be reached from other "
+            'hosts: set [security] keys = "DIR/NAME" (make them with `streamseg keys`) or '
+            "use ipc:// or tcp://127.0.0.1 endpoints",
+            file=sys.stderr,
+        )
+        return 2
     if getattr(args, "realtime", False):
         pipeline = type(pipeline)(**{**pipeline.__dict__, "realtime": True})
     model = _load_model_config(args)

@@ -24,6 +24,7 @@ from streamseg.inference.model import load_model
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_sources
 from streamseg.wire import transport
+from streamseg.wire.curve import link_security
 from streamseg.wire.protocol import Detections, EndOfStream, Frame, StreamStart
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,18 @@ def serve(
     live: bool,
     depth: int,
     forward_images: bool,
+    link_keys: str | None = None,
 ) -> int:
     """Run until `streams` end-of-streams have passed (0: until interrupted)."""
     counters = Counters()
     tokens = Tokens.from_env()
-    reporter = StatsReporter(stats_endpoint, "inference", counters, auth=tokens.own)
+    reporter = StatsReporter(
+        stats_endpoint,
+        "inference",
+        counters,
+        auth=tokens.own,
+        security=link_security(link_keys, stats_endpoint, bind=False),
+    )
     reporter.start_heartbeat()  # alive while the model loads, however long that takes
     model = load_model(cfg)
     executor = Executor(model, fp16=cfg.fp16)
@@ -96,8 +104,19 @@ def serve(
     # Queues hold about one batch in flight and one waiting: deeper ones only add latency. Not
     # below 4: with a receive HWM of 2, libzmq 4.3.5 lost the last messages of a sender that
     # closed while this side was not reading (reproduced: 9 of 11 arrived, LINGER -1).
-    pull = transport.pull(frames_endpoint, bind=True, hwm=max(4, cfg.max_batch))
-    push = transport.push(detections_endpoint, bind=False, hwm=max(4, cfg.max_batch))
+    hwm = max(4, cfg.max_batch)
+    pull = transport.pull(
+        frames_endpoint,
+        bind=True,
+        hwm=hwm,
+        security=link_security(link_keys, frames_endpoint, bind=True),
+    )
+    push = transport.push(
+        detections_endpoint,
+        bind=False,
+        hwm=hwm,
+        security=link_security(link_keys, detections_endpoint, bind=False),
+    )
     receiver = transport.Receiver(pull, name="inference", accept=from_sources(tokens.peers))
     clock = time.monotonic
     batcher = Batcher(
@@ -172,6 +191,7 @@ def main(
     depth: int = 1,
     forward_images: bool = True,
     restarted: bool = False,
+    link_keys: str | None = None,
     verbose: bool = False,
 ) -> int:
     """`model`: every field of a ModelConfig (config.to_dict), as the runner resolved it.
@@ -192,4 +212,5 @@ def main(
         live=live,
         depth=depth,
         forward_images=forward_images,
+        link_keys=link_keys,
     )

@@ -28,9 +28,28 @@ class Pipeline:
     """Give every instance a track id (postprocess.tracking), per stream."""
     track_max_missed: int = 30
     """A track survives this many frames without its object (occlusion, a missed detection)."""
+    keys: str = ""
+    """CURVE keypair DIR/NAME every stage holds; tcp:// links between stages then admit only
+    it ("": none; a tcp endpoint beyond loopback is then refused)."""
     hang_s: float = 2.0
     """A stage silent (no heartbeat) for this long is hung: killed, then handled as dead."""
     path: str = ""
+
+
+def _keys_path(pipeline: Path, keys: str) -> str:
+    """A keys path of a pipeline file, relative to the file's folder like a config's paths."""
+    if not keys:
+        return ""
+    return str(pipeline.parent / keys) if not Path(keys).is_absolute() else keys
+
+
+def insecure_endpoints(pipeline: Pipeline) -> list[str]:
+    """The endpoints of `pipeline` that are reachable from other hosts but have no keys."""
+    from streamseg.wire.transport import needs_keys
+
+    if pipeline.keys:
+        return []
+    return [f"{k} = {v}" for k, v in pipeline.endpoints.items() if needs_keys(v)]
 
 
 def load_pipeline(name_or_path: str | Path) -> Pipeline:
@@ -55,5 +74,6 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         track=bool(post.get("track", True)),
         track_max_missed=int(post.get("track_max_missed", 30)),
         hang_s=float(data.get("supervisor", {}).get("hang_s", 2.0)),
+        keys=_keys_path(path, data.get("security", {}).get("keys", "")),
         path=str(path),
     )

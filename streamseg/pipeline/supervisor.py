@@ -32,6 +32,7 @@ from streamseg.source.spec import SourceSpec
 from streamseg.stage.trust import ENV as TOKENS_ENV
 from streamseg.stage.trust import Tokens, from_stages, new_token, source_name
 from streamseg.wire import transport
+from streamseg.wire.curve import link_security
 from streamseg.wire.protocol import Stats
 
 log = logging.getLogger("streamseg")
@@ -88,13 +89,16 @@ def run(
     rundir = tempfile.mkdtemp(prefix="streamseg-")
     ep = {k: v.replace("{run}", rundir) for k, v in pipeline.endpoints.items()}
     publish = publish if publish is not None else (pipeline.publish or None)
-    stats_sock = transport.pull(ep["stats"], bind=True, hwm=1000)
+    keys = pipeline.keys or None
+    stats_sock = transport.pull(
+        ep["stats"], bind=True, hwm=1000, security=link_security(keys, ep["stats"], bind=True)
+    )
     names = ["postprocess", "inference", *(source_name(s.stream) for s in sources)]
     tokens = {name: new_token() for name in names}
     receiver = transport.Receiver(stats_sock, name="supervisor", accept=from_stages(tokens))
     live = pipeline.live
     n = len(sources)
-    common = {"stats_endpoint": ep["stats"], "verbose": verbose}
+    common = {"stats_endpoint": ep["stats"], "verbose": verbose, "link_keys": keys}
     stop = _Stop()
     restore = _install_signal_handlers(stop)
     watch = StageWatch(live=live, hang_s=pipeline.hang_s)

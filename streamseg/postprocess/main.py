@@ -28,6 +28,7 @@ from streamseg.postprocess.tracking import NO_TRACK, Tracker
 from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_inference
 from streamseg.wire import curve, transport
+from streamseg.wire.curve import link_security
 from streamseg.wire.protocol import Detections, EndOfStream, StreamStart
 
 log = logging.getLogger(__name__)
@@ -111,18 +112,29 @@ def serve(
     n_outputs: int,
     track: dict[str, Any] | None = None,
     restarted: int = 0,
+    link_keys: str | None = None,
 ) -> int:
     """track: the Tracker's settings (None: no track ids)."""
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     tokens = Tokens.from_env()
-    reporter = StatsReporter(stats_endpoint, "postprocess", counters, auth=tokens.own)
+    reporter = StatsReporter(
+        stats_endpoint,
+        "postprocess",
+        counters,
+        auth=tokens.own,
+        security=link_security(link_keys, stats_endpoint, bind=False),
+    )
     reporter.start_heartbeat()
     if restarted:  # a new life: never overwrite what the last one wrote
         video = _part(video, restarted)
         results = _part(results, restarted)
     receiver = transport.Receiver(
-        transport.pull(detections_endpoint, hwm=4),
+        transport.pull(
+            detections_endpoint,
+            hwm=4,
+            security=link_security(link_keys, detections_endpoint, bind=True),
+        ),
         name="postprocess",
         accept=from_inference(tokens.peers),
     )
@@ -205,6 +217,7 @@ def main(
     track_max_missed: int = 30,
     restarted: bool = False,
     part: int = 0,
+    link_keys: str | None = None,
     verbose: bool = False,
 ) -> int:
     """`publish_keys`: {"keys": DIR/NAME, "allow": DIR}, the CURVE key files of the publisher
@@ -230,4 +243,5 @@ def main(
         n_outputs=n_outputs,
         track={"max_missed": track_max_missed} if track else None,
         restarted=part if restarted else 0,
+        link_keys=link_keys,
     )

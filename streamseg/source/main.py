@@ -17,6 +17,7 @@ from streamseg.source.spec import SourceError, SourceSpec
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, source_name
 from streamseg.wire import transport
+from streamseg.wire.curve import link_security
 from streamseg.wire.protocol import EndOfStream
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def main(
     first_frame: int = 0,
     first_pts: float = 0.0,
     stay: bool = False,
+    link_keys: str | None = None,
     verbose: bool = False,
     **live_options: Any,
 ) -> int:
@@ -47,12 +49,19 @@ def main(
     counters[stream]  # report the stream even if it never yields a frame
     tokens = Tokens.from_env()
     reporter = StatsReporter(
-        stats_endpoint, "source", counters, name=source_name(stream), auth=tokens.own
+        stats_endpoint,
+        "source",
+        counters,
+        name=source_name(stream),
+        auth=tokens.own,
+        security=link_security(link_keys, stats_endpoint, bind=False),
     )
     reporter.start_heartbeat()
     reporter.ready()  # a source has nothing to load; its own watchdog handles slow streams
     # Short queues: enough to keep the model fed, few enough that a frame waits little
-    sock = transport.push(frames_endpoint, hwm=2)
+    sock = transport.push(
+        frames_endpoint, hwm=2, security=link_security(link_keys, frames_endpoint, bind=False)
+    )
 
     def send(msg: Any, block: bool = True) -> bool:
         return transport.send(sock, msg, block=block, auth=tokens.own)

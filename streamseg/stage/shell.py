@@ -53,11 +53,13 @@ class StatsReporter:
         *,
         name: str | None = None,
         auth: str = "",
+        security: transport.Security | None = None,
         every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
-        self.sock = transport.stats_push(endpoint) if endpoint else None
+        self.security = security
+        self.sock = transport.stats_push(endpoint, security=security) if endpoint else None
         self.stage = stage
         self.name = name or stage
         self.auth = auth
@@ -80,7 +82,7 @@ class StatsReporter:
         extra, auth = self.extra, self.auth
 
         def beat() -> None:
-            sock = transport.stats_push(endpoint)
+            sock = transport.stats_push(endpoint, security=self.security)
             try:
                 while not stop.wait(every_s):
                     info = {"name": name, "heartbeat": True, "ready": bool(extra.get("ready"))}

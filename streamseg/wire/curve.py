@@ -153,6 +153,19 @@ def client_security(keys: str | Path, server_key: str | Path) -> Security:
     return Security(public, secret, server_key=read_public_key(server_key))
 
 
+def link_security(keys: str | Path | None, endpoint: str | None, *, bind: bool) -> Security | None:
+    """CURVE for a tcp link between the stages of one pipeline, which all hold the pipeline's
+    keypair DIR/NAME (`[security] keys` in the pipeline file): the binding side admits only
+    that key, the connecting side expects it. None for ipc:// and inproc:// (the kernel keeps
+    those on the host) or when the pipeline has no keys."""
+    if not keys or not endpoint or not endpoint.startswith("tcp://"):
+        return None
+    public, secret = read_keypair(keys)
+    if bind:
+        return Security(public, secret, allowed_keys=frozenset({public}))
+    return Security(public, secret, server_key=public)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     try:
         public_path, secret_file = write_keypair(args.dir, args.name)
