@@ -27,8 +27,9 @@ def tcp_pipeline(tmp: Path, host: str, keys: str = "") -> tuple[Path, dict[str, 
     text = (ROOT / "pipelines" / "annotate.toml").read_text()
     for name, port in ports.items():
         text = text.replace(f'ipc://{{run}}/{name}"', f'tcp://{host}:{port}"')
-    if keys:
-        text += f'\n[security]\nkeys = "{keys}"\n'
+    if keys:  # the shipped file has the [security] table with its keys line commented out
+        assert '# keys = "keys/pipeline"' in text
+        text = text.replace('# keys = "keys/pipeline"', f'keys = "{keys}"')
     path = tmp / "tcp.toml"
     path.write_text(text)
     return path, {k: f"tcp://127.0.0.1:{p}" for k, p in ports.items()}
