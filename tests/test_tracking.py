@@ -143,6 +143,10 @@ def test_invalid_updates() -> None:
         t.update(6, local_masks(square(0, 0)[None]), np.zeros((0, 4)), [], [])
     with pytest.raises(ValueError, match="min_iou"):
         Tracker(min_iou=0.0)
+    with pytest.raises(ValueError, match="min_hits"):
+        Tracker(min_hits=0)
+    with pytest.raises(ValueError, match="duplicate_overlap"):
+        Tracker(duplicate_overlap=1.5)
 
 
 def test_local_masks_and_box_iou() -> None:
@@ -167,6 +171,7 @@ def test_determinism() -> None:
         runs.append([step(t, f, masks, labels) for f, (masks, labels) in enumerate(frames)])
     assert runs[0] == runs[1]
     assert max(max(ids, default=0) for ids in runs[0]) > 1
+    assert all(i >= 1 for ids in runs[0] for i in ids)  # every instance has an id
 
 
 def track_synth_clip(
@@ -239,3 +244,70 @@ def test_best_total_not_most_pairs() -> None:
     assert step(t, 0, [whole, stray]) == [1, 2]
     # Most pairs would be (1, fragment) + (2, whole): 0.4 + 0.5; the best total is (1, whole): 1.
     assert step(t, 1, [whole, fragment])[0] == 1
+
+
+def test_tentative_tracks_end_soon_and_ids_are_never_reused() -> None:
+    t = Tracker(min_hits=3, tentative_max_missed=2, max_missed=10)
+    assert step(t, 0, [square(10, 10)]) == [1]  # tentative, but it has its id at once
+    for f in (1, 2, 3):
+        assert step(t, f, []) == []
+    assert len(t) == 1  # missed for 3 frames: ended at the next update
+    assert step(t, 4, [square(10, 10)]) == [2]  # a new track; id 1 is not given again
+    assert len(t) == 1
+    assert step(t, 5, [square(10, 10)]) == [2]
+    assert step(t, 6, [square(10, 10)]) == [2]  # third hit: confirmed
+    # A confirmed track survives max_missed frames (7..16) without a match.
+    assert step(t, 17, [square(10, 10)]) == [2]
+
+
+def test_confirmed_tracks_choose_before_tentative_ones() -> None:
+    """The model merges an object with its surroundings, then reports the object's own mask
+    as well: the duplicate's new track must not take the object over."""
+
+    def bloated(x: int) -> np.ndarray:  # 20 x 30: the object and more
+        return square(x, 10, 20) | square(x, 20, 20)
+
+    def run(t: Tracker) -> list[int]:
+        for f in range(5):
+            assert step(t, f, [square(10 + f, 10, 20)]) == [1]
+        assert step(t, 5, [bloated(15)]) == [1]
+        assert step(t, 6, [bloated(16), square(16, 10, 20)]) == [1, 2]
+        return step(t, 7, [square(17, 10, 20)])
+
+    # Track 2 fits the last mask best (IoU ~0.9 against ~0.6), but track 1 is confirmed and
+    # keeps its object. Without tentative tracks (min_hits=1), 2 would take it.
+    assert run(Tracker()) == [1]
+    assert run(Tracker(min_hits=1)) == [2]
+
+
+def test_recovery_skips_a_copy_of_a_found_object() -> None:
+    """A circle is also reported as a square (same pixels, another label) while the square
+    next to it is hidden: the hidden square's track must not take the copy."""
+    t = Tracker()
+    hidden, circle = square(10, 20), square(22, 20)
+    for f in range(3):
+        assert step(t, f, [hidden, circle], [SQUARE, CIRCLE]) == [1, 2]
+    copy_ids = step(t, 3, [circle, circle], [CIRCLE, SQUARE], scores=[0.9, 0.6])
+    assert copy_ids[0] == 2 and copy_ids[1] not in (1, 2)
+    assert step(t, 4, [hidden, circle], [SQUARE, CIRCLE]) == [1, 2]
+    # The same pixels as a square alone (the circle missed) are near enough to be recovered.
+    t = Tracker()
+    for f in range(3):
+        step(t, f, [hidden, circle], [SQUARE, CIRCLE])
+    assert step(t, 3, [circle], [SQUARE]) == [1]
+
+
+def test_recovery_skips_much_larger_instances() -> None:
+    t = Tracker(recover_max_area=1.5)
+    for f in range(3):
+        assert step(t, f, [square(10, 20, 10)]) == [1]
+    # Missed for two frames, then a same-label instance 2.25 times its area shows up nearby.
+    assert step(t, 5, [square(22, 18, 15)]) == [2]
+    t = Tracker(recover_max_area=1.5)
+    for f in range(3):
+        step(t, f, [square(10, 20, 10)])
+    assert step(t, 5, [square(22, 20, 12)]) == [1]  # 1.44 times: the object, moved
+    # A tentative track (one sighting) may not have seen all of its object: no limit.
+    t = Tracker()
+    assert step(t, 0, [square(10, 20, 10)]) == [1]
+    assert step(t, 2, [square(22, 18, 15)]) == [1]

@@ -5,24 +5,34 @@ One :class:`Tracker` per stream. Each call to :meth:`Tracker.update` takes one f
 instance. No sockets, no clock, no randomness: the frame number is the only notion of time, so
 the ids depend only on the sequence of frames given, never on how they were batched.
 
+A new track is *tentative* until it has been matched in ``min_hits`` frames, then
+*confirmed*. It shows its id from its first frame, but it yields to confirmed tracks and ends
+soon when missed: a duplicate detection, a fragment or a one-frame false detection then cannot
+take over an object's id.
+
 Algorithm, per frame:
 
-1. Tracks not matched for more than ``max_missed`` frames (by frame number) are ended.
+1. Confirmed tracks not matched for more than ``max_missed`` frames (by frame number) are
+   ended; tentative ones after ``tentative_max_missed``.
 2. Motion prediction: each track moves by its velocity (px / frame, measured between mask
    centroids) times the frame gap, so it also holds across frames skipped by a live stream.
 3. Three passes, each one global assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``,
-   highest total similarity) over what the passes before left:
+   highest total similarity) over what the passes before left; in each, confirmed tracks
+   choose first and tentative tracks take what is left:
    a. mask IoU of the track's last mask, moved as predicted, and the new mask >= ``min_iou``;
    b. share of the new mask inside the track's last complete (unoccluded) mask, moved as
       predicted, >= ``min_coverage``: objects coming out from behind others, whose visible
       part changes faster than IoU can follow;
    c. nearest centroid within a radius that grows with speed and time missed: objects missed
       or hidden for a while that come back elsewhere than predicted.
+      It never takes an instance that lies over one a confirmed track has taken (by
+      ``duplicate_overlap``): a duplicate of that object, often with another label.
    IoU and coverage are computed on the crops, only for pairs whose rectangles overlap: cost
    follows instance area, not frame area. Different labels never match unless
    ``cross_label_weight`` > 0.
 4. Matched tracks take the new mask; unmatched instances with score >= ``new_track_score``
-   start new tracks (ids 1, 2, 3, ... per tracker); the rest get id -1.
+   start new tentative tracks (ids 1, 2, 3, ... per tracker, never reused: the id of a
+   tentative track that ends is not given again); the rest get id -1.
 
 Masks, not boxes, decide: the boxes of two overlapping objects overlap a lot, their masks do not.
 """
@@ -146,6 +156,8 @@ class _Track:
     box: np.ndarray
     velocity: np.ndarray
     moving: bool  # velocity has been measured
+    hits: int  # frames matched to an instance that is not a duplicate (see Tracker)
+    confirmed: bool  # hits reached min_hits once
 
 
 class Tracker:
@@ -160,16 +172,32 @@ class Tracker:
             both moved by the predicted motion. It links objects that come out from behind
             others, whose visible part changes faster than IoU can follow.
         recover_radius: third pass, for what the first two left over: a track takes the
-            nearest instance of its label (no larger than twice the object) whose centroid is
-            within recover_radius * (object size + speed * frames since its last complete
-            mask) of where the track's centroid is predicted (kept inside the frame; object
+            nearest instance of its label (see recover_max_area) whose centroid is
+            within recover_radius * (object size + speed * frames since its last match) of
+            where the centroid of its last mask is predicted (kept inside the frame; object
             size = sqrt(area); before a track has a velocity, speed = size / 2). It
             recovers objects that were missed or hidden and come back elsewhere than predicted
             (a turn, a bounce off the frame edge). 0: no third pass.
+        recover_max_area: the third pass gives a confirmed track no instance larger than this
+            many times its object's reference area: such an instance is another object, or
+            the object merged with one. (A tentative track may not have seen its whole object
+            yet: one that enters the frame or comes out from behind another grows.)
+        duplicate_overlap: the third pass takes no instance whose mask and the mask of an
+            instance a confirmed track has taken share at least this share of the smaller
+            one: it is a duplicate of that object (a copy with another label, a fragment, the
+            object merged with a neighbour), not a lost object coming back. Nor does a
+            tentative track's match with such an instance count towards min_hits.
         cross_label_weight: similarities of a track and an instance of different labels are
             multiplied by this (the track takes the new label); 0 (default): never match.
-        max_missed: frames (by frame number) a track survives without a match: an object
-            hidden or missed in up to this many consecutive frames comes back with its id.
+        max_missed: frames (by frame number) a confirmed track survives without a match: an
+            object hidden or missed in up to this many consecutive frames comes back with
+            its id.
+        min_hits: frames a new track must be matched in (its first included) to be
+            confirmed. Until then it is tentative: it has its id, but in each pass confirmed
+            tracks choose first, and it ends after tentative_max_missed frames without a
+            match. 1: every track is confirmed at once (no tentative tracks).
+        tentative_max_missed: frames a tentative track survives without a match (at most
+            max_missed).
         new_track_score: least score for an unmatched instance to start a new track; below
             it the instance gets id -1 (``NO_TRACK``). 0 (default): every instance has an id.
         velocity_weight: weight of a new velocity measurement in the running estimate
@@ -190,8 +218,12 @@ class Tracker:
         min_coverage: float = 0.5,
         cross_label_weight: float = 0.0,
         recover_radius: float = 1.5,
+        recover_max_area: float = 1.5,
+        duplicate_overlap: float = 0.8,
         # track life
         max_missed: int = 30,
+        min_hits: int = 3,
+        tentative_max_missed: int = 10,
         new_track_score: float = 0.0,
         # motion and appearance
         velocity_weight: float = 0.5,
@@ -204,6 +236,7 @@ class Tracker:
             ("velocity_weight", velocity_weight),
             ("complete_fraction", complete_fraction),
             ("area_decay", area_decay),
+            ("duplicate_overlap", duplicate_overlap),
         ):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"Tracker: {name} must be in (0, 1], got {value}")
@@ -211,13 +244,25 @@ class Tracker:
             raise ValueError(
                 f"Tracker: cross_label_weight must be in [0, 1], got {cross_label_weight}"
             )
-        if max_missed < 0:
-            raise ValueError(f"Tracker: max_missed must be >= 0, got {max_missed}")
+        for name, count in (
+            ("max_missed", max_missed),
+            ("tentative_max_missed", tentative_max_missed),
+        ):
+            if count < 0:
+                raise ValueError(f"Tracker: {name} must be >= 0, got {count}")
+        if min_hits < 1:
+            raise ValueError(f"Tracker: min_hits must be >= 1, got {min_hits}")
+        if recover_max_area <= 0.0:
+            raise ValueError(f"Tracker: recover_max_area must be > 0, got {recover_max_area}")
         self.min_iou = min_iou
         self.min_coverage = min_coverage
         self.cross_label_weight = cross_label_weight
         self.recover_radius = recover_radius
+        self.recover_max_area = recover_max_area
+        self.duplicate_overlap = duplicate_overlap
         self.max_missed = max_missed
+        self.min_hits = min_hits
+        self.tentative_max_missed = min(tentative_max_missed, max_missed)
         self.new_track_score = new_track_score
         self.velocity_weight = velocity_weight
         self.complete_fraction = complete_fraction
@@ -227,7 +272,7 @@ class Tracker:
         self._last_frame: int | None = None
 
     def __len__(self) -> int:
-        """Tracks alive after the last update (not missed for more than max_missed frames)."""
+        """Tracks alive after the last update, tentative ones included."""
         return len(self._tracks)
 
     def update(
@@ -269,7 +314,12 @@ class Tracker:
             )
         self._last_frame = frame
         # Frames last_frame + 1 .. frame - 1 went by without a match.
-        self._tracks = [t for t in self._tracks if frame - t.last_frame - 1 <= self.max_missed]
+        self._tracks = [
+            t
+            for t in self._tracks
+            if frame - t.last_frame - 1
+            <= (self.max_missed if t.confirmed else self.tentative_max_missed)
+        ]
 
         dets = [
             _tight(masks.masks[i, : masks.h[i], : masks.w[i]], int(masks.x0[i]), int(masks.y0[i]))
@@ -277,26 +327,34 @@ class Tracker:
         ]
         iou, coverage = self._similarity(frame, dets, boxes, labels, masks.frame_size)
         nearness = self._nearness(frame, dets, labels, masks.frame_size)
+        overlapping = _overlapping(dets, self.duplicate_overlap)
+        confirmed = np.array([t.confirmed for t in self._tracks], bool)
         track_free = np.ones(len(self._tracks), bool)
         det_free = np.ones(n, bool)
+        taken = np.zeros(n, bool)  # by a confirmed track
         pairs: list[tuple[int, int]] = []
         for similarity, least in (
             (iou, self.min_iou),
             (coverage, self.min_coverage),
             (nearness, _NEAR),
         ):
-            free = track_free[:, None] & det_free[None, :]
-            rows, cols = _assign(np.where(free, similarity, 0.0), least)
-            track_free[rows], det_free[cols] = False, False
-            pairs += zip(rows.tolist(), cols.tolist(), strict=True)
+            if similarity is nearness:  # no duplicate of an object its track has found
+                similarity = np.where(overlapping[:, taken].any(1)[None, :], 0.0, similarity)
+            for group in (confirmed, ~confirmed):
+                free = (track_free & group)[:, None] & det_free[None, :]
+                rows, cols = _assign(np.where(free, similarity, 0.0), least)
+                track_free[rows], det_free[cols] = False, False
+                taken[cols[confirmed[rows]]] = True
+                pairs += zip(rows.tolist(), cols.tolist(), strict=True)
+        duplicate = overlapping[:, taken].any(1) & ~taken
         ids = np.full(n, NO_TRACK, np.int64)
         for t, d in pairs:
             track = self._tracks[t]
-            self._continue(track, frame, dets[d], boxes[d], int(labels[d]))
+            self._continue(track, frame, dets[d], boxes[d], int(labels[d]), not duplicate[d])
             ids[d] = track.id
         for d in range(n):
             if ids[d] == NO_TRACK and scores[d] >= self.new_track_score:
-                ids[d] = self._start(frame, dets[d], boxes[d], int(labels[d]))
+                ids[d] = self._start(frame, dets[d], boxes[d], int(labels[d]), not duplicate[d])
         return ids
 
     # --- association -----------------------------------------------------------------------
@@ -387,10 +445,10 @@ class Tracker:
         self, frame: int, dets: list[_Crop], labels: np.ndarray, frame_size: tuple[int, int]
     ) -> np.ndarray:
         """float64[T, N], third pass: 1 - d / r for instances of the track's label whose
-        centroid is at distance d < r of the track's predicted centroid (clamped into the
-        frame: what is outside cannot be seen), r = recover_radius * (object size + speed
-        * frames since the last complete mask); 0 elsewhere, and for instances much larger
-        than the object."""
+        centroid is at distance d < r of the track's predicted centroid (its last mask's,
+        moved by the velocity, clamped into the frame: what is outside cannot be seen),
+        r = recover_radius * (object size + speed * frames since the last match); 0 elsewhere,
+        and for instances larger than recover_max_area times a confirmed track's object."""
         n_tracks, n = len(self._tracks), len(dets)
         near = np.zeros((n_tracks, n), np.float64)
         if n_tracks == 0 or n == 0 or self.recover_radius == 0.0:
@@ -399,22 +457,30 @@ class Tracker:
         det_c = np.array([d.centroid for d in dets], np.float64).reshape(n, 2)
         det_area = np.array([d.area for d in dets], np.float64)
         for t, track in enumerate(self._tracks):
-            gap = frame - track.template_frame
-            cx, cy = track.template.centroid + track.velocity * gap
+            # From the last mask, not the last complete one: the object was seen there, so
+            # the time since then bounds how far it can be (a partial mask's centroid is off
+            # by less than the object's size, which the radius allows for).
+            gap = frame - track.last_frame
+            cx, cy = track.crop.centroid + track.velocity * gap
             centre = np.array([min(max(cx, 0.0), frame_w - 1.0), min(max(cy, 0.0), frame_h - 1.0)])
             size = math.sqrt(track.ref_area)
             # Unknown motion (one sighting so far): allow half the object's size per frame.
             speed = float(np.hypot(*track.velocity)) if track.moving else size / 2
             radius = self.recover_radius * (size + speed * gap)
             dist = np.hypot(*(det_c - centre).T)
-            ok = (labels == track.label) & (det_area > 0) & (det_area <= 2.0 * track.ref_area)
+            ok = (labels == track.label) & (det_area > 0)
+            if track.confirmed:  # a tentative track may not have seen its whole object yet
+                ok &= det_area <= self.recover_max_area * track.ref_area
             near[t] = np.where(ok & (dist < radius), 1.0 - dist / max(radius, 1e-9), 0.0)
         return near
 
     # --- track state -----------------------------------------------------------------------
 
-    def _continue(self, track: _Track, frame: int, det: _Crop, box: np.ndarray, label: int) -> None:
-        """Move ``track`` to its new mask; measure its velocity between complete masks."""
+    def _continue(
+        self, track: _Track, frame: int, det: _Crop, box: np.ndarray, label: int, hit: bool
+    ) -> None:
+        """Move ``track`` to its new mask; measure its velocity between complete masks.
+        ``hit``: the match counts towards min_hits (the instance is no duplicate)."""
         if det.area == 0:  # keep the last shape, moved with the box centre
             shift = np.round((box[:2] + box[2:] - track.box[:2] - track.box[2:]) / 2)
             old, (dx, dy) = track.crop, shift.astype(int).tolist()
@@ -432,8 +498,11 @@ class Tracker:
         track.box = box.copy()
         track.label = label
         track.last_frame = frame
+        track.hits += hit
+        track.confirmed |= track.hits >= self.min_hits
 
-    def _start(self, frame: int, det: _Crop, box: np.ndarray, label: int) -> int:
+    def _start(self, frame: int, det: _Crop, box: np.ndarray, label: int, hit: bool) -> int:
+        """A new tentative track (confirmed at once when min_hits is 1); its id."""
         track = _Track(
             id=self._next_id,
             label=label,
@@ -445,10 +514,25 @@ class Tracker:
             box=box.copy(),
             velocity=np.zeros(2, np.float64),
             moving=False,
+            hits=int(hit),
+            confirmed=self.min_hits == 1,
         )
         self._next_id += 1
         self._tracks.append(track)
         return track.id
+
+
+def _overlapping(dets: list[_Crop], least: float) -> np.ndarray:
+    """bool[N, N]: pairs of distinct instances whose masks share at least ``least`` of the
+    smaller mask's pixels (never for an empty mask)."""
+    n = len(dets)
+    out = np.zeros((n, n), bool)
+    for i in range(n):
+        for j in range(i + 1, n):
+            smaller = min(dets[i].area, dets[j].area)
+            if smaller and _intersection(dets[i], 0, 0, dets[j]) >= least * smaller:
+                out[i, j] = out[j, i] = True
+    return out
 
 
 def _assign(similarity: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
