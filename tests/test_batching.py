@@ -80,3 +80,91 @@ def test_live_keeps_only_newest_and_reports_drops():
 def test_invalid_settings():
     with pytest.raises(ValueError):
         Batcher(max_batch=0, max_wait_s=0, clock=Clock())
+
+
+def test_streams_take_turns_whatever_their_arrival_order():
+    b = Batcher(max_batch=6, max_wait_s=0.0, clock=Clock())
+    for i in range(3):
+        b.put("a", f"a{i}", is_frame=True)
+    for i in range(3):
+        b.put("b", f"b{i}", is_frame=True)
+    assert frames(b.next_batch()) == ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+
+def test_weights_share_frames_by_weight():
+    b = Batcher(max_batch=1, max_wait_s=0.0, weights={"a": 2.0}, clock=Clock())
+    taken = []
+    for i in range(300):
+        for s in ("a", "b"):
+            b.put(s, s, is_frame=True)
+        taken += frames(b.next_batch())
+    assert taken.count("a") == 200 and taken.count("b") == 100
+
+
+def test_empty_streams_save_no_credit():
+    b = Batcher(max_batch=1, max_wait_s=0.0, clock=Clock())
+    for i in range(10):  # only a has frames: a takes them all, b earns nothing meanwhile
+        b.put("a", f"a{i}", is_frame=True)
+        assert frames(b.next_batch()) == [f"a{i}"]
+    b.put("b", "b0", is_frame=True)
+    b.put("a", "a10", is_frame=True)
+    b.put("b", "b1", is_frame=True)
+    b.put("a", "a11", is_frame=True)
+    got = frames(b.next_batch()) + frames(b.next_batch()) + frames(b.next_batch())
+    assert sorted(got[:2]) == ["a10", "b0"] and got[2] in ("a11", "b1")
+
+
+def _simulate(n_streams, *, fps, service_s, max_batch, seconds, weights=None):
+    """Live streams at `fps` each (phases spread over a frame period) into one worker that takes
+    `service_s` per batch: frames processed per stream over `seconds`, simulated time."""
+    clock = Clock()
+    b = Batcher(max_batch=max_batch, max_wait_s=0.01, depth=1, weights=weights, clock=clock)
+    period = 1.0 / fps
+    # arrival times, with uneven phases (0.37 of a period apart, wrapped) as real cameras have
+    nxt = {f"s{i}": (i * 0.37 % 1.0) * period for i in range(n_streams)}
+    done = dict.fromkeys(nxt, 0)
+    busy_until = 0.0
+    t = 0.0
+    while t < seconds:
+        t = min(min(nxt.values()), busy_until if busy_until > clock.t else float("inf"))
+        clock.t = t
+        for s, at in nxt.items():
+            if at <= t:
+                b.put(s, s, is_frame=True)
+                nxt[s] = at + period
+        if busy_until <= t:
+            batch = b.next_batch()
+            if isinstance(batch, Batch) and batch.frames:
+                for s in batch.frames:
+                    done[s] += 1
+                busy_until = t + service_s
+            elif not isinstance(batch, Batch):
+                busy_until = t + batch  # come back when the batch budget has passed
+    return done
+
+
+def test_fair_share_over_capacity_is_equal():
+    # 6 streams at 15 fps (90 fps offered) into a worker that does 4 frames per 0.3 s (13 fps)
+    done = _simulate(6, fps=15.0, service_s=0.3, max_batch=4, seconds=60.0)
+    rates = [n / 60.0 for n in done.values()]
+    assert sum(rates) == pytest.approx(4 / 0.3, rel=0.05)
+    assert max(rates) / min(rates) <= 1.25, rates
+
+
+def test_fair_share_follows_weights():
+    done = _simulate(4, fps=15.0, service_s=0.3, max_batch=2, seconds=60.0, weights={"s0": 2.0})
+    others = [done[s] for s in ("s1", "s2", "s3")]
+    assert max(others) / min(others) <= 1.25
+    assert done["s0"] / (sum(others) / 3) == pytest.approx(2.0, rel=0.1)
+
+
+def test_requeued_frames_go_first_in_their_order():
+    b = Batcher(max_batch=4, max_wait_s=0.0, clock=Clock())
+    b.put("a", "a2", is_frame=True)
+    b.requeue("a", ["a0", "a1"])
+    assert len(b) == 3 and frames(b.next_batch()) == ["a0", "a1", "a2"]
+
+
+def test_invalid_weights():
+    with pytest.raises(ValueError):
+        Batcher(max_batch=1, max_wait_s=0, weights={"a": 0.0}, clock=Clock())
