@@ -94,7 +94,7 @@ def test_streams_take_turns_whatever_their_arrival_order():
 def test_weights_share_frames_by_weight():
     b = Batcher(max_batch=1, max_wait_s=0.0, weights={"a": 2.0}, clock=Clock())
     taken = []
-    for i in range(300):
+    for _ in range(300):
         for s in ("a", "b"):
             b.put(s, s, is_frame=True)
         taken += frames(b.next_batch())
