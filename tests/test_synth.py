@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -16,10 +17,14 @@ from streamseg.tools.synth import (
     BACKGROUNDS,
     CIRCLE,
     CLASSES,
+    MAX_SHAPES,
+    MAX_WARMUP,
     SQUARE,
     TRIANGLE,
     Sample,
+    Shape,
     World,
+    degrade,
     make_shape,
     random_background,
     random_sample,
@@ -235,12 +240,71 @@ def test_variety() -> None:
         sample = random_sample(rng, 320, 240)
         visible.append(len(sample.labels))
         labels |= set(sample.labels.tolist())
-    assert set(drawn) == set(range(1, 9))
+    assert set(drawn) == set(range(1, MAX_SHAPES + 1))
     assert min(visible) <= 1 and max(visible) >= 6
     assert labels == {1, 2, 3}
     # Circle diameters span ~15..220 px at 480 scale, i.e. half that at 240.
     diameters = 2 * np.array(sizes) * 480 / 240
     assert diameters.min() < 25 and diameters.max() > 150
+
+
+def test_deep_occlusions_and_edge_cuts() -> None:
+    """The world holds what unseen clips hold: shapes mostly hidden behind others (down to a
+    sliver) and shapes mostly outside the frame, both still annotated."""
+    rng = np.random.default_rng(5)
+    hidden, cut = [], []
+    for _ in range(150):
+        world = World(320, 240, rng, background=solid(320, 240))
+        sample = world.render()
+        alone = [
+            World(320, 240, rng, background=solid(320, 240), shapes=[s]).render()
+            for s in world.shapes
+        ]
+        for mask, obj in zip(sample.masks, sample.objects.tolist(), strict=True):
+            full = alone[obj].masks
+            if len(full) == 1:  # its own full area inside the frame
+                hidden.append(mask.sum() / full[0].sum())
+        for shape in world.shapes:  # area inside the frame / whole area
+            big = World(960, 720, rng, background=solid(960, 720))
+            big.shapes = (make_shape_at(shape, 320, 240),)
+            inner = big.render().masks
+            if len(inner):
+                frame_part = inner[0][240:480, 320:640].sum() / inner[0].sum()
+                cut.append(frame_part)
+    hidden, cut = np.array(hidden), np.array(cut)
+    assert (hidden < 0.25).sum() >= 10  # at most a quarter shows
+    assert ((cut > 0) & (cut < 0.3)).sum() >= 5  # most of it outside the frame
+
+
+def make_shape_at(shape: Shape, dx: float, dy: float) -> Shape:
+    return replace(shape, x=shape.x + dx, y=shape.y + dy)
+
+
+def test_blocky_backgrounds_are_blocks() -> None:
+    cells = random_background(np.random.default_rng(2), 320, 240, "blocky")
+    # Nearest-neighbour cells: far fewer distinct colours than pixels, runs along rows.
+    assert 4 < len(np.unique(cells.reshape(-1, 3), axis=0)) < 320 * 240 / 16
+    assert (np.abs(np.diff(cells.astype(int), axis=1)).sum(2) == 0).mean() > 0.75
+
+
+def test_degrade_changes_pixels_not_truth() -> None:
+    rng = np.random.default_rng(11)
+    image = random_background(np.random.default_rng(3), 320, 240, "gradient")
+    out = [degrade(image, rng) for _ in range(20)]
+    for o in out:
+        assert o.shape == image.shape and o.dtype == np.uint8
+    diffs = [np.abs(o.astype(int) - image.astype(int)).mean() for o in out]
+    assert min(diffs) > 0 and max(diffs) > 10  # lighting changes
+    # A degraded training frame keeps the exact truth of its clean render.
+    sample = random_sample(np.random.default_rng(9), 320, 240)
+    rng = np.random.default_rng(9)
+    world = World(320, 240, rng)
+    for _ in range(int(rng.integers(MAX_WARMUP))):
+        world.step()
+    clean = world.render()
+    assert np.array_equal(sample.masks, clean.masks) and len(clean.labels) > 0
+    assert np.array_equal(sample.labels, clean.labels)
+    assert not np.array_equal(sample.image, clean.image)
 
 
 def test_objects_and_identities() -> None:

@@ -1,9 +1,16 @@
 """Synthetic moving-shapes video with exact ground-truth instance masks.
 
-A `World` is one clip: a static background and 1-8 flat-coloured circles, squares and triangles
-that move, spin, bounce off or leave through the frame edges, and occlude each other. Shapes are
+A `World` is one clip: a static background and 1-10 flat-coloured circles, squares and triangles
+that move, spin, bounce off or leave through the frame edges (some mostly outside it), and
+occlude each other (some are placed against another so that little of one shows). Shapes are
 painted back to front without anti-aliasing into the image and into an id map with the same
-rasterizer, so each instance's mask is exactly its visible pixels.
+rasterizer, so each instance's mask is exactly its visible pixels. Backgrounds are solid,
+gradient, smooth noise, blocky noise, or one of these with clutter: small blobs, thin lines and
+elongated blobs that are not shapes.
+
+`random_sample` (training frames) also degrades the picture the way cameras and codecs do:
+lighting gain and offset, blur, sensor noise and JPEG compression with 4:2:0 chroma; the masks
+stay exact.
 
 Lengths below are for a 640x480 frame and scale with min(width, height) / 480.
 """
@@ -24,18 +31,19 @@ from pycocotools import mask as mask_utils
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
 CIRCLE, SQUARE, TRIANGLE = 1, 2, 3  # category ids; 0 is background
 
-BackgroundKind = Literal["solid", "gradient", "noise", "clutter"]
-BACKGROUNDS: tuple[BackgroundKind, ...] = ("solid", "gradient", "noise", "clutter")
+BackgroundKind = Literal["solid", "gradient", "noise", "blocky", "clutter"]
+BACKGROUNDS: tuple[BackgroundKind, ...] = ("solid", "gradient", "noise", "blocky", "clutter")
 
 REF_SIDE = 480  # min(width, height) at which the lengths below hold
 SIZE_RANGE = (15.0, 220.0)  # px, log-uniform: circle diameter, square side, triangle side
-MAX_SHAPES = 8
+MAX_SHAPES = 10
 SPEED_RANGE = (0.5, 8.0)  # px / frame
 MAX_SPIN = 0.08  # rad / frame, squares and triangles
 WRAP_PROB = 0.2  # share of shapes that leave at one edge and come back at the opposite one
 MIN_AREA = 20  # px: an instance with fewer visible pixels is not an annotation
 MIN_BG_CONTRAST = 80.0  # RGB distance of a shape's colour to every background cell mean
 MIN_SHAPE_CONTRAST = 50.0  # RGB distance between the colours of two shapes
+CLUSTER_PROB = 0.3  # share of shapes placed against an earlier one: deep occlusions
 MAX_WARMUP = 16  # random_sample advances a fresh world 0..MAX_WARMUP-1 steps
 _SHIFT = 4  # fractional bits of cv2 fixed-point coordinates: sub-pixel motion
 _COLOR_TRIES = 32
@@ -245,8 +253,9 @@ def random_background(
     """uint8[height, width, 3] RGB background of `kind` (random if None).
 
     solid: one colour. gradient: linear blend of two colours in a random direction.
-    noise: smooth multi-scale noise around a base colour. clutter: one of the others plus small
-    irregular blobs and thin lines, far smaller than the shapes.
+    noise: smooth multi-scale noise around a base colour. blocky: square cells of 4-40 px, each
+    a colour near a base one (nearest-neighbour). clutter: one of the others plus small irregular
+    blobs, thin lines and elongated blobs that are not shapes.
     """
     if kind is None:
         kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
@@ -271,21 +280,37 @@ def random_background(
         fine = rng.standard_normal((gh, gw, 3)).astype(np.float32) * rng.uniform(0, 12)
         field = cv2.resize(coarse, (gw, gh), interpolation=cv2.INTER_CUBIC) + fine
         return _upsample(base + field, width, height)
+    if kind == "blocky":
+        base = rng.uniform(30, 225, 3).astype(np.float32)
+        cell = max(1, round(rng.uniform(4, 40) * s))
+        cells = rng.standard_normal((height // cell + 1, width // cell + 1, 3)).astype(np.float32)
+        field = base + cells * rng.uniform(8, 40)
+        big = np.clip(field, 0, 255).astype(np.uint8)
+        return cv2.resize(
+            big, (big.shape[1] * cell, big.shape[0] * cell), interpolation=cv2.INTER_NEAREST
+        )[:height, :width].copy()
     if kind == "clutter":
-        image = random_background(rng, width, height, BACKGROUNDS[rng.integers(3)])
+        plain = [k for k in BACKGROUNDS if k != "clutter"]
+        image = random_background(rng, width, height, plain[rng.integers(len(plain))])
         _add_clutter(image, rng, s)
         return image
     raise ValueError(f"background kind must be one of {', '.join(BACKGROUNDS)}, got {kind!r}")
 
 
 def _add_clutter(image: np.ndarray, rng: np.random.Generator, s: float) -> None:
-    """Draw small distractors into `image` in place: irregular blobs < 10 px and thin lines."""
+    """Draw distractors into `image` in place: irregular blobs < 10 px, thin lines, and
+    elongated blobs (ellipses 8-45 px long, 2-7 px wide) that no class describes."""
     h, w = image.shape[:2]
     n = int(rng.integers(15, 80) * max(w * h / (640 * 480), 0.1))
     for _ in range(n):
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        if rng.random() < 0.6:
+        kind = rng.random()
+        if kind < 0.25:
+            axes = (round(rng.uniform(4, 22.5) * s) + 1, round(rng.uniform(1, 3.5) * s) + 1)
+            angle = float(rng.uniform(0, 180))
+            cv2.ellipse(image, (round(cx), round(cy)), axes, angle, 0, 360, color, -1, cv2.LINE_AA)
+        elif kind < 0.65:
             k = int(rng.integers(4, 8))
             angles = np.sort(rng.uniform(0, math.tau, k))
             radii = rng.uniform(1.0, 4.5, k) * s + 0.5
@@ -351,9 +376,17 @@ def random_shapes(
             # Irregular triangle: every angle stays within 40..80 degrees.
             jitter = rng.uniform(-math.radians(20), math.radians(20), 3)
             shape = replace(shape, corners=tuple(float(c) for c in _TRIANGLE_CORNERS + jitter))
-        # Half the bouncing shapes stay inside; the rest may drift up to 70% of r outside.
-        margin = -r if rng.random() < 0.5 else rng.uniform(-r, 0.7 * r)
-        if wrap:
+        # Half the bouncing shapes stay inside; the rest may drift up to 95% of r outside.
+        margin = -r if rng.random() < 0.5 else rng.uniform(-r, 0.95 * r)
+        if shapes and rng.random() < CLUSTER_PROB:
+            # Against an earlier shape (drawn below it): only a part of that one shows.
+            other = shapes[int(rng.integers(len(shapes)))]
+            d, theta = rng.uniform(0.2, 1.0) * (r + other.radius), rng.uniform(0, math.tau)
+            x = min(max(other.x + d * math.cos(theta), 0.0), float(width))
+            y = min(max(other.y + d * math.sin(theta), 0.0), float(height))
+            if not wrap:
+                margin = max(margin, -min(x, width - x, y, height - y))
+        elif wrap:
             x, y = rng.uniform(0, width), rng.uniform(0, height)
         else:
             x = rng.uniform(min(-margin, width / 2), max(width + margin, width / 2))
@@ -407,12 +440,34 @@ class World:
         return render_shapes(self.background, self.shapes, self.min_area)
 
 
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`image` (uint8[H, W, 3] RGB) as a camera and a codec might deliver it: a lighting gain and
+    offset, sometimes blur, sensor noise, and usually JPEG compression (OpenCV's encoder halves
+    the chroma resolution, as yuv420p video does). A new array; masks are unaffected."""
+    out = image.astype(np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-30, 30)
+    if rng.random() < 0.3:
+        sigma = rng.uniform(0.3, 1.5)
+        out = cv2.GaussianBlur(out, (0, 0), sigma)
+    if rng.random() < 0.4:
+        out += rng.standard_normal(out.shape).astype(np.float32) * rng.uniform(1, 8)
+    out8 = np.clip(out, 0, 255).astype(np.uint8)
+    if rng.random() < 0.7:
+        quality = int(rng.integers(25, 96))
+        bgr = cv2.cvtColor(out8, cv2.COLOR_RGB2BGR)  # so that luma and chroma are right
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out8 = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return out8
+
+
 def random_sample(rng: np.random.Generator, width: int = 640, height: int = 480) -> Sample:
-    """One independent training frame: a fresh random World advanced a random number of steps."""
+    """One independent training frame: a fresh random World advanced a random number of steps,
+    its picture degraded (`degrade`)."""
     world = World(width, height, rng)
     for _ in range(int(rng.integers(MAX_WARMUP))):
         world.step()
-    return world.render()
+    sample = world.render()
+    return replace(sample, image=degrade(sample.image, rng))
 
 
 # --- clip + COCO ground truth ------------------------------------------------------------------
