@@ -21,6 +21,7 @@ import torch
 from streamseg.accounting import Counters
 from streamseg.postprocess.masks import LocalMasks
 from streamseg.postprocess.render import draw_instances
+from streamseg.postprocess.reorder import OrderedInput
 from streamseg.postprocess.results import make_result, with_track_ids
 from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
@@ -113,8 +114,11 @@ def serve(
     track: dict[str, Any] | None = None,
     restarted: int = 0,
     link_keys: str | None = None,
+    live: bool = False,
+    reorder_capacity: int = 128,
 ) -> int:
-    """track: the Tracker's settings (None: no track ids)."""
+    """track: the Tracker's settings (None: no track ids).
+    reorder_capacity: results held per stream while an earlier one is at another worker."""
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     tokens = Tokens.from_env()
@@ -141,6 +145,8 @@ def serve(
     pub = transport.publisher(publish, security=publish_security) if publish else None
     sinks: dict[str, _Sinks] = {}
     trackers: dict[str, Tracker] = {}  # per stream, made on its first frame
+    # several inference workers: results back in each stream's order (postprocess.reorder)
+    ordered = OrderedInput(counters, live=live, capacity=reorder_capacity, clock=time.monotonic)
     reporter.ready()
 
     def on_frame(det: Detections) -> None:
@@ -178,13 +184,16 @@ def serve(
                 if book.start(msg):
                     sinks[msg.stream] = _Sinks(msg, video=video, results=results, n=n_outputs)
                     trackers.pop(msg.stream, None)
-            elif isinstance(msg, Detections):
-                with BusyTimer(reporter):
-                    on_frame(msg)
-            elif isinstance(msg, EndOfStream):
-                if book.end(msg) is not None:
-                    sinks[msg.stream].close()
-                trackers.pop(msg.stream, None)
+            elif isinstance(msg, Detections | EndOfStream):
+                ordered.put(msg)
+            for item in ordered.take():
+                if isinstance(item, Detections):
+                    with BusyTimer(reporter):
+                        on_frame(item)
+                else:
+                    if book.end(item) is not None:
+                        sinks[item.stream].close()
+                    trackers.pop(item.stream, None)
             for out in sinks.values():
                 out.tick()  # results lines reach the disk within a second, also when idle
             book.report_latency()
@@ -218,6 +227,8 @@ def main(
     restarted: bool = False,
     part: int = 0,
     link_keys: str | None = None,
+    live: bool = False,
+    reorder_capacity: int = 128,
     verbose: bool = False,
 ) -> int:
     """`publish_keys`: {"keys": DIR/NAME, "allow": DIR}, the CURVE key files of the publisher
@@ -244,4 +255,6 @@ def main(
         track={"max_missed": track_max_missed} if track else None,
         restarted=part if restarted else 0,
         link_keys=link_keys,
+        live=live,
+        reorder_capacity=reorder_capacity,
     )

@@ -91,6 +91,10 @@ class Frame:
     wall_time: float
     """Capture time (time.time() when the source had decoded it), seconds since the epoch."""
     image: np.ndarray
+    prev: int = -1
+    """The frame of the same stream that the dispatcher handed out just before this one (-1:
+    none, or not from a dispatcher). Postprocess restores order by it (postprocess.reorder).
+    Optional on the wire: absent means -1."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ class Detections:
     infer_ms: float = 0.0
     """Model time of the batch this frame was in, milliseconds."""
     batch: int = 1
+    prev: int = -1
+    """The frame's `Frame.prev` (optional on the wire: absent means -1)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,7 @@ _ARRAY_FIELDS: dict[type, tuple[str, ...]] = {
     Detections: ("boxes", "scores", "labels", "masks", "image"),
 }
 _OPTIONAL_ARRAYS: dict[type, tuple[str, ...]] = {Detections: ("image",)}
+_OPTIONAL_PREV = (Frame, Detections)
 _TYPES: dict[str, type] = {
     "start": StreamStart,
     "frame": Frame,
@@ -395,6 +402,8 @@ def _decode(parts: Sequence[Any], *, published: bool) -> tuple[Message, str]:
     if not isinstance(meta, list) or len(meta) != n - 1:
         count = len(meta) if isinstance(meta, list) else _show(meta)
         raise ProtocolError(f"header lists {count} arrays, message has {n - 1}")
+    if cls in _OPTIONAL_PREV:
+        header.setdefault("prev", -1)  # senders of before several workers: same version
     _exact_keys(header, _SCALAR_FIELDS[cls], cls.__name__)
     arrays = {name: None for name in _OPTIONAL_ARRAYS.get(cls, ())}
     for i, spec in enumerate(meta):
@@ -648,6 +657,7 @@ def _check_frame(f: dict[str, Any]) -> dict[str, Any]:
         "pts": _float(f["pts"], "pts"),
         "wall_time": _float(f["wall_time"], "wall_time"),
         "image": _image(f["image"], "image"),
+        "prev": _int(f["prev"], "prev", lo=-1),
     }
 
 
@@ -679,6 +689,7 @@ def _check_detections(f: dict[str, Any]) -> dict[str, Any]:
         "image": None if image is None else _image(image, "image", height, width),
         "infer_ms": _float(f["infer_ms"], "infer_ms", lo=0.0),
         "batch": _int(f["batch"], "batch", lo=1),
+        "prev": _int(f["prev"], "prev", lo=-1),
     }
 
 
