@@ -58,6 +58,13 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         help="also write the end-of-run figures as JSON: counters per stage and stream, drops "
         "by reason, restarts, errors, exit code",
     )
+    p.add_argument(
+        "--serve",
+        metavar="[HOST:]PORT",
+        help="serve the run over HTTP while it runs: a page with every stream's live annotated "
+        "view and figures (/), /metrics (Prometheus) and /healthz; PORT alone is this host "
+        "only (127.0.0.1), 0.0.0.0:PORT every interface (docs/serve.md)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging from every stage")
 
@@ -107,9 +114,11 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
             except SourceError as e:
                 print(f"streamseg: error: {e}", file=sys.stderr)
                 return 2
-    if not (args.output or args.results or args.publish or pipeline.publish):
+    serve = getattr(args, "serve", None) or pipeline.serve or None
+    if not (args.output or args.results or args.publish or pipeline.publish or serve):
         print(
-            "streamseg: error: nothing to write: give -o VIDEO, --results FILE or --publish",
+            "streamseg: error: nothing to write: give -o VIDEO, --results FILE, --publish or "
+            "--serve",
             file=sys.stderr,
         )
         return 2
@@ -126,6 +135,16 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         print(f"streamseg: error: {problem}", file=sys.stderr)
     if problems:
         return 2
+    web = None
+    if serve:  # the port is taken now: a port in use fails here, before any stage starts
+        from streamseg.serve.http import ServeError, bind
+
+        try:
+            web = bind(serve)
+        except ServeError as e:
+            print(f"streamseg: error: {e}", file=sys.stderr)
+            return 2
+        print(f"streamseg: serving {web.url}", file=sys.stderr)
     live_options = {}
     for key in ("retry_max_s", "give_up_s", "stall_s"):
         if getattr(args, key, None) is not None:
@@ -141,6 +160,7 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         live_options=live_options,
         quiet=args.quiet,
         verbose=args.verbose,
+        serve=web,
     )
     print(summary(report), file=sys.stderr)
     if args.report:
@@ -187,6 +207,30 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from streamseg.tools import synth
 
     w, h = args.size
+    if (args.output is None) == (args.images is None):
+        print("streamseg synth: error: give a video OUTPUT.mp4, or --images DIR", file=sys.stderr)
+        return 2
+    if args.images:
+        from streamseg.tools import synth_images
+
+        try:
+            coco = synth_images.write_image_dataset(
+                args.images,
+                count=args.count,
+                seed=args.seed,
+                size=(w, h),
+                segmentation=args.segmentation,
+                image_format=args.image_format,
+            )
+        except ValueError as e:
+            print(f"streamseg synth: error: {e}", file=sys.stderr)
+            return 2
+        print(
+            f"wrote {args.count} images {w}x{h} to {Path(args.images) / 'images'} and "
+            f"{Path(args.images) / 'annotations.json'} ({len(coco['annotations'])} instances, "
+            f"{args.segmentation})"
+        )
+        return 0
     gt = args.gt or str(Path(args.output).with_suffix(".json"))
     try:
         coco = synth.write_clip(
@@ -230,6 +274,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from streamseg.tools import train
 
+    if args.coco:
+        from streamseg.tools import train_coco
+        from streamseg.tools.coco_data import DatasetError
+
+        if args.iterations is not None:
+            print("streamseg train: error: with --coco, give --epochs, not --iterations",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            return train_coco.main(
+                args.config,
+                args.out,
+                *args.coco,
+                epochs=args.epochs,
+                val_fraction=args.val_fraction,
+                flip=not args.no_flip,
+                init=args.init,
+                resume=args.resume,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                device=args.device or "auto",
+                threads=args.threads,
+            )
+        except DatasetError as e:
+            print(f"streamseg train: error: {e}", file=sys.stderr)
+            return 2
     return train.main(
         args.config,
         args.out,
@@ -310,9 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
         "synth",
         help="generate a synthetic moving-shapes video with COCO ground truth",
         description="Write an H.264 video of moving circles, squares and triangles and its exact "
-        "ground-truth instance masks (COCO JSON, one image per frame).",
+        "ground-truth instance masks (COCO JSON, one image per frame); or, with --images DIR, "
+        "a COCO image dataset: DIR/images/*.png and DIR/annotations.json (for train --coco).",
     )
-    p.add_argument("output", help="video file to write (.mp4)")
+    p.add_argument("output", nargs="?", help="video file to write (.mp4)")
+    p.add_argument("--images", metavar="DIR", help="write an image dataset here instead")
+    p.add_argument("--count", type=int, default=100, help="--images: how many (%(default)s)")
+    p.add_argument(
+        "--segmentation",
+        choices=("rle", "polygon", "mixed"),
+        default="rle",
+        help="--images: masks as RLE, polygons, or mixed (alternating images) (%(default)s)",
+    )
+    p.add_argument(
+        "--image-format", choices=("png", "jpg"), default="png", help="--images (%(default)s)"
+    )
     p.add_argument("--gt", help="ground truth JSON (default: OUTPUT with .json)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="frame count (default %(default)s)")
@@ -324,16 +406,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train the small shapes Mask R-CNN on generated data",
-        description="Train the config's model on synthetic shapes generated on the fly, with "
-        "resumable checkpoints every [train].checkpoint_every iterations (OUT.resume.pt).",
+        help="train the shapes model on generated data, or any model on a COCO dataset",
+        description="Train the config's model on synthetic shapes generated on the fly, or with "
+        "--coco on a COCO-format instance-segmentation dataset (polygons or RLE; the class names "
+        "come from it and travel in the checkpoint), with resumable checkpoints "
+        "(OUT.resume.pt). With --coco: a held-out split is scored after every epoch (mask and "
+        "box AP, as `streamseg eval`), OUT.toml is a config for the trained model, and "
+        "training fine-tunes the config's weights unless --init says otherwise.",
     )
+    p.add_argument(
+        "--coco",
+        nargs=2,
+        metavar=("IMAGES_DIR", "ANNOTATIONS_JSON"),
+        help="train on this COCO dataset (file_name in the JSON is relative to IMAGES_DIR)",
+    )
+    p.add_argument("--epochs", type=int, default=12, help="with --coco (default %(default)s)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="with --coco: share of images held out for AP, chosen by [train].seed "
+        "(default %(default)s; 0: none)",
+    )
+    p.add_argument("--no-flip", action="store_true", help="with --coco: no left-right flips")
+    p.add_argument("--lr", type=float, help="override [train].lr (AdamW peak learning rate)")
     p.add_argument(
         "--config", default=DEFAULT_CONFIG, help="config (name or path) with a [train] table"
     )
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume.pt if present")
-    p.add_argument("--init", help="start from these weights (fine-tuning)")
+    p.add_argument(
+        "--init",
+        help="start from these weights: a checkpoint, streamseg:NAME, coco, or random "
+        "(with --coco, default: the config's weights; class layers are replaced when the "
+        "class count differs)",
+    )
     p.add_argument("--iterations", type=int, help="override [train].iterations")
     p.add_argument("--batch-size", type=int, help="override [train].batch_size")
     p.add_argument("--device", help="auto (default), cpu, cuda")

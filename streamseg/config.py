@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamseg import shipped
+from streamseg import checkpoint_meta, shipped
 
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "shapes_mobilenet_v3_fpn")
 COCO_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
@@ -141,7 +141,8 @@ class ModelConfig:
     (untrained, for plumbing and benchmarks), a path to a checkpoint file (relative to the config
     file), or "streamseg:NAME" for a checkpoint shipped in the package (streamseg/data/NAME)."""
     labels: tuple[str, ...] = ()
-    """Label names by label id (index 0 is background). Default for the COCO architectures:
+    """Label names by label id (index 0 is background). Default: the names a streamseg
+    checkpoint carries (a config naming others is refused); else, for the COCO architectures,
     torchvision's COCO names; other architectures must name theirs."""
     score_threshold: float = 0.5
     """Instances scoring below this are dropped (torchvision's box_score_thresh)."""
@@ -227,11 +228,33 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     elif weights not in ("coco", "random"):
         fields["weights"] = str((path.parent / weights).resolve())
     fields.update({k: v for k, v in overrides.items() if v is not None})
+    _labels_from_checkpoint(fields, path)
     if not fields.get("labels") and fields["arch"] in COCO_ARCHS:
         fields["labels"] = COCO_LABELS
     cfg = ModelConfig(**fields, path=str(path))
     validate(cfg)
     return cfg
+
+
+def _labels_from_checkpoint(fields: dict[str, Any], path: Path) -> None:
+    """A streamseg checkpoint names its labels (e.g. a dataset's classes, by `streamseg train
+    --coco`): a config without `labels` takes them; a config whose labels differ is refused,
+    since its names would be wrong for the model's label ids."""
+    weights = fields.get("weights")
+    if weights in ("coco", "random") or not isinstance(weights, str):
+        return
+    meta = checkpoint_meta.read_meta(weights)
+    if meta is None or meta["labels"] is None:
+        return  # no names in the file (torchvision's own .pth): the config's apply
+    stored = meta["labels"]
+    if not fields.get("labels"):
+        fields["labels"] = stored
+    elif tuple(fields["labels"]) != stored:
+        raise ConfigError(
+            f"{path}: labels {list(fields['labels'])} are not those of its checkpoint "
+            f"{weights} ({len(stored) - 1} classes: {', '.join(stored[1:])}); delete `labels` "
+            "from [model] to use the checkpoint's names"
+        )
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

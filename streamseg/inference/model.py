@@ -36,9 +36,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import resize_boxes
 
+from streamseg.checkpoint_meta import CHECKPOINT_FORMAT
 from streamseg.config import ModelConfig, WeightsError, load_config
-
-CHECKPOINT_FORMAT = "streamseg.checkpoint/1"
 
 _COCO_WEIGHTS = {
     "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
@@ -190,6 +189,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     raise WeightsError(f"{path}: neither a torchvision state_dict nor a streamseg checkpoint")
 
 
+def read_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    """The state_dict `weights` names for a model of `arch`: "coco" (torchvision's COCO weights,
+    as `weights = "coco"` in a config) or a checkpoint file (torchvision's or streamseg's; a
+    streamseg checkpoint must be of `arch`)."""
+    if weights == "coco":
+        return _coco_state_dict(arch)
+    ckpt = read_checkpoint(weights)
+    if ckpt["arch"] not in (None, arch):
+        raise WeightsError(f"{weights} holds a {ckpt['arch']} model, not {arch}")
+    return ckpt["model"]
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -220,6 +231,13 @@ def save_checkpoint(
 def _load_state(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise WeightsError(
+            f"{source} does not fit this model: {len(wrong)} tensors of another shape "
+            f"(e.g. {wrong[0]} {tuple(state[wrong[0]].shape)}, the model's "
+            f"{tuple(own[wrong[0]].shape)}); check `arch` and `labels` in the config"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(
@@ -227,6 +245,30 @@ def _load_state(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) ->
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
             "check `arch` in the config"
         )
+
+
+# Layers whose shape depends on the number of classes: what fine-tuning for other classes replaces.
+CLASS_LAYERS = (
+    "roi_heads.box_predictor.cls_score.",
+    "roi_heads.box_predictor.bbox_pred.",
+    "roi_heads.mask_predictor.mask_fcn_logits.",
+)
+
+
+def load_for_finetuning(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load `state` into `model`, keeping the model's own freshly initialised class layers
+    (CLASS_LAYERS) where the state's are for another number of classes: torchvision's
+    fine-tuning recipe (new FastRCNNPredictor and MaskRCNNPredictor logits for the dataset's
+    classes), with the class-agnostic mask upsampling kept. Every other tensor must fit.
+    Returns the names of the layers left as built (empty when the class counts agree)."""
+    own = model.state_dict()
+    swapped = [
+        k
+        for k in own
+        if k.startswith(CLASS_LAYERS) and k in state and state[k].shape != own[k].shape
+    ]
+    _load_state(model, {**state, **{k: own[k] for k in swapped}}, source)
+    return swapped
 
 
 # -- the public entry point -----------------------------------------------------------------------
@@ -250,7 +292,12 @@ def load_model(config: str | Path | ModelConfig, device: str | None = None) -> M
                 f"{cfg.weights} holds a {ckpt['arch']} model, config says {cfg.arch}"
             )
         state = ckpt["model"]
-        labels = labels or tuple(ckpt["labels"] or ())
+        stored = tuple(ckpt["labels"] or ())
+        if labels and stored and labels != stored:  # load_config refuses this for files
+            raise WeightsError(
+                f"{cfg.weights} was trained for the labels {list(stored)}, not {list(labels)}"
+            )
+        labels = labels or stored
     if not labels:
         raise WeightsError(f"{cfg.path}: set `labels` in [model] (names by id, 0 = background)")
     model = build_from_config(cfg, num_classes=len(labels))
