@@ -235,8 +235,12 @@ def train_coco(
     resume: bool = False,
     device: str = "auto",
     threads: int | None = None,
+    until: int | None = None,
 ) -> RunResult:
     """Train (or continue training) `model_cfg`'s architecture on `data` for `epochs` epochs.
+
+    `until`: stop after this iteration, saved for --resume (a time-boxed session); the
+    schedule stays that of `epochs`.
 
     Uses from `cfg`: batch_size, lr (AdamW peak, after warmup, cosine decay to 5%), warmup
     (capped at a tenth of the run: a small dataset's whole run can be shorter than it),
@@ -273,6 +277,7 @@ def train_coco(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
+    epoch_sum, epoch_n = 0.0, 0  # this epoch's summed loss and steps
     if resume and paths["resume"].is_file():
         state = torch.load(paths["resume"], map_location=dev, weights_only=True)
         if state.get("dataset") != fingerprint:
@@ -284,6 +289,7 @@ def train_coco(
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, history = int(state["iteration"]), list(state["history"])
+        epoch_sum, epoch_n = float(state["epoch_loss"][0]), int(state["epoch_loss"][1])
         note = f"resuming from {paths['resume']} at iteration {start}"
     elif resume:
         note += f" (no {paths['resume']} yet)"
@@ -311,6 +317,7 @@ def train_coco(
                 "iteration": it,
                 "rng": torch.get_rng_state(),
                 "history": history,
+                "epoch_loss": [epoch_sum, epoch_n],  # a run stopped mid-epoch
                 "dataset": fingerprint,
             },
             tmp,
@@ -351,9 +358,9 @@ def train_coco(
     losses: list[float] = []
     sums: dict[str, float] = {}
     seen, t_log = 0, time.monotonic()
-    epoch_sum, epoch_n = 0.0, 0
     order: list[int] = []
-    for it in range(start, total):
+    end = total if until is None else min(total, until)
+    for it in range(start, end):
         epoch, step = divmod(it, steps)
         if step == 0 or not order:
             order = epoch_order(train_idx, cfg.seed, epoch)
@@ -392,7 +399,7 @@ def train_coco(
             held_out(epoch + 1, epoch_sum / epoch_n)
             epoch_sum, epoch_n = 0.0, 0
             save(done)
-        elif done % cfg.checkpoint_every == 0:
+        elif done % cfg.checkpoint_every == 0 or done == end:
             save(done)
     bar.close()
     if start >= total:
