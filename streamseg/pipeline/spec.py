@@ -33,6 +33,8 @@ class Pipeline:
     it ("": none; a tcp endpoint beyond loopback is then refused)."""
     hang_s: float = 2.0
     """A stage silent (no heartbeat) for this long is hung: killed, then handled as dead."""
+    serve: str = ""
+    """[HOST:]PORT to serve the run's page, live views, /metrics and /healthz on ("": none)."""
     path: str = ""
 
 
@@ -74,6 +76,7 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         track=bool(post.get("track", True)),
         track_max_missed=int(post.get("track_max_missed", 30)),
         hang_s=float(data.get("supervisor", {}).get("hang_s", 2.0)),
+        serve=str(data.get("supervisor", {}).get("serve", "")),
         keys=_keys_path(path, data.get("security", {}).get("keys", "")),
         path=str(path),
     )

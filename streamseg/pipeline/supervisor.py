@@ -28,6 +28,10 @@ from streamseg.pipeline.progress import Progress
 from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
 from streamseg.pipeline.spec import Pipeline
 from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, StageWatch, describe_exit
+from streamseg.serve.board import Board
+from streamseg.serve.http import WebServer
+from streamseg.serve.views import PreviewHub
+from streamseg.serve.window import window_lines
 from streamseg.source.spec import SourceSpec
 from streamseg.stage.trust import ENV as TOKENS_ENV
 from streamseg.stage.trust import Tokens, from_stages, new_token, source_name
@@ -83,9 +87,12 @@ def run(
     stats_every_s: float = 5.0,
     quiet: bool = False,
     verbose: bool = False,
+    serve: WebServer | None = None,
 ) -> RunReport:
     """Run the pipeline over `sources` until every stream ended, a stage failed (file runs) or
-    the user stopped it (Ctrl-C, SIGTERM); never leaves a stage process behind."""
+    the user stopped it (Ctrl-C, SIGTERM); never leaves a stage process behind.
+    `serve`: a bound web server (serve.http.bind) to serve the run's page, live views,
+    /metrics and /healthz from, while it runs."""
     rundir = tempfile.mkdtemp(prefix="streamseg-")
     ep = {k: v.replace("{run}", rundir) for k, v in pipeline.endpoints.items()}
     publish = publish if publish is not None else (pipeline.publish or None)
@@ -106,6 +113,19 @@ def run(
     procs: dict[str, _Proc] = {}
     errors: list[str] = []
     t0, epoch = time.monotonic(), time.time()
+    # what the stats lines and --serve show: figures of the last stats_every_s, health
+    stall_s = float((live_options or {}).get("stall_s") or 5.0)
+    board = Board(live=live, stall_s=stall_s, span_s=stats_every_s)
+    preview_ep = ep.get("preview", f"ipc://{rundir}/preview")
+    hub = None
+    if serve is not None:
+        hub = PreviewHub(
+            preview_ep,
+            security=link_security(keys, preview_ep, bind=False),
+            expect_auth=tokens["postprocess"],
+        )
+        hub.start()
+        serve.start(board, hub)
 
     def start(stage: str, name: str, kwargs: dict[str, Any]) -> None:
         senders = {"inference": names[2:], "postprocess": ["inference"]}.get(stage, [])
@@ -128,6 +148,7 @@ def run(
             "n_outputs": n,
             "track": pipeline.track,
             "track_max_missed": pipeline.track_max_missed,
+            "preview_endpoint": preview_ep if serve is not None else None,
         },
     )
     start(
@@ -140,7 +161,7 @@ def run(
             "streams": n,
             "live": live,
             "depth": pipeline.depth,
-            "forward_images": bool(video),
+            "forward_images": bool(video) or serve is not None,
         },
     )
     source_names = {spec.stream: source_name(spec.stream) for spec in sources}
@@ -203,9 +224,17 @@ def run(
             if expected and all(expected) and len(expected) == n:
                 bar.total = int(sum(expected))
             bar.update(done - bar.done)
+            board.update(
+                now,
+                stages={name: watch.problem(name) for name in procs},
+                reports={name: r for name in tally.names() if (r := tally.get(name))},
+                sources=source_stats,
+                restarts=watch.restarts,
+            )
             if live and now >= next_line and not quiet:
                 next_line = now + stats_every_s
-                for line in stream_lines(source_stats, _stage_stats(tally), now - t0):
+                states = {k: str(c.get("state", "up")) for k, c in source_stats.items()}
+                for line in window_lines(board.window.figures(), states):
                     bar.line(line)
         if not ready and not stop.requested:
             for p in procs.values():  # (2: bad settings, and the stage said so; exit code 2)
@@ -216,6 +245,10 @@ def run(
         interrupted = bool(stop.requested)
         _shutdown(procs, watch, tally, receiver, stop, prompt=interrupted or failed or not ready)
         bar.close()
+        if serve is not None:
+            serve.close()
+        if hub is not None:
+            hub.close()
         transport.close_all(abort=True)
         shutil.rmtree(rundir, ignore_errors=True)
         restore()

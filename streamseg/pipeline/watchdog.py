@@ -111,6 +111,19 @@ class StageWatch:
         s = self.stages.get(stage)
         return s is not None and s.restart_at is not None
 
+    def problem(self, stage: str) -> str | None:
+        """What is wrong with `stage` now: None while it runs and is ready (or once it ended
+        normally), else "starting", why it was killed, or how it died ("..., restarting")."""
+        s = self.stages.get(stage)
+        if s is None:
+            return "not started"
+        if s.code is None:
+            return s.killed_for or (None if s.ready else "starting")
+        if s.code in NORMAL_EXITS:
+            return None
+        why = s.killed_for or describe_exit(s.code)
+        return f"{why}, restarting" if self.live else why
+
     def check(self, now: float) -> list[Action]:
         """What to do now, in stage order."""
         actions = []

@@ -18,13 +18,21 @@ from typing import Any
 
 import torch
 
-from streamseg.accounting import Counters
+from streamseg.accounting import (
+    BATCH_BOUNDS,
+    INFERENCE_BOUNDS_S,
+    LATENCY_BOUNDS_S,
+    Counters,
+    Histogram,
+)
 from streamseg.postprocess.masks import LocalMasks
+from streamseg.postprocess.preview import Previewer
 from streamseg.postprocess.render import draw_instances
 from streamseg.postprocess.reorder import OrderedInput
 from streamseg.postprocess.results import make_result, with_track_ids
 from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
+from streamseg.postprocess.timeline import LiveTimeline
 from streamseg.postprocess.tracking import NO_TRACK, Tracker
 from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_inference
@@ -56,6 +64,11 @@ class _Sinks:
             else None
         )
         self.results = ResultsSink(output_path(results, info.stream, n)) if results else None
+        self.timeline = LiveTimeline() if info.live else None
+
+    def video_time(self, pts: float, wall_time: float) -> float:
+        """A frame's time in the video: its pts (files), or true speed (live: see timeline)."""
+        return pts if self.timeline is None else self.timeline(pts, wall_time)
 
     def tick(self) -> None:
         """Write results lines that waited a second (call when idle)."""
@@ -99,6 +112,20 @@ def _track(
     return [None if t == NO_TRACK else int(t) for t in ids]
 
 
+def _observe(hists: dict[str, dict[str, Histogram]], det: Detections, latency_s: float) -> None:
+    """Add a finished frame to its stream's histograms (reported with its counters)."""
+    h = hists.get(det.stream)
+    if h is None:
+        h = hists[det.stream] = {
+            "latency_s": Histogram(LATENCY_BOUNDS_S),
+            "batch_size": Histogram(BATCH_BOUNDS),
+            "inference_s": Histogram(INFERENCE_BOUNDS_S),
+        }
+    h["latency_s"].observe(latency_s)
+    h["batch_size"].observe(det.batch)
+    h["inference_s"].observe(det.infer_ms / 1000.0)
+
+
 def serve(
     *,
     detections_endpoint: str,
@@ -114,10 +141,12 @@ def serve(
     track: dict[str, Any] | None = None,
     restarted: int = 0,
     link_keys: str | None = None,
+    preview_endpoint: str | None = None,
     live: bool = False,
     reorder_capacity: int = 128,
 ) -> int:
-    """track: the Tracker's settings (None: no track ids).
+    """track: the Tracker's settings (None: no track ids). preview_endpoint: where to offer
+    annotated JPEGs of the streams someone watches (streamseg --serve; None: nowhere).
     reorder_capacity: results held per stream while an earlier one is at another worker."""
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
@@ -147,6 +176,16 @@ def serve(
     trackers: dict[str, Tracker] = {}  # per stream, made on its first frame
     # several inference workers: results back in each stream's order (postprocess.reorder)
     ordered = OrderedInput(counters, live=live, capacity=reorder_capacity, clock=time.monotonic)
+    hists: dict[str, dict[str, Histogram]] = {}  # per stream: latency, batch size, model time
+    previewer = (
+        Previewer(
+            preview_endpoint,
+            security=link_security(link_keys, preview_endpoint, bind=True),
+            auth=tokens.own,
+        )
+        if preview_endpoint
+        else None
+    )
     reporter.ready()
 
     def on_frame(det: Detections) -> None:
@@ -166,19 +205,29 @@ def serve(
             out.results.write(result.to_json())
         if pub is not None:
             transport.publish(pub, replace(result, seq=state.published))
-        if out.video:
+        watched = previewer is not None and det.image is not None and previewer.wanted(det.stream)
+        if out.video or watched:
             if det.image is None:
                 raise RuntimeError("video output needs frames forwarded by inference")
-            out.video.write(
-                draw_instances(
-                    det.image, local, det.boxes, det.labels, det.scores, label_names, track_ids=ids
-                ),
-                pts=det.pts,
+            annotated = draw_instances(
+                det.image, local, det.boxes, det.labels, det.scores, label_names, track_ids=ids
             )
-        book.done(state, time.time() - det.wall_time)
+            if out.video:
+                out.video.write(annotated, pts=out.video_time(det.pts, det.wall_time))
+            if watched:
+                previewer.offer(det.stream, det.frame, det.wall_time, annotated)
+        latency = time.time() - det.wall_time
+        _observe(hists, det, latency)
+        book.done(state, latency)
+
+    def report_histograms() -> None:
+        for stream, h in hists.items():
+            counters[stream].extra["hist"] = {k: v.to_json() for k, v in h.items()}
 
     def loop() -> int:
         while not book.finished():
+            if previewer is not None:
+                previewer.poll()
             msg = receiver.recv(250)
             if isinstance(msg, StreamStart):
                 if book.start(msg):
@@ -197,6 +246,7 @@ def serve(
             for out in sinks.values():
                 out.tick()  # results lines reach the disk within a second, also when idle
             book.report_latency()
+            report_histograms()
             reporter.extra.update(rejected=receiver.rejected, rejected_by=receiver.rejected_by)
             reporter.tick()
         return 3 if book.lost_any else 0
@@ -205,6 +255,7 @@ def serve(
         for out in sinks.values():
             out.close()
         book.report_latency()
+        report_histograms()
         reporter.extra["rejected"] = receiver.rejected
 
     return run_stage_loop(loop, reporter, cleanup=cleanup)
@@ -227,6 +278,7 @@ def main(
     restarted: bool = False,
     part: int = 0,
     link_keys: str | None = None,
+    preview_endpoint: str | None = None,
     live: bool = False,
     reorder_capacity: int = 128,
     verbose: bool = False,
@@ -255,6 +307,7 @@ def main(
         track={"max_missed": track_max_missed} if track else None,
         restarted=part if restarted else 0,
         link_keys=link_keys,
+        preview_endpoint=preview_endpoint,
         live=live,
         reorder_capacity=reorder_capacity,
     )

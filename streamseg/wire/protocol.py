@@ -795,3 +795,60 @@ _CHECKS: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {
     Result: _check_result,
     Stats: _check_stats,
 }
+
+
+# --- previews: postprocess -> supervisor, the live view of --serve --------------------------------
+
+MAX_PREVIEW_BYTES = 16 << 20
+"""Largest JPEG a preview may carry."""
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One stream's annotated frame as a JPEG, for the live view (`streamseg --serve`).
+
+    Sent as [topic, header, jpeg]: the topic is the stream id and a NUL byte (preview_topic), so
+    a subscription to one stream never matches another whose id starts the same way."""
+
+    stream: str
+    frame: int
+    wall_time: float
+    """Capture time (Unix seconds) of the frame."""
+    jpeg: bytes
+
+
+def preview_topic(stream: str) -> bytes:
+    return stream.encode() + b"\0"
+
+
+def encode_preview(p: Preview, *, auth: str = "") -> list[bytes]:
+    header = {"v": PROTOCOL_VERSION, "type": "preview", "stream": p.stream, "frame": p.frame}
+    header.update(wall_time=p.wall_time, **({"auth": auth} if auth else {}))
+    return [preview_topic(p.stream), json.dumps(header).encode(), bytes(p.jpeg)]
+
+
+def decode_preview(parts: Sequence[Any]) -> tuple[Preview, str]:
+    """(preview, the sender's auth) from [topic, header, jpeg]; ProtocolError for anything else."""
+    frames = _frames(parts)
+    if len(frames) != 3:
+        raise ProtocolError(f"a preview has 3 parts, not {len(frames)}")
+    topic, head, jpeg = (_as_buffer(f) for f in frames)
+    header = _header(head)
+    _check_version(header, "v")
+    if header.get("type") != "preview":
+        _fail("type", '"preview"', header.get("type"))
+    keys = {"type", "stream", "frame", "wall_time"} | ({"auth"} & header.keys())
+    _exact_keys(header, frozenset(keys), "header")
+    stream = check_name(header.get("stream"), "stream")
+    if bytes(topic) != preview_topic(stream):
+        _fail("topic", "the stream id and a NUL byte", bytes(topic)[:64])
+    if not 2 < len(jpeg) <= MAX_PREVIEW_BYTES or bytes(jpeg[:2]) != b"\xff\xd8":
+        _fail("jpeg", f"a JPEG of at most {MAX_PREVIEW_BYTES} bytes", bytes(jpeg[:8]))
+    auth = _text(header.get("auth", ""), "auth", max_len=_MAX_AUTH)
+    preview = Preview(
+        stream,
+        _int(header.get("frame"), "frame"),
+        _float(header.get("wall_time"), "wall_time", lo=0.0),
+        bytes(jpeg),
+    )
+    return preview, auth

@@ -526,3 +526,60 @@ def close_all(*, abort: bool = False) -> None:
             _auth.stop()
             _auth = None
     _ctx().destroy(linger=0 if abort else None)
+
+
+# --- previews: the live view of --serve (postprocess XPUB -> supervisor SUB) ----------------------
+
+PREVIEW_HWM = 2
+"""JPEGs queued per preview subscriber: a reader that falls behind loses frames, never slows
+the postprocess stage (XPUB drops at the high-water mark, as PUB does)."""
+
+
+def preview_publisher(endpoint: str, *, security: Security | None = None) -> zmq.Socket:
+    """An XPUB socket (binds): sends previews, and tells which streams are subscribed
+    (`subscription_changes`), so that a stream's frames are encoded only while watched."""
+    return _socket(
+        zmq.XPUB,
+        endpoint,
+        bind=True,
+        hwm=PREVIEW_HWM,
+        max_msg_bytes=_SENDER_MAX_MSG_BYTES,
+        security=security,
+        linger_ms=0,
+    )
+
+
+def subscription_changes(sock: zmq.Socket) -> list[tuple[bytes, bool]]:
+    """The (topic, subscribed) changes an XPUB socket received since the last call; never
+    blocks. (libzmq passes a topic's subscribe once and its unsubscribe when the last
+    subscriber of it left or disconnected.)"""
+    out = []
+    while sock.poll(0, zmq.POLLIN):
+        msg = sock.recv(zmq.NOBLOCK)
+        if msg and msg[0] in (0, 1):
+            out.append((bytes(msg[1:]), msg[0] == 1))
+    return out
+
+
+def offer(sock: zmq.Socket, parts: list[bytes]) -> bool:
+    """Send without blocking; False when it was dropped (no room)."""
+    try:
+        sock.send_multipart(parts, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
+def preview_subscriber(
+    endpoint: str, *, hwm: int = 8, security: Security | None = None
+) -> zmq.Socket:
+    """A SUB socket for previews, subscribed to nothing yet (see `set_subscribed`)."""
+    sock = _ctx().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MSG_BYTES)
+    return _attach(sock, endpoint, False, security, False)
+
+
+def set_subscribed(sock: zmq.Socket, topic: bytes, on: bool) -> None:
+    sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, topic)
