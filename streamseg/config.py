@@ -163,8 +163,9 @@ class ModelConfig:
     """How long the inference stage waits for a batch to fill once it holds a frame."""
     fp16: bool = True
     """Mixed precision (autocast) on CUDA; ignored on CPU."""
-    threads: int = 0
-    """CPU threads for the model (torch.set_num_threads); 0: torch's default (all cores)."""
+    threads: int | str = "auto"
+    """CPU threads for the model per inference worker (torch.set_num_threads): "auto" shares
+    the cores between the stages (streamseg.threads); 0: torch's default (all cores)."""
     path: str = ""
     """The config file this came from (set by load_config)."""
 
@@ -269,7 +270,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_batch": (int,),
     "max_wait_ms": (int, float),
     "fp16": (bool,),
-    "threads": (int,),
+    "threads": (int, str),
 }
 
 
@@ -293,6 +294,12 @@ def validate(cfg: ModelConfig) -> None:
         )
     if not cfg.labels:
         raise ConfigError(f"{where}: set `labels` in [model]: names by label id, 0 = background")
+    if (isinstance(cfg.threads, str) and cfg.threads != "auto") or (
+        isinstance(cfg.threads, int) and cfg.threads < 0
+    ):
+        raise ConfigError(
+            f'{where}: threads must be "auto" or an integer >= 0, got {cfg.threads!r}'
+        )
     if cfg.min_size < 32 or cfg.max_size < cfg.min_size:
         raise ConfigError(f"{where}: need 32 <= min_size <= max_size")
 

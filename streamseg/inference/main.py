@@ -23,6 +23,7 @@ from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_sources
+from streamseg.threads import model_threads
 from streamseg.wire import transport
 from streamseg.wire.curve import link_security
 from streamseg.wire.protocol import Detections, EndOfStream, Frame, StreamStart
@@ -86,8 +87,10 @@ def serve(
     depth: int,
     forward_images: bool,
     link_keys: str | None = None,
+    weights: dict[str, float] | None = None,
 ) -> int:
-    """Run until `streams` end-of-streams have passed (0: until interrupted)."""
+    """Run until `streams` end-of-streams have passed (0: until interrupted). weights: each
+    stream's share when streams offer more than the model can do (default 1.0)."""
     counters = Counters()
     tokens = Tokens.from_env()
     reporter = StatsReporter(
@@ -124,6 +127,7 @@ def serve(
         max_wait_s=cfg.max_wait_ms / 1000.0,
         depth=depth if live else None,
         capacity=max(16, 2 * cfg.max_batch),
+        weights=weights,
         clock=clock,
     )
     cond = threading.Condition()
@@ -192,6 +196,7 @@ def main(
     forward_images: bool = True,
     restarted: bool = False,
     link_keys: str | None = None,
+    weights: dict[str, float] | None = None,
     verbose: bool = False,
 ) -> int:
     """`model`: every field of a ModelConfig (config.to_dict), as the runner resolved it.
@@ -201,8 +206,9 @@ def main(
         logging.getLogger(__name__).info("restarted")
     cfg = from_dict(model)
     torch.set_grad_enabled(False)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    threads = model_threads(cfg.threads, device=cfg.device)
+    if threads > 0:
+        torch.set_num_threads(threads)
     return serve(
         cfg,
         frames_endpoint=frames_endpoint,
@@ -213,4 +219,5 @@ def main(
         depth=depth,
         forward_images=forward_images,
         link_keys=link_keys,
+        weights=weights,
     )

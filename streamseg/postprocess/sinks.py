@@ -74,8 +74,10 @@ class VideoSink:
         preset: str | None = "veryfast",
         time_base: Fraction | None = None,
         fragment_s: float | None = None,
+        threads: int = 0,
     ) -> None:
-        """preset: libx264's speed/size trade-off (None: libx264's default, "medium")."""
+        """preset: libx264's speed/size trade-off (None: libx264's default, "medium").
+        threads: libx264's threads (0: its default, about 1.5 x all cores; streamseg.threads)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.size = (width, height)
@@ -103,6 +105,8 @@ class VideoSink:
             codec_options["g"] = str(max(1, round(fps * fragment_s)))
         if self.vfr:
             codec_options["bf"] = "0"
+        if threads > 0:
+            codec_options["threads"] = str(threads)
         self.stream.options = codec_options
         self.stream.codec_context.time_base = self.time_base
         if self.vfr:

@@ -19,6 +19,18 @@ from streamseg.wire.protocol import StreamStart
 
 log = logging.getLogger(__name__)
 
+# FFmpeg decode threads for this process (0: FFmpeg's choice); set once by the source stage
+# from the run's thread budget (streamseg.threads).
+_threads = 0
+
+
+def set_threads(n: int) -> None:
+    """Decode with `n` threads from now on in this process (0: FFmpeg's choice)."""
+    global _threads
+    if n < 0:
+        raise ValueError(f"decode threads must be >= 0, got {n}")
+    _threads = n
+
 
 def _hwaccel(mode: str) -> Any:
     """PyAV hardware-decode settings for `mode`, or None for software decoding."""
@@ -106,6 +118,8 @@ def decode_frames(
     errors = errors if errors is not None else DecodeErrors()
     vs = container.streams.video[0]
     vs.thread_type = "AUTO"
+    if _threads:
+        vs.codec_context.thread_count = _threads
     for packet in container.demux(vs):  # ends with an empty packet that flushes the decoder
         try:
             frames = packet.decode()

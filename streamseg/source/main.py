@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from streamseg.accounting import Counters
+from streamseg.source import decode
 from streamseg.source.file import run_file
 from streamseg.source.live import run_live, send_live
 from streamseg.source.spec import SourceError, SourceSpec
@@ -37,6 +38,7 @@ def main(
     first_pts: float = 0.0,
     stay: bool = False,
     link_keys: str | None = None,
+    decode_threads: int = 0,
     verbose: bool = False,
     **live_options: Any,
 ) -> int:
@@ -44,6 +46,7 @@ def main(
     `stay`: after the end-of-stream, wait to be stopped (SIGTERM) instead of exiting at once
     (supervised runs: see below)."""
     setup_process(f"source[{stream}]", verbose=verbose)
+    decode.set_threads(decode_threads)
     spec = SourceSpec(stream, source, kind, hwdecode)
     counters = Counters()
     counters[stream]  # report the stream even if it never yields a frame

@@ -1,0 +1,86 @@
+"""The CPU thread budget: how the stages of one run share the machine's cores. Pure.
+
+Every stage runs beside the others, so thread pools sized for the whole machine each
+oversubscribe it: torch's intra-op pool spins at its barriers while a decoder or an encoder
+holds one of its cores, and one preempted thread stalls the whole model call. Measured on a
+2-core machine with other processes busy: the shapes model ran 0.2-0.3 fps with 2 torch
+threads against 1.9-4.3 fps with 1 (docs/benchmarks.md).
+
+With `threads = "auto"` (the default) the run decides, from the cores it may use:
+
+  model (CPU)   cores - 1, split between the inference workers (at least 1 each): the model
+                is the heaviest work, and one core stays for decoding, pasting, rendering and
+                encoding, which run in other processes at the same time.
+  model (CUDA)  1: the CPU side of a GPU model only feeds the device.
+  encoder       what the model leaves, 1 to 4 (libx264's own pool; 0 would mean its default,
+                about 1.5 x all cores).
+  decoder       1 per source with a CPU model (frames arrive as fast as the model takes them),
+                FFmpeg's choice (0) with a GPU model.
+
+A number instead of "auto" fixes the model's threads per worker (the encoder gets the cores it
+leaves); 0 leaves every pool at its library's default, as before this budget existed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+AUTO = "auto"
+MAX_ENCODER_THREADS = 4
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """Threads per process: 0 means the library's own default."""
+
+    model: int  # torch.set_num_threads in each inference worker
+    encoder: int  # libx264 threads in postprocess
+    decoder: int  # FFmpeg decode threads in each source
+    cores: int  # what the plan was made for
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def plan(requested: int | str, *, cores: int, cuda: bool, workers: int = 1) -> ThreadPlan:
+    """The thread budget for a run on `cores` cores with `workers` inference processes.
+
+    requested: the config's `threads` ("auto", or a model thread count per worker, 0 for
+    torch's default).
+    """
+    if cores < 1 or workers < 1:
+        raise ValueError(f"need cores >= 1 and workers >= 1, got {cores} and {workers}")
+    if requested != AUTO and (not isinstance(requested, int) or requested < 0):
+        raise ValueError(f'threads must be "auto" or an integer >= 0, got {requested!r}')
+    if cuda:
+        model = 1 if requested == AUTO else requested
+        return ThreadPlan(model=model, encoder=0, decoder=0, cores=cores)
+    if requested == 0:
+        return ThreadPlan(model=0, encoder=0, decoder=0, cores=cores)
+    model = max(1, (cores - 1) // workers) if requested == AUTO else int(requested)
+    spare = cores - min(cores, model * workers)
+    encoder = min(MAX_ENCODER_THREADS, max(1, spare))
+    return ThreadPlan(model=model, encoder=encoder, decoder=1, cores=cores)
+
+
+def is_cuda(device: str) -> bool:
+    """Whether a config's device means a GPU here, without importing torch: "cuda...", or
+    "auto" on a machine with an NVIDIA device node."""
+    if device == "auto":
+        return os.path.exists("/dev/nvidia0")
+    return device.startswith("cuda")
+
+
+def model_threads(requested: int | str, *, device: str, workers: int = 1) -> int:
+    """torch threads for one inference worker on this machine (0: leave torch's default).
+
+    For a stage started without a supervisor's budget (e.g. `streamseg stage inference`):
+    "auto" resolves against the cores this process may use.
+    """
+    return plan(requested, cores=usable_cores(), cuda=is_cuda(device), workers=workers).model
