@@ -8,6 +8,8 @@ import json
 import math
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -403,6 +405,22 @@ def test_a_port_in_use_is_one_line():
         with pytest.raises(ServeError) as e:
             bind(f"127.0.0.1:{port}")
     assert f"127.0.0.1:{port}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_port_in_use_stops_the_command_before_anything_starts(clip, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "streamseg.cli", "annotate", str(clip[0])]
+        cmd += ["--results", str(tmp_path / "r.jsonl"), "--serve", str(port)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"streamseg: error: --serve {port}: cannot listen on 127.0.0.1:{port} (Address already "
+        "in use); pick another port or stop what uses it"
+    ]
+    assert not (tmp_path / "r.jsonl").exists()  # no stage started
 
 
 def test_endpoints_answer(fake_run):
