@@ -128,7 +128,10 @@ def test_training_lowers_the_loss_and_resumes_exactly(dataset, config, tmp_path)
     assert all(0.0 <= h["AP"] <= 1.0 and "bbox_AP" in h for h in whole.history)
     # the held-out files are what `streamseg eval` reads
     assert (
-        cli.main(["eval", str(tmp_path / "a.val.jsonl"), "--gt", str(tmp_path / "a.val.json")]) == 0
+        cli.main(
+            ["eval", str(tmp_path / "a.pt.val.jsonl"), "--gt", str(tmp_path / "a.pt.val.json")]
+        )
+        == 0
     )
 
 
@@ -161,7 +164,7 @@ def test_finetuning_swaps_the_class_layers_and_labels_by_name(
     assert all(torch.equal(fresh.state_dict()[k], shapes[k].float()) for k in kept)
 
     # the written config names no labels: they come from the checkpoint
-    cfg = load_config(out.with_suffix(".toml"))
+    cfg = load_config(out.with_name("pets.pt.toml"))
     assert cfg.labels == ("__background__", "box", "disc") and cfg.weights == str(out)
     model = load_model(cfg)
     model.roi_heads.score_thresh = 0.0

@@ -184,7 +184,7 @@ def main(
     threads: int | None = None,
 ) -> int:
     model_cfg = load_config(config, weights="random")
-    cfg = load_train_config(config, iterations=iterations, batch_size=batch_size)
+    cfg = load_train_config(model_cfg.path, iterations=iterations, batch_size=batch_size)
     path = train(
         model_cfg,
         cfg,

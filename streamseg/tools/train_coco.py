@@ -13,7 +13,7 @@ through the model and scored by `streamseg eval`'s own code. Files, each written
   OUT.val.json     COCO ground truth of the held-out images (category ids = label ids)
   OUT.val.jsonl    the last epoch's results on them: streamseg eval OUT.val.jsonl --gt OUT.val.json
 
-(OUT.toml, OUT.val.* replace OUT's suffix: runs/pets.pt -> runs/pets.toml.)
+(OUT.toml of runs/pets.pt is runs/pets.pt.toml.)
 
 Starting weights (`init`): "random", "coco" (torchvision's COCO weights for the COCO
 architectures), or a checkpoint file. Layers whose shape depends on the class count are
@@ -68,13 +68,20 @@ class RunResult:
 
 
 def output_paths(out: Path) -> dict[str, Path]:
+    """OUT and the files written beside it, named OUT.*: never a user's own pets.toml or
+    pets.val.json next to a pets.pt."""
     return {
         "checkpoint": out,
-        "resume": out.with_name(out.name + ".resume.pt"),
-        "config": out.with_suffix(".toml"),
-        "val_gt": out.with_suffix(".val.json"),
-        "val_results": out.with_suffix(".val.jsonl"),
+        **{k: out.with_name(out.name + v) for k, v in _BESIDE.items()},
     }
+
+
+_BESIDE = {
+    "resume": ".resume.pt",
+    "config": ".toml",
+    "val_gt": ".val.json",
+    "val_results": ".val.jsonl",
+}
 
 
 # -- batches -------------------------------------------------------------------------------------
@@ -429,7 +436,7 @@ def main(
     from streamseg.tools.train import load_train_config
 
     model_cfg = load_config(config)
-    cfg = load_train_config(config, batch_size=batch_size, lr=lr)
+    cfg = load_train_config(model_cfg.path, batch_size=batch_size, lr=lr)
     data = coco_data.load_dataset(images, annotations)
     print(f"dataset: {data.summary()}", flush=True)
     result = train_coco(
