@@ -277,7 +277,9 @@ def train_coco(
     torch.manual_seed(cfg.seed)  # the fresh layers' initial weights
     model = build_from_config(model_cfg)
     finetune = init != "random"
-    note = initial_weights(model, model_cfg.arch, init)
+    resuming = resume and paths["resume"].is_file()
+    # a resumed run takes its weights from the resume file: the starting ones are not read
+    note = "" if resuming else initial_weights(model, model_cfg.arch, init)
     model.to(dev).train()
     if finetune:
         freeze_for_finetuning(model, model_cfg.arch)
@@ -285,7 +287,7 @@ def train_coco(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
     epoch_sum, epoch_n = 0.0, 0  # this epoch's summed loss and steps
-    if resume and paths["resume"].is_file():
+    if resuming:
         state = torch.load(paths["resume"], map_location=dev, weights_only=True)
         if state.get("dataset") != fingerprint:
             raise DatasetError(
@@ -295,6 +297,8 @@ def train_coco(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
         start, history = int(state["iteration"]), list(state["history"])
         epoch_sum, epoch_n = float(state["epoch_loss"][0]), int(state["epoch_loss"][1])
         note = f"resuming from {paths['resume']} at iteration {start}"
@@ -323,6 +327,7 @@ def train_coco(
                 "optimizer": opt.state_dict(),
                 "iteration": it,
                 "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
                 "history": history,
                 "epoch_loss": [epoch_sum, epoch_n],  # a run stopped mid-epoch
                 "dataset": fingerprint,
