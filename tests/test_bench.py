@@ -122,6 +122,39 @@ def test_format_report():
     ]
 
 
+def test_stage_breakdown_accounts_for_every_second():
+    extra = {
+        "inference": {"startup_s": 4.0, "wait_in_s": 1.5, "wait_out_s": 0.25, "ready": True},
+        "postprocess": {"startup_s": 2.5, "wait_in_s": 6.0, "wait_out_s": 0.0},
+        "old": {"batches": 3},  # no start-up figure: not a row
+    }
+    busy = {"inference": 12.0, "postprocess": 5.0, "source": 3.0}
+    sources = {
+        "a": {"startup_s": 0.5, "busy_s": 1.0, "wait_out_s": 10.0},
+        "b": {"startup_s": 0.7, "busy_s": 2.0, "wait_out_s": 12.0},
+    }
+    got = figures.stage_breakdown(extra, busy, sources, 20.0)
+    assert got == {
+        "inference": {
+            "startup_s": 4.0, "busy_s": 12.0, "wait_in_s": 1.5, "wait_out_s": 0.25, "other_s": 2.25
+        },
+        "postprocess": {
+            "startup_s": 2.5, "busy_s": 5.0, "wait_in_s": 6.0, "wait_out_s": 0.0, "other_s": 6.5
+        },
+        "source": {
+            "startup_s": 0.6, "busy_s": 1.5, "wait_in_s": 0.0, "wait_out_s": 11.0, "other_s": 6.9
+        },
+    }  # fmt: skip
+    # more accounted than the wall time (clock rounding): "other" is 0, never negative
+    over = figures.stage_breakdown({"x": {"startup_s": 3.0}}, {"x": 8.0}, {}, 10.0)
+    assert over["x"]["other_s"] == 0.0
+    assert figures.format_breakdown(got)[:2] == [
+        "stage           start-up    busy  wait in  wait out   other",
+        "inference            4.0    12.0      1.5       0.2     2.2",
+    ]
+    assert figures.format_breakdown({}) == []
+
+
 def test_format_report_cpu_device_and_no_busy_time():
     lines = figures.format_report(
         _result(device_name="Xeon (16 cores)", busy_s={}, load_avg_1m=None)
@@ -358,6 +391,17 @@ def test_bench_end_to_end_json(random_config, capsys, spied):
     assert r["pipeline_vs_model_only"] == pytest.approx(r["pipeline_fps"] / r["model_only_fps"])
     assert r["pipeline_vs_naive"] == pytest.approx(r["pipeline_fps"] / r["naive_fps"])
     assert 0 < r["naive_load_s"] < r["naive_wall_s"]
+
+    # every stage process is in the breakdown, and its phases fit in the run's wall time
+    assert set(r["stages"]) == {"inference", "postprocess", "source"}
+    for stage, t in r["stages"].items():
+        assert t["startup_s"] > 0, stage
+        assert min(t.values()) >= 0, stage
+        assert sum(t.values()) == pytest.approx(r["pipeline_wall_s"], abs=0.01) or (
+            t["other_s"] == 0
+        ), stage
+    assert r["stages"]["inference"]["busy_s"] == pytest.approx(r["busy_s"]["inference"], abs=1e-3)
+    assert r["threads"]["requested"] == "auto" or isinstance(r["threads"]["requested"], int)
     # latencies and busy times happen inside the pipeline's wall time
     assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"] <= r["pipeline_wall_s"] * 1000
     assert {"inference", "postprocess"} <= set(r["busy_s"])

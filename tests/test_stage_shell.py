@@ -7,11 +7,14 @@ import pytest
 import zmq
 
 from streamseg.accounting import Counters
-from streamseg.stage.shell import StatsReporter, run_stage_loop
+from streamseg.stage.shell import BusyTimer, StatsReporter, process_age_s, run_stage_loop
 from streamseg.wire import transport
 from streamseg.wire.protocol import Stats
 
 WAIT_MS = 10_000  # only ever waited out when a test is about to fail
+
+
+NO_WAIT = {"wait_in_s": 0.0, "wait_out_s": 0.0}
 
 
 class Clock:
@@ -68,9 +71,13 @@ def test_ready_says_ready(runner):
     endpoint, rx = runner
     rep = StatsReporter(endpoint, "postprocess", Counters(), clock=Clock())
     rep.ready()
-    assert next_stats(rx) == Stats(
-        "postprocess", {}, 0.0, False, {"name": "postprocess", "ready": True}
+    got = next_stats(rx)
+    startup = got.extra.pop("startup_s")
+    assert got == Stats(
+        "postprocess", {}, 0.0, False, {"name": "postprocess", "ready": True, **NO_WAIT}
     )
+    # from this process's start (the test session's), imports included
+    assert 0 < startup == pytest.approx(process_age_s(), abs=5.0)
 
 
 def test_final_carries_busy_time_and_counters_exactly(runner):
@@ -82,6 +89,7 @@ def test_final_carries_busy_time_and_counters_exactly(runner):
     counters.count_in("b")
     rep = StatsReporter(endpoint, "source", counters, name="source[a]", clock=Clock())
     rep.busy_s = 1.25
+    rep.wait_in_s, rep.wait_out_s = 0.5, 0.03125
     rep.final()
     assert next_stats(rx) == Stats(
         "source",
@@ -91,14 +99,14 @@ def test_final_carries_busy_time_and_counters_exactly(runner):
         },
         1.25,
         True,
-        {"name": "source[a]"},
+        {"name": "source[a]", "wait_in_s": 0.5, "wait_out_s": 0.0312},
     )
 
 
 def test_final_with_no_counters(runner):
     endpoint, rx = runner
     StatsReporter(endpoint, "inference", Counters(), clock=Clock()).final()
-    assert next_stats(rx) == Stats("inference", {}, 0.0, True, {"name": "inference"})
+    assert next_stats(rx) == Stats("inference", {}, 0.0, True, {"name": "inference", **NO_WAIT})
 
 
 def test_no_endpoint_sends_nothing_and_does_not_fail():
@@ -184,3 +192,31 @@ def test_a_crashing_loop_still_cleans_up_and_reports(runner):
         run_stage_loop(loop, rep, cleanup=lambda: calls.append("cleanup"))
     assert calls == ["cleanup"]
     assert next_stats(rx).final
+
+
+def test_busy_timer_adds_to_the_chosen_phase():
+    rep = StatsReporter(None, "inference", Counters())
+    ticks = iter([1.0, 1.5, 10.0, 10.25, 20.0, 22.0])
+    clock = lambda: next(ticks)  # noqa: E731
+    for what in ("busy", "wait_in", "wait_out"):
+        with BusyTimer(rep, clock, what=what):
+            pass
+    assert (rep.busy_s, rep.wait_in_s, rep.wait_out_s) == (0.5, 0.25, 2.0)
+    with pytest.raises(ValueError, match="wait_in"):
+        BusyTimer(rep, what="idle")
+
+
+def test_process_age_counts_from_the_process_start():
+    import subprocess
+    import sys
+
+    code = (
+        "import time; time.sleep(1.0)\n"
+        "from streamseg.stage.shell import process_age_s; print(process_age_s())"
+    )
+    age = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert 1.0 <= age < 30.0  # the sleep before the import counts; /proc has 10 ms ticks

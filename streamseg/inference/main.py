@@ -21,7 +21,7 @@ from streamseg.config import ModelConfig, from_dict
 from streamseg.inference.batching import Batch, Batcher
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
-from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
+from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_sources
 from streamseg.threads import model_threads
 from streamseg.wire import transport
@@ -149,7 +149,8 @@ def serve(
             with cond:
                 batch = batcher.next_batch()
                 if not isinstance(batch, Batch):
-                    cond.wait(min(batch, 0.1))
+                    with BusyTimer(reporter, what="wait_in"):
+                        cond.wait(min(batch, 0.1))
                     continue
                 cond.notify_all()  # room freed for the receiver
             for ctl in batch.controls:
@@ -169,7 +170,8 @@ def serve(
                         r["boxes"], r["scores"], r["labels"], r["masks"],
                         f.image if forward_images else None, dt * 1000.0, len(batch.frames),
                     )  # fmt: skip
-                    transport.send(push, det, auth=tokens.own)
+                    with BusyTimer(reporter, what="wait_out"):  # postprocess behind
+                        transport.send(push, det, auth=tokens.own)
                     counters.count_out(f.stream)
             reporter.extra.update(
                 batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected

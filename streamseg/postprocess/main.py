@@ -42,6 +42,8 @@ from streamseg.wire.protocol import Detections, EndOfStream, StreamStart
 
 log = logging.getLogger(__name__)
 
+_encoder_threads = 0  # libx264 threads of this process's videos (0: its default); see main
+
 
 class _Sinks:
     """The open output files of one stream.
@@ -59,6 +61,7 @@ class _Sinks:
                 info.fps,
                 time_base=Fraction(1, 90000),
                 fragment_s=1.0,
+                threads=_encoder_threads,
             )
             if video
             else None
@@ -228,7 +231,8 @@ def serve(
         while not book.finished():
             if previewer is not None:
                 previewer.poll()
-            msg = receiver.recv(250)
+            with BusyTimer(reporter, what="wait_in"):
+                msg = receiver.recv(250)
             if isinstance(msg, StreamStart):
                 if book.start(msg):
                     sinks[msg.stream] = _Sinks(msg, video=video, results=results, n=n_outputs)
@@ -281,14 +285,18 @@ def main(
     preview_endpoint: str | None = None,
     live: bool = False,
     reorder_capacity: int = 128,
+    encoder_threads: int = 0,
     verbose: bool = False,
 ) -> int:
     """`publish_keys`: {"keys": DIR/NAME, "allow": DIR}, the CURVE key files of the publisher
     (paths, never keys, travel on the command line). `restarted`: a new life after the last one
     died; it takes over the streams already running and writes its outputs to NAME.partN.EXT
-    (N = `part`), next to the last life's."""
+    (N = `part`), next to the last life's. `encoder_threads`: libx264's, from the run's thread
+    budget (streamseg.threads; 0: libx264's default)."""
+    global _encoder_threads
     setup_process("postprocess", verbose=verbose)
     torch.set_num_threads(1)  # the model stage needs the cores; paste work here is small
+    _encoder_threads = encoder_threads
     return serve(
         detections_endpoint=detections_endpoint,
         stats_endpoint=stats_endpoint,

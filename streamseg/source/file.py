@@ -64,7 +64,9 @@ def run_file(
                 if delay > 0:
                     sleep(delay)
             counters.count_in(spec.stream)
-            if send(Frame(spec.stream, count, float(pts), time.time(), image)):
+            with BusyTimer(reporter, what="wait_out"):  # blocks while inference is behind
+                sent = send(Frame(spec.stream, count, float(pts), time.time(), image))
+            if sent:
                 counters.count_out(spec.stream)
             else:
                 counters.drop(spec.stream, "queue_full")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,21 @@ from streamseg.wire import transport
 from streamseg.wire.protocol import Stats
 
 _PR_SET_PDEATHSIG = 1
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: from /proc, so interpreter start-up and
+    imports count); 0.0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            # field 22 (starttime, clock ticks after boot); the command name (field 2) may hold
+            # spaces, so count from the last ")"
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def setup_process(stage: str, *, verbose: bool = False) -> None:
@@ -68,6 +84,10 @@ class StatsReporter:
         self.clock = clock
         self.last = clock()
         self.busy_s = 0.0
+        # where the rest of the time went (streamseg bench's breakdown): waiting for input,
+        # and blocked handing output to a slow next stage
+        self.wait_in_s = 0.0
+        self.wait_out_s = 0.0
         self.extra: dict[str, Any] = {"name": self.name}
         self._beat: threading.Thread | None = None
         self._stop_beat = threading.Event()
@@ -121,14 +141,21 @@ class StatsReporter:
         self._send(final=False)
 
     def ready(self) -> None:
-        """Tell the runner this stage is bound and loaded: sources may start sending."""
+        """Tell the runner this stage is bound and loaded: sources may start sending.
+        Records the start-up time: process start (imports included) to now."""
         self.extra["ready"] = True
+        self.extra["startup_s"] = round(process_age_s(), 3)
         self._send(final=False)
 
     def _send(self, *, final: bool) -> None:
         if self.sock is None:
             return
-        msg = Stats(self.stage, self.counters.to_json(), self.busy_s, final, dict(self.extra))
+        extra = {
+            **self.extra,
+            "wait_in_s": round(self.wait_in_s, 4),
+            "wait_out_s": round(self.wait_out_s, 4),
+        }
+        msg = Stats(self.stage, self.counters.to_json(), self.busy_s, final, extra)
         transport.send(self.sock, msg, block=final, auth=self.auth)
 
 
@@ -162,14 +189,25 @@ def run_stage_loop(
 
 
 class BusyTimer:
-    """Adds the time spent inside `with` blocks to a StatsReporter's busy_s."""
+    """Adds the time spent inside `with` blocks to a StatsReporter's busy_s (or, with
+    `what="wait_in"` / `"wait_out"`, to its time waiting for input / on a slow next stage)."""
 
-    def __init__(self, reporter: StatsReporter, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        reporter: StatsReporter,
+        clock: Callable[[], float] = time.perf_counter,
+        *,
+        what: str = "busy",
+    ):
+        if what not in ("busy", "wait_in", "wait_out"):
+            raise ValueError(f"what must be busy, wait_in or wait_out, got {what!r}")
         self.reporter = reporter
         self.clock = clock
+        self.attr = f"{what}_s"
 
     def __enter__(self) -> None:
         self.t0 = self.clock()
 
     def __exit__(self, *exc: Any) -> None:
-        self.reporter.busy_s += self.clock() - self.t0
+        r = self.reporter
+        setattr(r, self.attr, getattr(r, self.attr) + self.clock() - self.t0)

@@ -20,12 +20,14 @@ This module runs them in order (`bench`) and is the command line (`register`, `c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from streamseg import threads
 from streamseg.config import ConfigError, WeightsError, parse_size
 from streamseg.tools.bench import machine, micro, scenarios
 from streamseg.tools.bench.figures import BenchError, format_report, json_safe, ratio
@@ -115,6 +117,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "latency_p50_ms": pl["latency_p50_ms"],
         "latency_p99_ms": pl["latency_p99_ms"],
         "busy_s": pl["busy_s"],
+        "stages": pl["stages"],
+        "threads": {
+            **dataclasses.asdict(
+                threads.plan(cfg.threads, cores=threads.usable_cores(), cuda=device.type == "cuda")
+            ),
+            "requested": cfg.threads,
+        },
         "model_only_s": mo["seconds"],
         "naive_wall_s": nv["wall_s"],
         "naive_load_s": nv["load_s"],

@@ -48,6 +48,62 @@ def combine_latency(per_stream: list[tuple[float, float]]) -> tuple[float, float
     return float(statistics.median(p50s)), float(max(p99s))
 
 
+PHASES = ("startup_s", "busy_s", "wait_in_s", "wait_out_s", "other_s")
+
+
+def stage_breakdown(
+    extra: dict[str, dict[str, Any]],
+    busy: dict[str, float],
+    sources: dict[str, dict[str, Any]],
+    wall_s: float,
+) -> dict[str, dict[str, float]]:
+    """Where each stage process's wall time went, from a run report's per-stage `extra` and
+    `busy` and its per-stream `sources` figures.
+
+    Per stage: startup_s (process start, imports and model load included, to ready), busy_s
+    (its own work), wait_in_s (idle, waiting for input), wait_out_s (blocked on a slow next
+    stage), other_s (the rest of `wall_s`: the time before it started, its loop's own
+    overhead, draining at the end). Sources are one row, "source", their seconds averaged over
+    the streams (they run side by side).
+    """
+    out: dict[str, dict[str, float]] = {}
+
+    def row(startup: float, work: float, wait_in: float, wait_out: float) -> dict[str, float]:
+        other = max(0.0, wall_s - startup - work - wait_in - wait_out)
+        values = (startup, work, wait_in, wait_out, other)
+        return dict(zip(PHASES, (round(float(v), 3) for v in values), strict=True))
+
+    for stage in sorted(extra):
+        e = extra[stage]
+        if "startup_s" not in e:
+            continue  # a stage of an older version, or one that never became ready
+        out[stage] = row(
+            e["startup_s"], busy.get(stage, 0.0), e.get("wait_in_s", 0.0), e.get("wait_out_s", 0.0)
+        )
+    if sources:
+        n = len(sources)
+
+        def mean(key: str) -> float:
+            return sum(float(c.get(key, 0.0)) for c in sources.values()) / n
+
+        out["source"] = row(mean("startup_s"), mean("busy_s"), 0.0, mean("wait_out_s"))
+    return out
+
+
+def format_breakdown(stages: dict[str, dict[str, float]]) -> list[str]:
+    """The breakdown as table lines (seconds)."""
+    if not stages:
+        return []
+    head = f"{'stage':14}{'start-up':>10}{'busy':>8}{'wait in':>9}{'wait out':>10}{'other':>8}"
+    lines = [head]
+    for stage, t in stages.items():
+        lines.append(
+            f"{stage:14}{t['startup_s']:10.1f}{t['busy_s']:8.1f}{t['wait_in_s']:9.1f}"
+            f"{t['wait_out_s']:10.1f}{t['other_s']:8.1f}"
+        )
+    return lines
+
+
 def json_safe(value: Any) -> Any:
     """NaN/inf -> None (strict JSON has no NaN), recursively; tuples become lists."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -97,4 +153,15 @@ def format_report(r: dict[str, Any]) -> str:
         f"micro (CPU): paste+RLE of {r['instances']} instances at 1920x1080 "
         f"{r['paste_rle_ms_1080p']:.1f} ms; ZeroMQ ipc 1080p RGB {r['zmq_1080p_fps']:.0f} frames/s",
     ]
+    if r.get("stages"):
+        lines += [
+            "",
+            f"pipeline, seconds per stage process (wall {r['pipeline_wall_s']:.1f} s; "
+            f"naive loop: load {r['naive_load_s']:.1f} s, loop "
+            f"{r['naive_wall_s'] - r['naive_load_s']:.1f} s):",
+            *format_breakdown(r["stages"]),
+            f"threads: model {r['threads']['model']}, encoder {r['threads']['encoder']}, "
+            f"decoder {r['threads']['decoder']} (of {r['threads']['cores']} cores; "
+            f"config threads = {r['threads']['requested']!r})",
+        ]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from streamseg.config import ModelConfig, from_dict, label_name, to_dict
-from streamseg.tools.bench.figures import BenchError, combine_latency
+from streamseg.tools.bench.figures import BenchError, combine_latency, stage_breakdown
 from streamseg.tools.bench.fixtures import count_instances, decode_clip
 
 # Model-only keeps at most this many bytes of float frames on the device and cycles through them:
@@ -230,5 +230,6 @@ def run_pipeline(
         "latency_p50_ms": latency[0],
         "latency_p99_ms": latency[1],
         "busy_s": dict(report.busy_s),
+        "stages": stage_breakdown(report.extra, report.busy_s, report.sources, wall),
         "instances_per_frame": instances / frames if frames else float("nan"),
     }
