@@ -65,6 +65,13 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         "view and figures (/), /metrics (Prometheus) and /healthz; PORT alone is this host "
         "only (127.0.0.1), 0.0.0.0:PORT every interface (docs/serve.md)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="inference processes (override the pipeline's [inference] workers): frames go to "
+        "whichever is free; each on its own device from [inference] devices, or sharing the CPU",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging from every stage")
 
@@ -101,6 +108,11 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         return 2
     if getattr(args, "realtime", False):
         pipeline = type(pipeline)(**{**pipeline.__dict__, "realtime": True})
+    if getattr(args, "workers", None) is not None:
+        if args.workers < 1:
+            print("streamseg: error: --workers must be 1 or more", file=sys.stderr)
+            return 2
+        pipeline = type(pipeline)(**{**pipeline.__dict__, "workers": args.workers})
     model = _load_model_config(args)
     try:
         specs = parse_sources(sources)

@@ -104,6 +104,10 @@ class Batcher:
     def __len__(self) -> int:
         return self.n_frames
 
+    def controls(self) -> list[Any]:
+        """The control messages due now (at their stream's head), without forming a batch."""
+        return self._controls_at_heads()
+
     def _controls_at_heads(self) -> list[Any]:
         out = []
         for q in self.queues.values():

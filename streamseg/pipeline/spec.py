@@ -12,6 +12,8 @@ from streamseg import shipped
 from streamseg.config import ConfigError, read_toml
 
 ENDPOINTS = ("frames", "detections", "stats")
+WORK_ENDPOINT = "ipc://{run}/work"
+"""Where inference workers ask the dispatcher for work, unless [endpoints] work says."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,12 @@ class Pipeline:
     it ("": none; a tcp endpoint beyond loopback is then refused)."""
     hang_s: float = 2.0
     """A stage silent (no heartbeat) for this long is hung: killed, then handled as dead."""
+    workers: int = 1
+    """Inference processes; more than 1: a dispatcher hands batches to whichever is free."""
+    devices: tuple[str, ...] = ()
+    """Worker i runs on devices[i % len] (e.g. "cuda:0", "cuda:1"); (): the config's device."""
+    weights: dict[str, float] | None = None
+    """A stream's share of inference when streams offer more than it can do (default 1.0)."""
     serve: str = ""
     """[HOST:]PORT to serve the run's page, live views, /metrics and /healthz on ("": none)."""
     path: str = ""
@@ -52,6 +60,12 @@ def insecure_endpoints(pipeline: Pipeline) -> list[str]:
     if pipeline.keys:
         return []
     return [f"{k} = {v}" for k, v in pipeline.endpoints.items() if needs_keys(v)]
+
+
+def _workers(path: Path, value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ConfigError(f"{path}: [inference] workers must be a whole number >= 1")
+    return value
 
 
 def load_pipeline(name_or_path: str | Path) -> Pipeline:
@@ -76,6 +90,9 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         track=bool(post.get("track", True)),
         track_max_missed=int(post.get("track_max_missed", 30)),
         hang_s=float(data.get("supervisor", {}).get("hang_s", 2.0)),
+        workers=_workers(path, inf.get("workers", 1)),
+        devices=tuple(str(d) for d in inf.get("devices", [])),
+        weights={str(k): float(v) for k, v in inf.get("weights", {}).items()} or None,
         serve=str(data.get("supervisor", {}).get("serve", "")),
         keys=_keys_path(path, data.get("security", {}).get("keys", "")),
         path=str(path),

@@ -26,7 +26,8 @@ from typing import Any
 from streamseg.config import ModelConfig, to_dict
 from streamseg.pipeline.progress import Progress
 from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
-from streamseg.pipeline.spec import Pipeline
+from streamseg.pipeline.scaleout import inference_processes, worker_names
+from streamseg.pipeline.spec import WORK_ENDPOINT, Pipeline
 from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, StageWatch, describe_exit
 from streamseg.serve.board import Board
 from streamseg.serve.http import WebServer
@@ -45,6 +46,11 @@ DRAIN_S = {False: 30.0, True: 5.0}
 """After every source ended, how long (file runs, live runs) the other stages may go without
 finishing a frame before the run stops waiting for them: a stage restarted in a live run can
 miss an end-of-stream that was in flight when its last life died."""
+
+
+_IDLERS = ("source", "worker")
+"""Stages that wait, once their work is done, to be stopped (sources that ended; workers of
+a dispatcher that finished, or restarted after it did): stopped at once at the end."""
 
 
 @dataclass
@@ -100,7 +106,8 @@ def run(
     stats_sock = transport.pull(
         ep["stats"], bind=True, hwm=1000, security=link_security(keys, ep["stats"], bind=True)
     )
-    names = ["postprocess", "inference", *(source_name(s.stream) for s in sources)]
+    workers = worker_names(pipeline)  # several: "inference" is their dispatcher
+    names = ["postprocess", "inference", *(source_name(s.stream) for s in sources), *workers]
     tokens = {name: new_token() for name in names}
     receiver = transport.Receiver(stats_sock, name="supervisor", accept=from_stages(tokens))
     live = pipeline.live
@@ -109,6 +116,7 @@ def run(
     stop = _Stop()
     restore = _install_signal_handlers(stop)
     watch = StageWatch(live=live, hang_s=pipeline.hang_s)
+    watch.spares.update(workers)  # a lost worker's frames go to the others: the run goes on
     tally = Tally()
     procs: dict[str, _Proc] = {}
     errors: list[str] = []
@@ -128,7 +136,17 @@ def run(
         serve.start(board, hub)
 
     def start(stage: str, name: str, kwargs: dict[str, Any]) -> None:
-        senders = {"inference": names[2:], "postprocess": ["inference"]}.get(stage, [])
+        if stage == "inference" and workers:  # a dispatcher, then the workers
+            work = ep.get("work", WORK_ENDPOINT.replace("{run}", rundir))
+            for each in inference_processes(kwargs, pipeline, work_endpoint=work):
+                start(*each)
+            return
+        senders = {
+            "inference": names[2:],
+            "dispatcher": names[2:],  # sources' frames, workers' credits
+            "worker": ["inference"],
+            "postprocess": ["inference", *workers],
+        }.get(stage, [])
         own = Tokens(tokens[name], {peer: tokens[peer] for peer in senders})
         procs[name] = _spawn(stage, {**common, **kwargs}, name, own)
         watch.started(name, time.monotonic())
@@ -148,6 +166,7 @@ def run(
             "n_outputs": n,
             "track": pipeline.track,
             "track_max_missed": pipeline.track_max_missed,
+            "live": live,
             "preview_endpoint": preview_ep if serve is not None else None,
         },
     )
@@ -203,7 +222,8 @@ def run(
             if _act(actions, procs, tally, watch, start, errors, epoch):
                 failed = True
                 break
-            if all(p.code is not None for p in procs.values() if p.stage != "source") and not any(
+            working = [p for p in procs.values() if p.stage not in _IDLERS]
+            if all(p.code is not None for p in working) and not any(
                 watch.down(name) for name in procs
             ):
                 break  # the end: sources that ended wait to be stopped (see source.main)
@@ -270,7 +290,9 @@ def run(
         restarts=dict(watch.restarts),
     )
     report.errors.extend(errors)
-    codes = {p.name: p.code for p in procs.values()}
+    # A worker stopped at the end holds nothing: the dispatcher accounts for every frame.
+    stopped = (130, -signal.SIGTERM)
+    codes = {p.name: p.code for p in procs.values() if p.stage != "worker" or p.code not in stopped}
     report.exit_code = exit_code(codes, report, live=live, interrupted=interrupted, failed=failed)
     if stop.signals:
         report.errors.insert(0, f"stopped by {stop.signals[0]}")
@@ -349,7 +371,8 @@ def _restart_kwargs(
         kwargs["first_frame"] = int(kwargs.get("first_frame", 0)) + count + 1000
         kwargs["first_pts"] = time.time() - epoch
     else:
-        kwargs["streams"] = max(1, int(kwargs["streams"]) - ended) if kwargs["streams"] else 0
+        if "streams" in kwargs:  # (inference workers have none)
+            kwargs["streams"] = max(1, int(kwargs["streams"]) - ended) if kwargs["streams"] else 0
         kwargs["restarted"] = True
     if p.stage == "postprocess":
         kwargs["part"] = int(kwargs.get("part", 0)) + 1
@@ -442,7 +465,7 @@ def _shutdown(
     enters while the others close their outputs."""
     order = sorted(procs.values(), key=lambda p: (p.stage != "source", p.stage == "postprocess"))
     for p in order:
-        if p.popen.poll() is None and (prompt or p.stage == "source"):
+        if p.popen.poll() is None and (prompt or p.stage in _IDLERS):
             _signal(p, signal.SIGTERM)
     grace = 10.0 if prompt else 5.0
     deadline = time.monotonic() + grace

@@ -76,6 +76,9 @@ class StageWatch:
         self.stages: dict[str, _Stage] = {}
         self.restarts: dict[str, int] = {}
         """Restarts so far, per stage name."""
+        self.spares: set[str] = set()
+        """Stages restarted in file runs too: inference workers, whose lost frames the
+        dispatcher sends to another worker, so the run goes on without them meanwhile."""
 
     def started(self, stage: str, now: float) -> None:
         old = self.stages.get(stage)
@@ -98,7 +101,7 @@ class StageWatch:
         s.code = code
         if code not in NORMAL_EXITS:
             s.deaths += 1
-            if self.live:
+            if self.live or stage in self.spares:
                 delay = min(self.retry_max_s, self.retry_min_s * 2.0 ** (s.deaths - 1))
                 s.restart_at = now + delay
 
@@ -139,7 +142,7 @@ class StageWatch:
                     actions.append(Action(KILL, name, s.killed_for))
             elif s.code not in NORMAL_EXITS:
                 why = s.killed_for or describe_exit(s.code)
-                if not self.live:
+                if not self.live and name not in self.spares:
                     if not s.failed:
                         s.failed = True
                         actions.append(Action(FAIL, name, why))

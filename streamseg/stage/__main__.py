@@ -12,7 +12,7 @@ import sys
 from streamseg.config import ConfigError, WeightsError
 from streamseg.source.spec import SourceError
 
-STAGES = ("source", "inference", "postprocess")
+STAGES = ("source", "inference", "postprocess", "dispatcher", "worker")
 
 
 def run_stage(stage: str, kwargs: dict) -> int:
@@ -22,6 +22,10 @@ def run_stage(stage: str, kwargs: dict) -> int:
         from streamseg.inference.main import main
     elif stage == "postprocess":
         from streamseg.postprocess.main import main
+    elif stage == "dispatcher":
+        from streamseg.inference.dispatcher import main
+    elif stage == "worker":
+        from streamseg.inference.worker import main
     else:
         raise SystemExit(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     try:

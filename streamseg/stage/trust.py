@@ -7,7 +7,10 @@ in its environment (never on the command line, which every local user can read).
 taken only from the stage that owns it:
 
   inference     Frame, StreamStart, EndOfStream of stream S, signed by source[S]
-  postprocess   Detections, StreamStart, EndOfStream, signed by inference
+                (with several workers, "inference" is the dispatcher, and it also takes
+                Credit named inference[i] from worker inference[i] only)
+  worker        Assign and Frame, signed by the dispatcher ("inference")
+  postprocess   Detections, StreamStart, EndOfStream, signed by inference (or a worker)
   supervisor    Stats named N, signed by N (a forged report cannot change the exit code)
 
 Tokens are compared in constant time. A stage started by hand gets no tokens and checks none
@@ -23,7 +26,16 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from streamseg.wire.protocol import Detections, EndOfStream, Frame, Message, Stats, StreamStart
+from streamseg.wire.protocol import (
+    Assign,
+    Credit,
+    Detections,
+    EndOfStream,
+    Frame,
+    Message,
+    Stats,
+    StreamStart,
+)
 
 ENV = "STREAMSEG_TOKENS"
 
@@ -79,14 +91,48 @@ def from_sources(peers: Mapping[str, str]) -> Accept | None:
 
 
 def from_inference(peers: Mapping[str, str]) -> Accept | None:
-    """Postprocess's policy: results and controls only from inference."""
+    """Postprocess's policy: results and controls only from inference (the one process, or
+    the dispatcher and its workers: every peer it was given is an inference process)."""
+    if peers.get("inference") is None:
+        return None
+    tokens = list(peers.values())
+
+    def accept(msg: Message, auth: str) -> str | None:
+        if not isinstance(msg, Detections | StreamStart | EndOfStream):
+            return "unexpected_type"
+        ok = False
+        for token in tokens:  # every one compared: the time says nothing of which matched
+            ok |= _same(auth, token)
+        return None if ok else "forged"
+
+    return accept
+
+
+def from_dispatcher(peers: Mapping[str, str]) -> Accept | None:
+    """An inference worker's policy: work only from the dispatcher (named "inference")."""
     token = peers.get("inference")
     if token is None:
         return None
 
     def accept(msg: Message, auth: str) -> str | None:
-        if not isinstance(msg, Detections | StreamStart | EndOfStream):
+        if not isinstance(msg, Assign | Frame):
             return "unexpected_type"
+        return None if _same(auth, token) else "forged"
+
+    return accept
+
+
+def from_workers(peers: Mapping[str, str]) -> Accept | None:
+    """The dispatcher's policy on its work link: Credit named W only from worker W."""
+    if not peers:
+        return None
+
+    def accept(msg: Message, auth: str) -> str | None:
+        if not isinstance(msg, Credit):
+            return "unexpected_type"
+        token = peers.get(msg.worker)
+        if token is None or not msg.worker.startswith("inference["):
+            return "unknown_worker"
         return None if _same(auth, token) else "forged"
 
     return accept

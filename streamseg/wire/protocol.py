@@ -279,7 +279,24 @@ class Stats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Message = StreamStart | Frame | Detections | EndOfStream | Result | Stats
+@dataclass(frozen=True)
+class Credit:
+    """An inference worker to the dispatcher: ready for a batch of up to `frames` frames (the
+    results of its last batch are sent); 0: a heartbeat, it is alive and busy."""
+
+    worker: str
+    frames: int
+
+
+@dataclass(frozen=True)
+class Assign:
+    """The dispatcher to an inference worker: the next `frames` messages are the Frames of its
+    next batch; 0: there is no more work, exit."""
+
+    frames: int
+
+
+Message = StreamStart | Frame | Detections | EndOfStream | Result | Stats | Credit | Assign
 
 _ARRAY_FIELDS: dict[type, tuple[str, ...]] = {
     Frame: ("image",),
@@ -294,6 +311,8 @@ _TYPES: dict[str, type] = {
     "eos": EndOfStream,
     "result": Result,
     "stats": Stats,
+    "credit": Credit,
+    "assign": Assign,
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 _SCALAR_FIELDS: dict[type, frozenset[str]] = {
@@ -787,7 +806,17 @@ def _check_stats(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _check_credit(f: dict[str, Any]) -> dict[str, Any]:
+    return {"worker": check_name(f["worker"], "worker"), "frames": _int(f["frames"], "frames")}
+
+
+def _check_assign(f: dict[str, Any]) -> dict[str, Any]:
+    return {"frames": _int(f["frames"], "frames", hi=4096)}
+
+
 _CHECKS: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    Credit: _check_credit,
+    Assign: _check_assign,
     StreamStart: _check_start,
     Frame: _check_frame,
     Detections: _check_detections,

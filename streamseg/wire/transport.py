@@ -328,6 +328,65 @@ def pull(
     )
 
 
+def router(
+    endpoint: str,
+    *,
+    hwm: int = 64,
+    max_msg_bytes: int = _SENDER_MAX_MSG_BYTES,
+    security: Security | None = None,
+    insecure: bool = False,
+) -> zmq.Socket:
+    """A ROUTER socket (binds): the dispatcher's side of the work link; it hands frames to the
+    worker that asked (`send_to`) and hears which one spoke (`Receiver.recv_from`). A send to a
+    worker that is gone raises (ROUTER_MANDATORY) instead of vanishing."""
+    sock = _ctx().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.LINGER, 1000)  # the last "no more work"; a lost worker's is counted
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)
+    return _attach(sock, endpoint, True, security, insecure)
+
+
+def dealer(
+    endpoint: str,
+    *,
+    hwm: int = 64,
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES,
+    security: Security | None = None,
+) -> zmq.Socket:
+    """A DEALER socket (connects): an inference worker's side of the work link."""
+    return _socket(
+        zmq.DEALER,
+        endpoint,
+        bind=False,
+        hwm=hwm,
+        max_msg_bytes=max_msg_bytes,
+        security=security,
+        linger_ms=0,
+    )
+
+
+def readable(socks: list[zmq.Socket], timeout_ms: float) -> list[zmq.Socket]:
+    """Those of `socks` with a message waiting, waiting up to `timeout_ms` for one."""
+    poller = zmq.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    ready = dict(poller.poll(int(timeout_ms)))
+    return [s for s in socks if s in ready]
+
+
+def send_to(sock: zmq.Socket, peer: bytes, msg: Message, *, auth: str = "") -> bool:
+    """Send `msg` on a ROUTER socket to `peer` (an id from `Receiver.recv_from`); False when
+    that peer is gone or its queue is full (never blocks)."""
+    parts = encode(msg, auth=auth)
+    try:
+        sock.send_multipart([peer, *parts], flags=zmq.NOBLOCK, copy=len(parts) == 1)
+    except (zmq.Again, zmq.ZMQError):
+        return False
+    return True
+
+
 def publisher(
     endpoint: str, *, hwm: int = 100, security: Security | None = None, insecure: bool = False
 ) -> zmq.Socket:
@@ -482,6 +541,19 @@ class Receiver:
                     if msg is not None:
                         return msg
             timeout_ms = 0  # a rejected message: look once more without waiting
+
+    def recv_from(self, timeout_ms: float | None) -> tuple[bytes, Message] | None:
+        """For a Receiver of one ROUTER socket: (the sender's id, its accepted message), or None
+        when none came within `timeout_ms`."""
+        (sock,) = self.socks
+        while True:
+            if not sock.poll(None if timeout_ms is None else int(timeout_ms)):
+                return None
+            peer, *parts = sock.recv_multipart(copy=False)
+            msg = self._check(parts)
+            if msg is not None:
+                return peer.bytes, msg
+            timeout_ms = 0
 
     def _check(self, parts: list[Any]) -> Message | None:
         try:

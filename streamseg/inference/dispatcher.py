@@ -1,0 +1,243 @@
+"""The inference stage with several workers: a light dispatcher (no torch) in front of them.
+
+It binds the frames endpoint (fan-in from every source) and queues frames per stream in the fair
+Batcher (live: freshest frame per stream; file runs: lossless, with backpressure to the
+sources). Workers (streamseg.inference.worker) connect to the work endpoint and ask for a batch
+when they are free (credit); each batch goes to the worker idle longest. Each frame is stamped
+with `prev`, the frame of its stream handed out before it, by which postprocess restores order.
+Stream starts and ends go straight to postprocess, an end after its stream's last frame was
+handed out. A worker that goes silent (`lost_s`: dead or frozen) is lost: its frames are sent
+again to another worker (file runs) or counted dropped as `worker_lost` (live runs).
+
+It reports as the inference stage ("inference"): in = frames from sources, out = frames whose
+results a worker sent, dropped by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from streamseg.accounting import Counters
+from streamseg.inference.batching import Batch, Batcher
+from streamseg.inference.dispatch import Workers
+from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
+from streamseg.stage.trust import Tokens, from_sources, from_workers
+from streamseg.wire import transport
+from streamseg.wire.curve import link_security
+from streamseg.wire.protocol import Assign, Credit, EndOfStream, Frame, StreamStart
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    *,
+    frames_endpoint: str,
+    work_endpoint: str,
+    detections_endpoint: str,
+    stats_endpoint: str | None,
+    streams: int,
+    live: bool,
+    depth: int,
+    max_batch: int,
+    max_wait_ms: float,
+    weights: dict[str, float] | None = None,
+    lost_s: float = 2.0,
+    link_keys: str | None = None,
+) -> int:
+    """Run until `streams` end-of-streams were passed on and every frame is done (0: until
+    interrupted)."""
+    counters = Counters()
+    tokens = Tokens.from_env()
+    reporter = StatsReporter(
+        stats_endpoint,
+        "inference",
+        counters,
+        auth=tokens.own,
+        security=link_security(link_keys, stats_endpoint, bind=False),
+    )
+    reporter.start_heartbeat()
+    hwm = max(4, max_batch)
+    pull = transport.pull(
+        frames_endpoint,
+        bind=True,
+        hwm=hwm,
+        security=link_security(link_keys, frames_endpoint, bind=True),
+    )
+    work = transport.router(
+        work_endpoint, security=link_security(link_keys, work_endpoint, bind=True)
+    )
+    push = transport.push(
+        detections_endpoint,
+        bind=False,
+        hwm=hwm,
+        security=link_security(link_keys, detections_endpoint, bind=False),
+    )
+    frames_in = transport.Receiver(pull, name="dispatcher", accept=from_sources(tokens.peers))
+    work_in = transport.Receiver(work, name="dispatcher", accept=from_workers(tokens.peers))
+    clock = time.monotonic
+    batcher = Batcher(
+        max_batch=max_batch,
+        max_wait_s=max_wait_ms / 1000.0,
+        depth=depth if live else None,
+        capacity=max(16, 4 * max_batch),
+        weights=weights,
+        clock=clock,
+    )
+    pool = Workers(lost_s=lost_s, clock=clock)
+    last: dict[str, int] = {}  # per stream, the newest frame handed out
+    ended = 0
+    stats = {"batches": 0, "resent": 0, "workers_lost": 0}
+    reporter.ready()
+
+    def take_back(frames: list[Frame], why: str) -> None:
+        """Frames a lost worker held: out again first (file runs), or counted (live)."""
+        if live:
+            for f in frames:
+                counters.drop(f.stream, "worker_lost")
+            return
+        by_stream: dict[str, list[Frame]] = {}
+        for f in frames:
+            by_stream.setdefault(f.stream, []).append(f)
+        for stream, fs in by_stream.items():
+            batcher.requeue(stream, fs)
+        stats["resent"] += len(frames)
+        if frames:
+            log.warning("%d frames of a lost worker (%s) go to another one", len(frames), why)
+
+    def pass_on(controls: list[Any]) -> None:
+        nonlocal ended
+        for ctl in controls:
+            transport.send(push, ctl, auth=tokens.own)
+            ended += isinstance(ctl, EndOfStream)
+
+    def stamp(f: Frame) -> Frame:
+        """The frame with its stream's previous frame (a frame sent again keeps its own)."""
+        newest = last.get(f.stream, -1)
+        if f.frame <= newest:
+            return f
+        last[f.stream] = f.frame
+        return replace(f, prev=newest)
+
+    def dispatch() -> float:
+        """Hand batches to free workers; the seconds until a batch may form (inf: none)."""
+        while True:
+            free = pool.idle()
+            if free is None:
+                pass_on(batcher.controls())
+                return float("inf")
+            name, peer, want = free
+            batch = batcher.next_batch()
+            if not isinstance(batch, Batch):
+                return batch
+            pass_on(batch.controls)
+            if not batch.frames:
+                continue
+            frames = [stamp(f) for f in batch.frames[:want]]
+            if len(batch.frames) > want:  # (workers ask for max_batch: never in practice)
+                for f in reversed(batch.frames[want:]):
+                    batcher.requeue(f.stream, [f])
+            sent = transport.send_to(work, peer, Assign(len(frames)), auth=tokens.own)
+            for f in frames:
+                sent = sent and transport.send_to(work, peer, f, auth=tokens.own)
+            pool.assign(name, frames)
+            stats["batches"] += 1
+            if not sent:
+                log.warning("%s is gone (a send to it failed)", name)
+                stats["workers_lost"] += 1
+                take_back(pool.forget(name), name)
+
+    def receive() -> None:
+        for _ in range(256):  # bounded: the work link is served between bursts of frames
+            if batcher.full():
+                return
+            msg = frames_in.recv(0)
+            if msg is None:
+                return
+            if isinstance(msg, Frame):
+                counters.count_in(msg.stream)
+                for old in batcher.put(msg.stream, msg, is_frame=True):
+                    counters.drop(old.stream, "stale")
+            elif isinstance(msg, StreamStart | EndOfStream):
+                batcher.put(msg.stream, msg, is_frame=False)
+
+    def hear_workers() -> None:
+        while (got := work_in.recv_from(0)) is not None:
+            peer, msg = got
+            if not isinstance(msg, Credit):
+                continue
+            known = msg.worker in pool.names()
+            done, lost = pool.credit(msg.worker, peer, msg.frames)
+            for f in done:
+                counters.count_out(f.stream)
+            if lost:
+                stats["workers_lost"] += 1
+                take_back(lost, f"{msg.worker} restarted")
+            if msg.frames > 0 and not known:
+                log.info("%s is ready", msg.worker)
+
+    def finished() -> bool:
+        return 0 < streams <= ended and pool.busy_frames() == 0 and len(batcher) == 0
+
+    def loop() -> int:
+        wait_s = 0.0
+        while not finished():
+            socks = [work] if batcher.full() else [pull, work]
+            transport.readable(socks, 1000.0 * min(max(wait_s, 0.0), 0.05))
+            receive()
+            hear_workers()
+            for name, frames in pool.lost():
+                log.warning("%s lost: no word for %.1f s", name, lost_s)
+                stats["workers_lost"] += 1
+                take_back(frames, name)
+            wait_s = dispatch()
+            reporter.extra.update(
+                stats,
+                workers=len(pool.names()),
+                in_flight=pool.busy_frames(),
+                rejected=frames_in.rejected + work_in.rejected,
+            )
+            reporter.tick()
+        for peer in pool.peers():  # no more work: the workers may go
+            transport.send_to(work, peer, Assign(0), auth=tokens.own)
+        return 0
+
+    return run_stage_loop(loop, reporter)
+
+
+def main(
+    *,
+    frames_endpoint: str,
+    work_endpoint: str,
+    detections_endpoint: str,
+    stats_endpoint: str | None = None,
+    streams: int = 1,
+    live: bool = False,
+    depth: int = 1,
+    max_batch: int = 4,
+    max_wait_ms: float = 10.0,
+    weights: dict[str, float] | None = None,
+    lost_s: float = 2.0,
+    restarted: bool = False,
+    link_keys: str | None = None,
+    verbose: bool = False,
+) -> int:
+    setup_process("dispatcher", verbose=verbose)
+    if restarted:
+        log.info("restarted")
+    return serve(
+        frames_endpoint=frames_endpoint,
+        work_endpoint=work_endpoint,
+        detections_endpoint=detections_endpoint,
+        stats_endpoint=stats_endpoint,
+        streams=streams,
+        live=live,
+        depth=depth,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        weights=weights,
+        lost_s=lost_s,
+        link_keys=link_keys,
+    )

@@ -1,0 +1,180 @@
+"""One inference worker behind the dispatcher (streamseg.inference.dispatcher).
+
+It connects to the work endpoint, asks for a batch (Credit), runs the model on the batch it is
+handed (Assign, then its Frames), sends each frame's Detections straight to postprocess (with
+the frame's `prev`, for postprocess's order restore), and asks again. A heartbeat thread says it
+is alive on a socket of its own while the model runs, so the dispatcher tells a long batch from
+a dead or frozen worker. It exits when the dispatcher says there is no more work, or when it is
+stopped while it holds none (nothing is lost: exit 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamseg.accounting import Counters
+from streamseg.config import ModelConfig, from_dict
+from streamseg.inference.executor import Executor
+from streamseg.inference.model import load_model
+from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
+from streamseg.stage.trust import Tokens, from_dispatcher
+from streamseg.threads import model_threads
+from streamseg.wire import transport
+from streamseg.wire.curve import link_security
+from streamseg.wire.protocol import Assign, Credit, Detections, Frame
+
+log = logging.getLogger(__name__)
+
+FRAME_WAIT_MS = 30_000.0
+"""The longest wait for a batch's next frame once its Assign came (they are sent together)."""
+
+
+def _beat(
+    endpoint: str,
+    name: str,
+    auth: str,
+    security: transport.Security | None,
+    stop: threading.Event,
+    every_s: float = 0.25,
+) -> None:
+    sock = transport.dealer(endpoint, security=security)
+    try:
+        while not stop.wait(every_s):
+            transport.send(sock, Credit(name, 0), block=False, auth=auth)
+    finally:
+        sock.close(0)
+
+
+def serve(
+    cfg: ModelConfig,
+    *,
+    name: str,
+    work_endpoint: str,
+    detections_endpoint: str,
+    stats_endpoint: str | None,
+    forward_images: bool,
+    link_keys: str | None = None,
+) -> int:
+    counters = Counters()
+    tokens = Tokens.from_env()
+    reporter = StatsReporter(
+        stats_endpoint,
+        "inference",
+        counters,
+        name=name,
+        auth=tokens.own,
+        security=link_security(link_keys, stats_endpoint, bind=False),
+    )
+    reporter.start_heartbeat()
+    model = load_model(cfg)
+    executor = Executor(model, fp16=cfg.fp16)
+    executor([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
+    security = link_security(link_keys, work_endpoint, bind=False)
+    work = transport.dealer(work_endpoint, security=security)
+    push = transport.push(
+        detections_endpoint,
+        bind=False,
+        hwm=max(4, cfg.max_batch),
+        security=link_security(link_keys, detections_endpoint, bind=False),
+    )
+    receiver = transport.Receiver(work, name=name, accept=from_dispatcher(tokens.peers))
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_beat, args=(work_endpoint, name, tokens.own, security, stop), daemon=True
+    )
+    beat.start()
+    batches, batched = 0, 0
+    reporter.extra["device"] = str(executor.device)
+    reporter.ready()
+
+    def run_batch(frames: list[Frame]) -> None:
+        nonlocal batches, batched
+        t0 = time.perf_counter()
+        results = executor([f.image for f in frames])
+        dt = time.perf_counter() - t0
+        reporter.busy_s += dt
+        batches += 1
+        batched += len(frames)
+        for f, r in zip(frames, results, strict=True):
+            h, w = f.image.shape[:2]
+            det = Detections(
+                f.stream, f.frame, f.pts, f.wall_time, w, h,
+                r["boxes"], r["scores"], r["labels"], r["masks"],
+                f.image if forward_images else None, dt * 1000.0, len(frames), prev=f.prev,
+            )  # fmt: skip
+            transport.send(push, det, auth=tokens.own)
+            counters.count_out(f.stream)
+
+    def loop() -> int:
+        transport.send(work, Credit(name, cfg.max_batch), auth=tokens.own)
+        while True:
+            try:
+                msg = receiver.recv(250)
+            except KeyboardInterrupt:  # stopped while holding no frame: nothing is lost
+                return 0
+            reporter.tick()
+            if not isinstance(msg, Assign):
+                continue
+            if msg.frames == 0:
+                return 0
+            frames: list[Frame] = []
+            while len(frames) < msg.frames:
+                f = receiver.recv(FRAME_WAIT_MS)
+                if f is None:
+                    log.error("the dispatcher sent %d of %d frames", len(frames), msg.frames)
+                    return 1
+                if isinstance(f, Frame):
+                    counters.count_in(f.stream)
+                    frames.append(f)
+            run_batch(frames)
+            reporter.extra.update(
+                batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected
+            )
+            transport.send(work, Credit(name, cfg.max_batch), auth=tokens.own)
+
+    def cleanup() -> None:
+        stop.set()
+        beat.join(timeout=1.0)
+
+    return run_stage_loop(loop, reporter, cleanup=cleanup)
+
+
+def main(
+    *,
+    model: dict[str, Any],
+    name: str,
+    work_endpoint: str,
+    detections_endpoint: str,
+    stats_endpoint: str | None = None,
+    forward_images: bool = True,
+    share_cpu: int = 1,
+    restarted: bool = False,
+    link_keys: str | None = None,
+    verbose: bool = False,
+) -> int:
+    """`model`: every field of a ModelConfig (its device: this worker's; its threads: this
+    worker's share, from the supervisor's budget). `share_cpu`: workers sharing this host's
+    CPU, for a "auto" thread count resolved here (a worker started by hand)."""
+    setup_process(name, verbose=verbose)
+    if restarted:
+        log.info("restarted")
+    cfg = from_dict(model)
+    torch.set_grad_enabled(False)
+    threads = model_threads(cfg.threads, device=cfg.device, workers=max(1, share_cpu))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return serve(
+        cfg,
+        name=name,
+        work_endpoint=work_endpoint,
+        detections_endpoint=detections_endpoint,
+        stats_endpoint=stats_endpoint,
+        forward_images=forward_images,
+        link_keys=link_keys,
+    )
