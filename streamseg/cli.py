@@ -497,9 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from streamseg import client
+    from streamseg.pipeline import standalone
     from streamseg.tools import bench, export
     from streamseg.wire import curve
 
+    standalone.register(sub)
     export.register(sub)
     bench.register(sub)
     client.register(sub)

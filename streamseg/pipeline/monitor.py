@@ -1,0 +1,82 @@
+"""`streamseg stage monitor --pipeline X.toml`: the stats of stages that run on several hosts.
+
+It binds the pipeline file's tcp:// stats endpoint (CURVE with the file's keys, so only stages
+that hold them report in), prints a line per stream every few seconds from what the stages
+report (frames in at the sources, processed at postprocess, drops by reason), and ends when
+postprocess sent its final report (it ends after `streams` end-of-streams) or on Ctrl-C. The
+end-of-run figures (every stage's counters, drops by reason) go to `report` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from streamseg.pipeline.report import Tally, add_counts, total_dropped
+from streamseg.pipeline.spec import Pipeline
+from streamseg.wire import transport
+from streamseg.wire.curve import link_security
+from streamseg.wire.protocol import Stats
+
+
+def figures(tally: Tally) -> dict[str, Any]:
+    """Per stage process: its counters and figures; per stream: in, out, dropped by reason."""
+    stages = {}
+    streams: dict[str, dict[str, Any]] = {}
+    for name in tally.names():
+        s = tally.get(name)
+        if s is None:
+            continue
+        stages[name] = {"counters": s.counters, "busy_s": s.busy_s, "extra": s.extra}
+        for stream, c in s.counters.items():
+            row = streams.setdefault(stream, {"in": 0, "out": 0, "dropped": {}})
+            if s.stage == "source":
+                row["in"] += c.get("in", 0)
+            if s.stage == "postprocess":
+                row["out"] += c.get("out", 0)
+            row["dropped"] = add_counts({"dropped": row["dropped"]}, c)["dropped"]
+    return {"stages": stages, "streams": streams}
+
+
+def monitor(
+    pipeline: Pipeline, *, streams: int, report: str | None = None, every_s: float = 5.0
+) -> int:
+    ep = pipeline.endpoints["stats"]
+    if not ep.startswith("tcp://"):
+        print(f"streamseg stage monitor: error: stats = {ep}: needs tcp://", file=sys.stderr)
+        return 2
+    sock = transport.pull(
+        ep, bind=True, hwm=1000, security=link_security(pipeline.keys or None, ep, bind=True)
+    )
+    receiver = transport.Receiver(sock, name="monitor")
+    tally = Tally()
+    t0 = time.monotonic()
+    next_line = t0 + every_s
+    done = False
+    try:
+        while not done:
+            msg = receiver.recv(200)
+            if isinstance(msg, Stats) and not msg.extra.get("heartbeat"):
+                tally.update(str(msg.extra.get("name", msg.stage)), msg)
+                done = msg.stage == "postprocess" and msg.final and streams > 0
+            now = time.monotonic()
+            if now >= next_line or done:
+                next_line = now + every_s
+                for stream, row in sorted(figures(tally)["streams"].items()):
+                    t = max(now - t0, 1e-9)
+                    print(
+                        f"{stream}: in {row['in']} ({row['in'] / t:.1f} fps), processed "
+                        f"{row['out']} ({row['out'] / t:.1f} fps), dropped "
+                        f"{total_dropped(row)} {row['dropped'] or ''}",
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if report:
+            Path(report).write_text(json.dumps(figures(tally), indent=1))
+        transport.close_all(abort=True)
+    return 0
