@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamseg.config import ModelConfig, to_dict
@@ -400,7 +400,11 @@ def _absorb_all(
 
 
 def _stage_stats(tally: Tally) -> dict[str, Stats]:
-    return {k: s for k in ("inference", "postprocess") if (s := tally.get(k)) is not None}
+    out = {k: s for k in ("inference", "postprocess") if (s := tally.get(k)) is not None}
+    workers = [s for n in tally.names() if n.startswith("inference[") and (s := tally.get(n))]
+    if "inference" in out and workers:  # the dispatcher's accounting, the workers' model time
+        out["inference"] = replace(out["inference"], busy_s=sum(w.busy_s for w in workers))
+    return out
 
 
 def _source_stats(
