@@ -156,7 +156,8 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         except ServeError as e:
             print(f"streamseg: error: {e}", file=sys.stderr)
             return 2
-        print(f"streamseg: serving {web.url}", file=sys.stderr)
+        exposed = " (to other hosts too: no password, anyone who reaches it sees the video)"
+        print(f"streamseg: serving {web.url}{exposed if web.exposed else ''}", file=sys.stderr)
     live_options = {}
     for key in ("retry_max_s", "give_up_s", "stall_s"):
         if getattr(args, key, None) is not None:

@@ -139,8 +139,8 @@ def test_the_page_shows_the_live_annotated_view(served, tmp_path):
     image = cv2.imread(str(shot))
     assert image is not None, "chromium wrote no screenshot"
     rgb = image[..., ::-1]
-    # the live view: the card's image, under its title (the page lays it out at 26..506 px)
-    view = rgb[90:400, 30:500]
+    # the live view: the card's image, under its title (the page lays it out at 26..486 px)
+    view = rgb[90:400, 30:480]
     assert view.std() > 10, "the live view is blank"
     found = _annotation_pixels(view)
     page_only = _annotation_pixels(rgb[:, 520:])  # right of the card: page background

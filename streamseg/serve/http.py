@@ -90,6 +90,15 @@ class WebServer:
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/"
 
+    @property
+    def exposed(self) -> bool:
+        """True when other hosts can connect (not a loopback address)."""
+        host = self.server.server_address[0]
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return True
+
     def start(self, board: Board, hub: PreviewHub | None = None) -> None:
         self.server.board, self.server.hub = board, hub
         self.thread = threading.Thread(

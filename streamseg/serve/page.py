@@ -13,7 +13,8 @@ PAGE = """<!doctype html>
   #health { margin-left: 12px; font-size: 14px; }
   .ok { color: #5c5; } .bad { color: #f66; }
   #streams { display: flex; flex-wrap: wrap; gap: 16px; }
-  .card { background: #1c1c1c; border-radius: 6px; padding: 10px; width: 480px; }
+  .card { background: #1c1c1c; border-radius: 6px; padding: 10px; width: 480px;
+          max-width: 100%; box-sizing: border-box; }
   .card img { width: 100%; background: #000; display: block; min-height: 120px; }
   .name { font-weight: 600; font-size: 16px; }
   .state { float: right; padding: 1px 8px; border-radius: 10px; font-size: 12px; }
