@@ -10,6 +10,8 @@ kind of problem:
     an annotation of an unknown image id or category id; image files missing under the
     images folder; a segmentation that is neither polygons nor an RLE of its image's size;
     no usable annotation at all (e.g. a detection-only dataset with boxes but no masks).
+    Found only when the image is first read (reading every image up front would take as
+    long as an epoch): an unreadable image file, or one of another size than its entry says.
   skipped and counted (reported in the summary line):
     annotations without a usable segmentation (none, empty, every polygon under 3 points,
     zero area); crowd annotations (iscrowd = 1), which Mask R-CNN cannot learn from (it has
