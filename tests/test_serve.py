@@ -489,3 +489,28 @@ def test_a_viewer_that_reads_nothing_slows_no_one(fake_run):
         assert fake_run.offered["a"] - start >= 19
     finally:
         stalled.close()
+
+
+def test_viewers_beyond_the_limit_get_503_and_a_freed_place_is_taken(fake_run, monkeypatch):
+    from streamseg.serve import http
+
+    monkeypatch.setattr(http, "MAX_VIEWERS", 2)
+    first = [urllib.request.urlopen(fake_run.url("/view/a"), timeout=10) for _ in range(2)]
+    try:
+        for resp in first:
+            assert len(_read_parts(resp, 1)) == 1
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(fake_run.url("/view/b"), timeout=10)
+        assert e.value.code == 503 and e.value.read() == b"too many viewers\n"
+    finally:
+        first[0].close()
+    deadline = time.monotonic() + 5
+    while True:  # the place frees once the server notices the viewer left (its next frame)
+        try:
+            with urllib.request.urlopen(fake_run.url("/view/b"), timeout=10) as resp:
+                assert len(_read_parts(resp, 1)) == 1
+            break
+        except urllib.error.HTTPError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    first[1].close()
