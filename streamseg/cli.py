@@ -450,9 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT.resume.pt if present")
     p.add_argument(
         "--init",
-        help="start from these weights: a checkpoint, streamseg:NAME, coco, or random "
-        "(with --coco, default: the config's weights; class layers are replaced when the "
-        "class count differs)",
+        help="start from this checkpoint; with --coco also streamseg:NAME, coco or random, "
+        "default the config's weights, and class layers are replaced when the class count "
+        "differs",
     )
     p.add_argument("--iterations", type=int, help="override [train].iterations")
     p.add_argument("--batch-size", type=int, help="override [train].batch_size")
