@@ -15,6 +15,7 @@ results a worker sent, dropped by reason.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import replace
@@ -88,6 +89,8 @@ def serve(
     )
     pool = Workers(lost_s=lost_s, clock=clock)
     last: dict[str, int] = {}  # per stream, the newest frame handed out
+    # batch ids: from the clock, so a restarted dispatcher never reuses one a worker remembers
+    batch_ids = itertools.count(int(time.time() * 1000))
     ended = 0
     stats = {"batches": 0, "resent": 0, "workers_lost": 0}
     reporter.ready()
@@ -139,10 +142,11 @@ def serve(
             if len(batch.frames) > want:  # (workers ask for max_batch: never in practice)
                 for f in reversed(batch.frames[want:]):
                     batcher.requeue(f.stream, [f])
-            sent = transport.send_to(work, peer, Assign(len(frames)), auth=tokens.own)
+            batch_id = next(batch_ids)
+            sent = transport.send_to(work, peer, Assign(len(frames), batch_id), auth=tokens.own)
             for f in frames:
                 sent = sent and transport.send_to(work, peer, f, auth=tokens.own)
-            pool.assign(name, frames)
+            pool.assign(name, frames, batch_id)
             stats["batches"] += 1
             if not sent:
                 log.warning("%s is gone (a send to it failed)", name)
@@ -169,7 +173,7 @@ def serve(
             if not isinstance(msg, Credit):
                 continue
             known = msg.worker in pool.names()
-            done, lost = pool.credit(msg.worker, peer, msg.frames)
+            done, lost = pool.credit(msg.worker, peer, msg.frames, msg.done)
             for f in done:
                 counters.count_out(f.stream)
             if lost:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 FRAME_WAIT_MS = 30_000.0
 """The longest wait for a batch's next frame once its Assign came (they are sent together)."""
+RECREDIT_S = 1.0
+"""An idle worker repeats its credit this often, so that a restarted dispatcher learns of it."""
 
 
 def _beat(
@@ -112,15 +114,20 @@ def serve(
             counters.count_out(f.stream)
 
     def loop() -> int:
-        transport.send(work, Credit(name, cfg.max_batch), auth=tokens.own)
+        done = 0  # the last batch finished
+        credited = time.monotonic()
+        transport.send(work, Credit(name, cfg.max_batch, done), auth=tokens.own)
         while True:
             try:
                 msg = receiver.recv(250)
+                reporter.tick()
+                if not isinstance(msg, Assign):
+                    if time.monotonic() - credited >= RECREDIT_S:
+                        credited = time.monotonic()
+                        transport.send(work, Credit(name, cfg.max_batch, done), auth=tokens.own)
+                    continue
             except KeyboardInterrupt:  # stopped while holding no frame: nothing is lost
                 return 0
-            reporter.tick()
-            if not isinstance(msg, Assign):
-                continue
             if msg.frames == 0:
                 return 0
             frames: list[Frame] = []
@@ -136,7 +143,8 @@ def serve(
             reporter.extra.update(
                 batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected
             )
-            transport.send(work, Credit(name, cfg.max_batch), auth=tokens.own)
+            done, credited = msg.batch, time.monotonic()
+            transport.send(work, Credit(name, cfg.max_batch, done), auth=tokens.own)
 
     def cleanup() -> None:
         stop.set()

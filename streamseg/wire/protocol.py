@@ -286,14 +286,19 @@ class Credit:
 
     worker: str
     frames: int
+    done: int = 0
+    """The last batch it finished (Assign.batch; 0: none yet): a credit sent again while an
+    Assign was on its way (an idle worker repeats its credit, for a restarted dispatcher) is
+    told from one that says the batch is done."""
 
 
 @dataclass(frozen=True)
 class Assign:
     """The dispatcher to an inference worker: the next `frames` messages are the Frames of its
-    next batch; 0: there is no more work, exit."""
+    next batch, `batch` its id; frames 0: there is no more work, exit."""
 
     frames: int
+    batch: int = 0
 
 
 Message = StreamStart | Frame | Detections | EndOfStream | Result | Stats | Credit | Assign
@@ -807,11 +812,15 @@ def _check_stats(f: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_credit(f: dict[str, Any]) -> dict[str, Any]:
-    return {"worker": check_name(f["worker"], "worker"), "frames": _int(f["frames"], "frames")}
+    return {
+        "worker": check_name(f["worker"], "worker"),
+        "frames": _int(f["frames"], "frames"),
+        "done": _int(f["done"], "done"),
+    }
 
 
 def _check_assign(f: dict[str, Any]) -> dict[str, Any]:
-    return {"frames": _int(f["frames"], "frames", hi=4096)}
+    return {"frames": _int(f["frames"], "frames", hi=4096), "batch": _int(f["batch"], "batch")}
 
 
 _CHECKS: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {

@@ -128,7 +128,10 @@ def camera(tmp_path):
 
 
 @pytest.mark.rtsp
-def test_live_run_counts_a_killed_workers_frames_and_goes_on(camera, random_config, tmp_path):
+@pytest.mark.parametrize("stage", ["worker", "dispatcher"])
+def test_live_run_goes_on_when_a_worker_or_the_dispatcher_is_killed(
+    stage, camera, random_config, tmp_path
+):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     collector = Collector(endpoint)
     run = Run(
@@ -138,7 +141,7 @@ def test_live_run_counts_a_killed_workers_frames_and_goes_on(camera, random_conf
     )  # fmt: skip
     try:
         run.wait_for(lambda: len(collector.since(0)) >= 5, 180, "published results")
-        pid = run.stage_pid("worker")
+        pid = run.stage_pid(stage)
         os.kill(pid, signal.SIGKILL)
         t_kill = time.monotonic()
         run.wait_for(lambda: "restarting it (restart 1)" in run.stderr(), 20, "the restart")
@@ -152,6 +155,10 @@ def test_live_run_counts_a_killed_workers_frames_and_goes_on(camera, random_conf
     assert "Traceback" not in err
     frames = [h["frame"] for h in collector.since(0)]
     assert frames == sorted(frames) and len(set(frames)) == len(frames)  # in order, once each
+    restarted = "inference[" if stage == "worker" else "inference 1"
+    assert f"restarted after dying or hanging: {restarted}" in err
+    if stage == "dispatcher":  # what it held is lost with it (in_transit), as with one process
+        return
     report = json.loads((tmp_path / "report.json").read_text())
     # the frames the killed worker held (none if it was between batches) are counted, and
     # every frame inference took in is accounted for (out, dropped, or at a worker at the end)
