@@ -68,6 +68,16 @@ def _workers(path: Path, value: object) -> int:
     return value
 
 
+def _weights(path: Path, value: object) -> dict[str, float] | None:
+    """[inference] weights = { STREAM = SHARE, ... }: shares > 0."""
+    ok = isinstance(value, dict) and all(type(v) in (int, float) and v > 0 for v in value.values())
+    if not ok:
+        raise ConfigError(
+            f"{path}: [inference] weights must map stream ids to shares > 0, e.g. {{ cam1 = 2.0 }}"
+        )
+    return {str(k): float(v) for k, v in value.items()} or None
+
+
 def load_pipeline(name_or_path: str | Path) -> Pipeline:
     """A pipeline file, given by path or by the name of a shipped one ("annotate", "watch")."""
     try:
@@ -92,7 +102,7 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         hang_s=float(data.get("supervisor", {}).get("hang_s", 2.0)),
         workers=_workers(path, inf.get("workers", 1)),
         devices=tuple(str(d) for d in inf.get("devices", [])),
-        weights={str(k): float(v) for k, v in inf.get("weights", {}).items()} or None,
+        weights=_weights(path, inf.get("weights", {})),
         serve=str(data.get("supervisor", {}).get("serve", "")),
         keys=_keys_path(path, data.get("security", {}).get("keys", "")),
         path=str(path),

@@ -95,14 +95,17 @@ def long_clip(tmp_path_factory):
     return d / "long.mp4"
 
 
-def test_file_run_loses_nothing_when_a_worker_is_killed(long_clip, random_config, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
+def test_file_run_loses_nothing_when_a_worker_dies_or_hangs(
+    sig, long_clip, random_config, tmp_path
+):
     run = Run(
         tmp_path, "annotate", "-q", long_clip, "--config", random_config, "--workers", "2",
         "--results", "r.jsonl", "--report", "report.json",
     )  # fmt: skip
     run.wait_for(lambda: len(results_lines(tmp_path / "r.jsonl")) >= 20, 240, "20 results")
     pid = run.stage_pid("worker")
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, sig)  # SIGSTOP: frozen; found silent, killed and replaced
     code = run.wait(timeout=300)
     err = run.stderr()
     assert code == 0, err

@@ -1,0 +1,105 @@
+import pytest
+
+from streamseg.config import ConfigError, load_config
+from streamseg.pipeline.scaleout import inference_processes, worker_names
+from streamseg.pipeline.spec import load_pipeline
+from streamseg.pipeline.standalone import stage_processes
+
+ENDPOINTS = (
+    "[endpoints]\n"
+    'frames = "tcp://10.0.0.2:5601"\n'
+    'work = "tcp://10.0.0.2:5602"\n'
+    'detections = "tcp://10.0.0.4:5603"\n'
+    'stats = "tcp://10.0.0.9:5604"\n'
+)
+
+
+def pipeline(tmp_path, text: str, endpoints: str = ENDPOINTS):
+    path = tmp_path / "p.toml"
+    path.write_text(endpoints + text)
+    return load_pipeline(path)
+
+
+def single_kwargs():
+    model = {"device": "cpu", "max_batch": 2, "max_wait_ms": 5.0, "threads": 1}
+    return {
+        "model": model,
+        "frames_endpoint": "F",
+        "detections_endpoint": "D",
+        "streams": 3,
+        "live": True,
+        "depth": 1,
+        "forward_images": False,
+    }
+
+
+def test_one_worker_is_the_inference_process_itself(tmp_path):
+    p = pipeline(tmp_path, "")
+    assert p.workers == 1 and worker_names(p) == []
+    ((stage, name, kwargs),) = inference_processes(single_kwargs(), p, work_endpoint="W")
+    assert (stage, name, kwargs["weights"]) == ("inference", "inference", None)
+
+
+def test_workers_get_a_dispatcher_and_devices_in_turn(tmp_path):
+    p = pipeline(
+        tmp_path,
+        '[inference]\nworkers = 3\ndevices = ["cuda:0", "cuda:1"]\nweights = { cam1 = 2 }\n',
+    )
+    procs = inference_processes(single_kwargs(), p, work_endpoint="W")
+    assert [(s, n) for s, n, _ in procs] == [
+        ("dispatcher", "inference"),
+        ("worker", "inference[0]"),
+        ("worker", "inference[1]"),
+        ("worker", "inference[2]"),
+    ]
+    d = procs[0][2]
+    assert (d["work_endpoint"], d["max_batch"], d["weights"], d["lost_s"]) == (
+        "W",
+        2,
+        {"cam1": 2.0},
+        2.0,
+    )
+    assert [kw["model"]["device"] for _, _, kw in procs[1:]] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert all(kw["share_cpu"] == 1 for _, _, kw in procs[1:])  # none on the CPU: no split
+
+
+def test_cpu_workers_share_the_cores(tmp_path):
+    p = pipeline(tmp_path, "[inference]\nworkers = 2\n")
+    procs = inference_processes(single_kwargs(), p, work_endpoint="W")
+    assert [kw["share_cpu"] for _, _, kw in procs[1:]] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[inference]\nworkers = 0\n", "[inference]\nworkers = 1.5\n",
+     "[inference]\nweights = { cam1 = 0 }\n", '[inference]\nweights = { cam1 = "x" }\n'],
+)  # fmt: skip
+def test_bad_settings_are_one_clear_error(tmp_path, text):
+    with pytest.raises(ConfigError, match=r"\[inference\]"):
+        pipeline(tmp_path, text)
+
+
+def test_a_lone_stage_takes_its_endpoints_from_the_file(tmp_path, random_config):
+    p = pipeline(tmp_path, "[inference]\nworkers = 2\n")
+    model = load_config(random_config)
+    stage, kw = stage_processes("inference", p, model, streams=2)
+    assert (stage, kw["frames_endpoint"], kw["work_endpoint"], kw["streams"]) == (
+        "dispatcher", "tcp://10.0.0.2:5601", "tcp://10.0.0.2:5602", 2,
+    )  # fmt: skip
+    assert kw["stats_endpoint"] == "tcp://10.0.0.9:5604"
+    stage, kw = stage_processes("worker", p, model, worker=1)
+    assert (stage, kw["name"], kw["detections_endpoint"]) == (
+        "worker", "inference[1]", "tcp://10.0.0.4:5603",
+    )  # fmt: skip
+    stage, kw = stage_processes("postprocess", p, model, streams=2, results="r.jsonl")
+    assert (stage, kw["detections_endpoint"], kw["results"], kw["n_outputs"]) == (
+        "postprocess", "tcp://10.0.0.4:5603", "r.jsonl", 2,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="worker 2"):
+        stage_processes("worker", p, model, worker=2)
+
+
+def test_a_lone_stage_refuses_endpoints_private_to_a_run(tmp_path, random_config):
+    p = load_pipeline("annotate")
+    with pytest.raises(ConfigError, match="private to one supervised run"):
+        stage_processes("postprocess", p, load_config(random_config))
