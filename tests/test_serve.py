@@ -514,3 +514,12 @@ def test_viewers_beyond_the_limit_get_503_and_a_freed_place_is_taken(fake_run, m
             assert time.monotonic() < deadline
             time.sleep(0.1)
     first[1].close()
+
+
+def test_the_supervisor_and_its_server_import_neither_torch_nor_pyav():
+    code = (
+        "import sys, streamseg.pipeline.supervisor, streamseg.serve.http; "
+        "print(sorted({'torch', 'av', 'cv2'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
