@@ -151,6 +151,7 @@ def serve(
                 if not isinstance(batch, Batch):
                     with BusyTimer(reporter, what="wait_in"):
                         cond.wait(min(batch, 0.1))
+                    reporter.tick()  # idle too: the last batch's counts reach the runner
                     continue
                 cond.notify_all()  # room freed for the receiver
             for ctl in batch.controls:
