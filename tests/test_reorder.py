@@ -99,6 +99,7 @@ def test_end_of_stream_waits_for_results_of_other_workers():
 
     clock, counters = Clock(), Counters()
     o = OrderedInput(counters, live=False, clock=clock)
+    o.start("a")
     o.put(_det("a", 0, -1))
     o.put(_det("a", 2, 1))
     o.put(EndOfStream("a", 3))  # frame 1 is still at another worker
@@ -116,6 +117,7 @@ def test_end_of_stream_of_a_single_worker_passes_at_once():
     from streamseg.wire.protocol import EndOfStream
 
     o = OrderedInput(Counters(), live=True, clock=Clock())
+    o.start("a")
     o.put(_det("a", 5, -1))
     o.put(EndOfStream("a", 9))  # live: 4 frames dropped before inference
     assert [getattr(d, "frame", "end") for d in o.take()] == [5, "end"]
@@ -128,9 +130,28 @@ def test_live_end_of_stream_waits_at_most_its_limit():
 
     clock = Clock()
     o = OrderedInput(Counters(), live=True, clock=clock)
+    o.start("a")
     o.put(_det("a", 0, -1))
     o.put(_det("a", 3, 1))  # 1 went down with a worker
     o.put(EndOfStream("a", 10))
     assert [d.frame for d in o.take()] == [0]
     clock.t = END_WAIT_S[True]
     assert [getattr(d, "frame", "end") for d in o.take()] == [3, "end"]
+
+
+def test_results_that_overtake_their_streams_start_wait_for_it():
+    from streamseg.accounting import Counters
+    from streamseg.postprocess.reorder import END_WAIT_S, OrderedInput
+
+    clock = Clock()
+    o = OrderedInput(Counters(), live=False, clock=clock)
+    o.put(_det("a", 0, -1))  # from a worker, before the dispatcher's StreamStart came
+    o.put(_det("b", 0, -1))
+    assert o.take() == []
+    o.start("a")
+    assert [(d.stream, d.frame) for d in o.take()] == [("a", 0)]
+    clock.t = END_WAIT_S[False]  # b's start never came: passed on (and counted there)
+    assert [(d.stream, d.frame) for d in o.take()] == [("b", 0)]
+    adopted = OrderedInput(Counters(), live=True, adopt=True, clock=clock)
+    adopted.put(_det("c", 7, -1))
+    assert [d.frame for d in adopted.take()] == [7]

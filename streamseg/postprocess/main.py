@@ -178,7 +178,9 @@ def serve(
     sinks: dict[str, _Sinks] = {}
     trackers: dict[str, Tracker] = {}  # per stream, made on its first frame
     # several inference workers: results back in each stream's order (postprocess.reorder)
-    ordered = OrderedInput(counters, live=live, capacity=reorder_capacity, clock=time.monotonic)
+    ordered = OrderedInput(
+        counters, live=live, capacity=reorder_capacity, adopt=bool(restarted), clock=time.monotonic
+    )
     hists: dict[str, dict[str, Histogram]] = {}  # per stream: latency, batch size, model time
     previewer = (
         Previewer(
@@ -237,6 +239,7 @@ def serve(
                 if book.start(msg):
                     sinks[msg.stream] = _Sinks(msg, video=video, results=results, n=n_outputs)
                     trackers.pop(msg.stream, None)
+                ordered.start(msg.stream)  # its results that overtook the start pass now
             elif isinstance(msg, Detections | EndOfStream):
                 ordered.put(msg)
             for item in ordered.take():

@@ -149,14 +149,30 @@ came; a live stream's never does)."""
 class OrderedInput:
     """The postprocess stage's input in stream order: Detections and end-of-streams go in
     (`put`), and come out (`take`) in each stream's frame order, an end-of-stream after its
-    stream's last result. Duplicates and late results are counted in `counters`, not passed."""
+    stream's last result. Duplicates and late results are counted in `counters`, not passed.
+
+    Results of a stream whose start was not seen yet wait for it (`start`), up to `capacity`
+    and END_WAIT_S: with several workers the start comes from the dispatcher and the results
+    from the workers, on other connections (other hosts, even), and may be overtaken."""
 
     def __init__(
-        self, counters: Counters, *, live: bool, capacity: int = 128, clock: Callable[[], float]
+        self,
+        counters: Counters,
+        *,
+        live: bool,
+        capacity: int = 128,
+        adopt: bool = False,
+        clock: Callable[[], float],
     ) -> None:
+        """adopt: results of streams never started pass at once (a restarted postprocess,
+        whose streams started before its life)."""
         self.counters = counters
         self.live = live
+        self.adopt = adopt
         self.clock = clock
+        self.capacity = capacity
+        self.started: set[str] = set()
+        self.early: dict[str, list[tuple[Detections, float]]] = {}
         self.reorder: Reorder[Detections] = Reorder(
             capacity=capacity, wait_s=REORDER_WAIT_S if live else None, clock=clock
         )
@@ -167,6 +183,20 @@ class OrderedInput:
         if isinstance(msg, EndOfStream):
             self.ending[msg.stream] = (msg, self.clock() + END_WAIT_S[self.live])
             return
+        if not (self.adopt or msg.stream in self.started):
+            early = self.early.setdefault(msg.stream, [])
+            if len(early) < self.capacity:
+                early.append((msg, self.clock()))
+                return
+        self._push(msg)
+
+    def start(self, stream: str) -> None:
+        """`stream` started: its results that came before pass now."""
+        self.started.add(stream)
+        for det, _ in self.early.pop(stream, []):
+            self._push(det)
+
+    def _push(self, msg: Detections) -> None:
         verdict, ready = self.reorder.push(msg.stream, msg.frame, msg.prev, msg)
         if verdict == DUPLICATE:  # a lost worker's frame, sent again, came twice
             extra = self.counters[msg.stream].extra
@@ -178,9 +208,14 @@ class OrderedInput:
 
     def take(self) -> list[Detections | EndOfStream]:
         """What is due now, in order (call after each `put`, and when idle)."""
+        now = self.clock()
+        for stream, early in list(self.early.items()):  # a start that never came: pass them
+            if early and now - early[0][1] >= END_WAIT_S[self.live]:
+                del self.early[stream]
+                for det, _ in early:
+                    self._push(det)
         out, self.out = self.out, []
         out += [det for _, det in self.reorder.expire()]
-        now = self.clock()
         for eos, deadline in list(self.ending.values()):
             s = eos.stream
             if self.reorder.chained(s) and self.reorder.seen(s) < eos.frames and now < deadline:
