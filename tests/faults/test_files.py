@@ -181,7 +181,8 @@ def test_decoder_skips_corrupt_packets_and_counts_them(corrupt_clip):
     print(f"\ncorrupt clip: {decoded}/300 frames decode skipping {errors.corrupt_packets} "
           f"corrupt packets (plain decoding stopped at {stopped_at})")  # fmt: skip
     assert errors.corrupt_packets >= 1
-    assert decoded >= 270 and decoded > stopped_at
+    # each skipped packet costs about its own frame, not the rest of the clip
+    assert decoded >= 300 - errors.corrupt_packets - 10 and decoded > stopped_at
 
 
 def test_decoder_gives_up_after_too_many_corrupt_packets_in_a_row(corrupt_clip):
