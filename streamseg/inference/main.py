@@ -139,6 +139,7 @@ def serve(
     thread.start()
     ended, batches, batched = 0, 0, 0
     reporter.extra["device"] = str(executor.device)
+    reporter.extra["threads"] = torch.get_num_threads()
     reporter.ready()
 
     def loop() -> int:

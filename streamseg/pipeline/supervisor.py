@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from streamseg import threads
 from streamseg.config import ModelConfig, to_dict
 from streamseg.pipeline.progress import Progress
 from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
@@ -135,6 +136,14 @@ def run(
         hub.start()
         serve.start(board, hub)
 
+    # how the stages share the cores (streamseg.threads): resolved here, for every process
+    budget = threads.plan(
+        model.threads,
+        cores=threads.usable_cores(),
+        cuda=threads.is_cuda(model.device),
+        workers=max(1, len(workers)),
+    )
+
     def start(stage: str, name: str, kwargs: dict[str, Any]) -> None:
         if stage == "inference" and workers:  # a dispatcher, then the workers
             work = ep.get("work", WORK_ENDPOINT.replace("{run}", rundir))
@@ -168,13 +177,14 @@ def run(
             "track_max_missed": pipeline.track_max_missed,
             "live": live,
             "preview_endpoint": preview_ep if serve is not None else None,
+            "encoder_threads": budget.encoder,
         },
     )
     start(
         "inference",
         "inference",
         {
-            "model": to_dict(model),
+            "model": {**to_dict(model), "threads": budget.model},
             "frames_endpoint": ep["frames"],
             "detections_endpoint": ep["detections"],
             "streams": n,
@@ -206,6 +216,7 @@ def run(
                         "realtime": pipeline.realtime,
                         "hwdecode": pipeline.hwdecode,
                         "stay": True,
+                        "decode_threads": budget.decoder,
                         **(live_options or {}),
                     },
                 )
