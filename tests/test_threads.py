@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,8 @@ def test_config_threads_default_auto_and_validated(tmp_path: Path) -> None:
     text = Path(load_config("shapes").path).read_text()
     for value, ok in (('"auto"', True), ("0", True), ("3", True), ('"all"', False), ("-2", False)):
         path = tmp_path / f"c{len(value)}{ok}.toml"
-        body = text.replace("[runtime]", f"[runtime]\nthreads = {value}", 1)
+        body = re.sub(r"(?m)^threads = .*$", f"threads = {value}", text, count=1)
+        assert f"threads = {value}" in body
         path.write_text(body.replace("streamseg:shapes.pt", "random"))
         if ok:
             load_config(path)
