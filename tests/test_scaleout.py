@@ -1,8 +1,10 @@
+import os
+
 import pytest
 
 from streamseg.config import ConfigError, load_config
 from streamseg.pipeline.scaleout import inference_processes, worker_names
-from streamseg.pipeline.spec import load_pipeline
+from streamseg.pipeline.spec import load_pipeline, resolve_workers
 from streamseg.pipeline.standalone import stage_processes
 
 ENDPOINTS = (
@@ -69,9 +71,28 @@ def test_cpu_workers_share_the_cores(tmp_path):
     assert [kw["share_cpu"] for _, _, kw in procs[1:]] == [2, 2]
 
 
+def test_auto_workers_resolve_where_the_run_starts(tmp_path):
+    p = pipeline(tmp_path, '[inference]\nworkers = "auto"\ndevices = ["cuda:0", "cuda:1"]\n')
+    assert p.workers == "auto"
+    assert resolve_workers(p, "cuda").workers == 2  # one per listed device
+    cpu = resolve_workers(p, "cpu").workers
+    assert cpu == min(4, len(os.sched_getaffinity(0)))  # one 1-thread model per core
+    assert resolve_workers(resolve_workers(p, "cpu"), "cuda").workers == cpu  # resolved once
+    assert load_pipeline("annotate").workers == load_pipeline("watch").workers == "auto"
+
+
+def test_stages_started_by_hand_need_a_number_of_workers(tmp_path, random_config):
+    p = pipeline(tmp_path, '[inference]\nworkers = "auto"\n')
+    model = load_config(random_config)
+    for name in ("inference", "worker"):
+        with pytest.raises(ConfigError, match="the same on every host"):
+            stage_processes(name, p, model)
+    assert stage_processes("postprocess", p, model)[0] == "postprocess"
+
+
 @pytest.mark.parametrize(
     "text",
-    ["[inference]\nworkers = 0\n", "[inference]\nworkers = 1.5\n",
+    ['[inference]\nworkers = "many"\n', "[inference]\nworkers = 0\n", "[inference]\nworkers = 1.5\n",
      "[inference]\nweights = { cam1 = 0 }\n", '[inference]\nweights = { cam1 = "x" }\n'],
 )  # fmt: skip
 def test_bad_settings_are_one_clear_error(tmp_path, text):

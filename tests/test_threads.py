@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from streamseg.config import ConfigError, load_config
-from streamseg.threads import ThreadPlan, plan
+from streamseg.threads import ThreadPlan, plan, workers
 
 
 def test_auto_on_cpu_leaves_a_core_for_the_other_stages() -> None:
@@ -21,6 +21,16 @@ def test_auto_splits_the_model_cores_between_workers() -> None:
     assert plan("auto", cores=2, cuda=False, workers=2).model == 1  # never 0 threads
     assert plan("auto", cores=9, cuda=False, workers=2) == ThreadPlan(4, 1, 1, 9)
     assert plan("auto", cores=16, cuda=False, workers=3) == ThreadPlan(5, 1, 1, 16)
+
+
+def test_auto_workers_one_per_core_on_cpu_one_per_gpu() -> None:
+    assert [workers("auto", cores=c, cuda=False) for c in (1, 2, 3, 4, 16)] == [1, 2, 3, 4, 4]
+    assert workers("auto", cores=16, cuda=True) == 1
+    assert workers("auto", cores=16, cuda=True, devices=3) == 3
+    assert workers(3, cores=2, cuda=False) == 3  # a number is what the user asked for
+    for bad in (0, -1, 1.5, "2", None):
+        with pytest.raises(ValueError, match="workers"):
+            workers(bad, cores=2, cuda=False)
 
 
 def test_fixed_model_threads_give_the_encoder_what_is_left() -> None:

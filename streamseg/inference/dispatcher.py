@@ -180,7 +180,7 @@ def serve(
                 stats["workers_lost"] += 1
                 take_back(lost, f"{msg.worker} restarted")
             if msg.frames > 0 and not known:
-                log.info("%s is ready", msg.worker)
+                log.debug("%s is ready", msg.worker)
 
     def finished() -> bool:
         return 0 < streams <= ended and pool.busy_frames() == 0 and len(batcher) == 0

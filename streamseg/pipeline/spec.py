@@ -5,10 +5,10 @@ Pure: reading a file gives a frozen Pipeline; nothing here starts a process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from streamseg import shipped
+from streamseg import shipped, threads
 from streamseg.config import ConfigError, read_toml
 
 ENDPOINTS = ("frames", "detections", "stats")
@@ -35,8 +35,9 @@ class Pipeline:
     it ("": none; a tcp endpoint beyond loopback is then refused)."""
     hang_s: float = 2.0
     """A stage silent (no heartbeat) for this long is hung: killed, then handled as dead."""
-    workers: int = 1
-    """Inference processes; more than 1: a dispatcher hands batches to whichever is free."""
+    workers: int | str = 1
+    """Inference processes; more than 1: a dispatcher hands batches to whichever is free.
+    "auto": decided where the run starts (`resolve_workers`, streamseg.threads.workers)."""
     devices: tuple[str, ...] = ()
     """Worker i runs on devices[i % len] (e.g. "cuda:0", "cuda:1"); (): the config's device."""
     weights: dict[str, float] | None = None
@@ -62,10 +63,24 @@ def insecure_endpoints(pipeline: Pipeline) -> list[str]:
     return [f"{k} = {v}" for k, v in pipeline.endpoints.items() if needs_keys(v)]
 
 
-def _workers(path: Path, value: object) -> int:
-    if type(value) is not int or value < 1:
-        raise ConfigError(f"{path}: [inference] workers must be a whole number >= 1")
-    return value
+def _workers(path: Path, value: object) -> int | str:
+    if value != threads.AUTO and (type(value) is not int or value < 1):
+        raise ConfigError(f'{path}: [inference] workers must be "auto" or a whole number >= 1')
+    return value  # type: ignore[return-value]
+
+
+def resolve_workers(pipeline: Pipeline, device: str) -> Pipeline:
+    """`pipeline` with `workers = "auto"` replaced by the number for this machine and the
+    model config's `device` (streamseg.threads.workers)."""
+    if pipeline.workers != threads.AUTO:
+        return pipeline
+    n = threads.workers(
+        threads.AUTO,
+        cores=threads.usable_cores(),
+        cuda=threads.is_cuda(device),
+        devices=len(pipeline.devices),
+    )
+    return replace(pipeline, workers=n)
 
 
 def _weights(path: Path, value: object) -> dict[str, float] | None:

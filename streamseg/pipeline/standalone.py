@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any
 
 from streamseg.config import ConfigError, ModelConfig, to_dict
@@ -38,6 +39,13 @@ def stage_processes(
     """(stage process, its kwargs) for stage `name` of `pipeline`. `source`: a SourceSpec
     (source stage); `worker`: which worker (worker stage); `streams`: how many end-of-streams
     end the run (0: live, never). ConfigError for what the file cannot give a lone stage."""
+    if type(pipeline.workers) is not int:  # "auto": each host would count its own cores
+        if name in ("inference", "worker"):
+            raise ConfigError(
+                f"{pipeline.path}: [inference] workers = {pipeline.workers!r}: stages started by "
+                "hand need a number there, the same on every host (1: no dispatcher, no workers)"
+            )
+        pipeline = replace(pipeline, workers=1)  # the other stages do not depend on it
     ep = dict(pipeline.endpoints)
     ep.setdefault("work", WORK_ENDPOINT)
     need = {

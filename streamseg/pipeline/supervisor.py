@@ -28,7 +28,7 @@ from streamseg.config import ModelConfig, to_dict
 from streamseg.pipeline.progress import Progress
 from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
 from streamseg.pipeline.scaleout import inference_processes, worker_names
-from streamseg.pipeline.spec import WORK_ENDPOINT, Pipeline
+from streamseg.pipeline.spec import WORK_ENDPOINT, Pipeline, resolve_workers
 from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, StageWatch, describe_exit
 from streamseg.serve.board import Board
 from streamseg.serve.http import WebServer
@@ -100,6 +100,7 @@ def run(
     the user stopped it (Ctrl-C, SIGTERM); never leaves a stage process behind.
     `serve`: a bound web server (serve.http.bind) to serve the run's page, live views,
     /metrics and /healthz from, while it runs."""
+    pipeline = resolve_workers(pipeline, model.device)
     rundir = tempfile.mkdtemp(prefix="streamseg-")
     ep = {k: v.replace("{run}", rundir) for k, v in pipeline.endpoints.items()}
     publish = publish if publish is not None else (pipeline.publish or None)
