@@ -92,8 +92,9 @@ def test_stages_started_by_hand_need_a_number_of_workers(tmp_path, random_config
 
 @pytest.mark.parametrize(
     "text",
-    ['[inference]\nworkers = "many"\n', "[inference]\nworkers = 0\n", "[inference]\nworkers = 1.5\n",
-     "[inference]\nweights = { cam1 = 0 }\n", '[inference]\nweights = { cam1 = "x" }\n'],
+    ['[inference]\nworkers = "many"\n', "[inference]\nworkers = 0\n",
+     "[inference]\nworkers = 1.5\n", "[inference]\nweights = { cam1 = 0 }\n",
+     '[inference]\nweights = { cam1 = "x" }\n'],
 )  # fmt: skip
 def test_bad_settings_are_one_clear_error(tmp_path, text):
     with pytest.raises(ConfigError, match=r"\[inference\]"):

@@ -15,6 +15,7 @@ import socket
 import urllib.error
 from collections import OrderedDict
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +326,7 @@ def _fuse_conv_bn(module: nn.Module) -> int:
         folded += _fuse_conv_bn(child)
     if isinstance(module, nn.Sequential):
         names = [name for name, _ in module.named_children()]
-        for first, second in zip(names, names[1:]):
+        for first, second in pairwise(names):
             conv, norm = getattr(module, first), getattr(module, second)
             if not isinstance(conv, nn.Conv2d):
                 continue
