@@ -182,7 +182,8 @@ def test_ctrl_c_stops_every_stage(random_config, tmp_path):
         proc.wait()
         raise
     stages = _children(proc.pid)
-    assert len(stages) == 3  # postprocess, inference, source
+    # postprocess, source, inference (with workers = "auto" on 2+ cores: a dispatcher and workers)
+    assert len(stages) >= 3
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     proc.wait(timeout=30)
     assert proc.returncode == 130

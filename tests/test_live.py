@@ -516,7 +516,7 @@ def test_overload_and_dead_subscriber_keep_memory_and_latency_bounded(tmp_path, 
     assert w.returncode == 0, stderr
     growth = {pid: rss_end.get(pid, 0) - mb for pid, mb in rss_start.items()}
     print("RSS growth (MB) per stage:", growth)
-    assert len(growth) == 4 and max(growth.values()) < 40, growth
+    assert len(growth) >= 4 and max(growth.values()) < 40, growth  # 2 sources, post, inference+
     for stream in "xy":
         line = stream_line(stderr, stream)
         print(line)

@@ -93,6 +93,7 @@ def serve(
     batch_ids = itertools.count(int(time.time() * 1000))
     ended = 0
     stats = {"batches": 0, "resent": 0, "workers_lost": 0}
+    batched = 0  # frames handed out in those batches (resent ones again)
     reporter.ready()
 
     def take_back(frames: list[Frame], why: str) -> None:
@@ -126,6 +127,7 @@ def serve(
 
     def dispatch() -> float:
         """Hand batches to free workers; the seconds until a batch may form (inf: none)."""
+        nonlocal batched
         while True:
             free = pool.idle()
             if free is None:
@@ -148,6 +150,7 @@ def serve(
                 sent = sent and transport.send_to(work, peer, f, auth=tokens.own)
             pool.assign(name, frames, batch_id)
             stats["batches"] += 1
+            batched += len(frames)
             if not sent:
                 log.warning("%s is gone (a send to it failed)", name)
                 stats["workers_lost"] += 1
@@ -200,6 +203,7 @@ def serve(
             reporter.extra.update(
                 stats,
                 workers=len(pool.names()),
+                mean_batch=batched / max(1, stats["batches"]),
                 in_flight=pool.busy_frames(),
                 rejected=frames_in.rejected + work_in.rejected,
             )

@@ -40,6 +40,7 @@ def test_forged_and_malformed_messages_change_nothing(random_config, tmp_path):
     run = Run(
         tmp_path, "annotate", "-q", clip, "--config", random_config, "--results", "r.jsonl",
         "--report", "report.json",
+        "--workers", "1",  # the inference process itself binds frames (no dispatcher)
     )  # fmt: skip
     ep = endpoints(run)
     run.wait_for(lambda: len(results_lines(tmp_path / "r.jsonl")) >= 1, 180, "first results")

@@ -54,6 +54,7 @@ def test_keyed_links_run_and_shut_out_a_foreign_peer(clip, random_config, tmp_pa
     run = Run(
         tmp_path, "annotate", "-q", video, "--pipeline", pipeline, "--config", random_config,
         "--results", "r.jsonl", "--report", "report.json",
+        "--workers", "1",  # one inference process: the stage this test waits for
     )  # fmt: skip
     run.stage_pid("inference")
     ctx = zmq.Context()

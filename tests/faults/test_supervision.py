@@ -29,9 +29,12 @@ def long_clip(tmp_path_factory):
 
 
 def annotate(tmp, clip, config) -> Run:
+    """One inference process (no dispatcher): the stages killed here are the three of that
+    topology; tests/faults/test_workers.py kills dispatchers and workers."""
     return Run(
-        tmp, "annotate", "-q", clip, "--config", config, "-o", "out.mp4", "--results", "r.jsonl"
-    )
+        tmp, "annotate", "-q", clip, "--config", config, "-o", "out.mp4", "--results", "r.jsonl",
+        "--workers", "1",
+    )  # fmt: skip
 
 
 def started_results(tmp, run: Run, n: int = 5) -> None:
@@ -110,6 +113,7 @@ def test_live_run_restarts_a_killed_stage_and_results_resume(
     run = Run(
         tmp_path, "watch", "-q", f"cam={camera.url}", "--config", random_config,
         "--publish", endpoint, "--results", "w.jsonl", "--stall-s", "2", "--retry-max-s", "1",
+        "--workers", "1",  # the three stages of one inference process (see annotate above)
     )  # fmt: skip
     try:
         run.wait_for(lambda: len(collector.since(0)) >= 5, 180, "published results")
