@@ -393,7 +393,9 @@ def test_bench_end_to_end_json(random_config, capsys, spied):
     assert 0 < r["naive_load_s"] < r["naive_wall_s"]
 
     # every stage process is in the breakdown, and its phases fit in the run's wall time
-    assert set(r["stages"]) == {"inference", "postprocess", "source"}
+    # inference is the dispatcher when workers = "auto" gives several: each worker is a row too
+    workers = {k for k in r["stages"] if k.startswith("inference[")}
+    assert set(r["stages"]) - workers == {"inference", "postprocess", "source"}
     for stage, t in r["stages"].items():
         assert t["startup_s"] > 0, stage
         assert min(t.values()) >= 0, stage
@@ -401,6 +403,9 @@ def test_bench_end_to_end_json(random_config, capsys, spied):
             t["other_s"] == 0
         ), stage
     assert r["stages"]["inference"]["busy_s"] == pytest.approx(r["busy_s"]["inference"], abs=1e-3)
+    if workers:  # the stage's model time is its workers'
+        total = sum(r["stages"][w]["busy_s"] for w in workers)
+        assert total == pytest.approx(r["busy_s"]["inference"], abs=0.01)
     assert r["threads"]["requested"] == "auto" or isinstance(r["threads"]["requested"], int)
     # latencies and busy times happen inside the pipeline's wall time
     assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"] <= r["pipeline_wall_s"] * 1000

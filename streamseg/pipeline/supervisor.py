@@ -298,7 +298,14 @@ def run(
             **{k: v.busy_s for k, v in stats.items()},
             "source": sum(c.get("busy_s", 0.0) for c in source_stats.values()),
         },
-        extra={k: v.extra for k, v in stats.items()},
+        extra={
+            **{k: v.extra for k, v in stats.items()},
+            **{  # each worker's own figures (its model time in busy_s), for the breakdown
+                name: {**s.extra, "busy_s": s.busy_s}
+                for name in workers
+                if (s := tally.get(name)) is not None
+            },
+        },
         restarts=dict(watch.restarts),
     )
     report.errors.extend(errors)

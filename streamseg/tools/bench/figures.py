@@ -77,9 +77,8 @@ def stage_breakdown(
         e = extra[stage]
         if "startup_s" not in e:
             continue  # a stage of an older version, or one that never became ready
-        out[stage] = row(
-            e["startup_s"], busy.get(stage, 0.0), e.get("wait_in_s", 0.0), e.get("wait_out_s", 0.0)
-        )
+        work = busy.get(stage, e.get("busy_s", 0.0))  # (inference workers carry their own)
+        out[stage] = row(e["startup_s"], work, e.get("wait_in_s", 0.0), e.get("wait_out_s", 0.0))
     if sources:
         n = len(sources)
 
