@@ -3,6 +3,9 @@ checked on a real ZeroMQ socket standing in for the runner."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import zmq
 
@@ -220,3 +223,17 @@ def test_process_age_counts_from_the_process_start():
         ).stdout
     )
     assert 1.0 <= age < 30.0  # the sleep before the import counts; /proc has 10 ms ticks
+
+
+def test_a_stage_process_ends_without_teardown_but_says_everything():
+    """exit_now skips Python's teardown (about 1 s with torch loaded) yet flushes what the stage
+    printed and logged, and keeps its exit code."""
+    code = (
+        "import logging, sys; from streamseg.stage.__main__ import exit_now\n"
+        "logging.basicConfig(stream=sys.stderr)\n"
+        "print('said', end=''); logging.getLogger('x').warning('logged')\n"
+        "exit_now(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (3, "said")
+    assert "logged" in proc.stderr

@@ -506,9 +506,9 @@ def _shutdown(
         except subprocess.TimeoutExpired:
             p.popen.kill()
             p.code = p.popen.wait()
-    # the last reports (stages send a final one on their way out)
+    # the last reports (stages send a final one on their way out; a killed one never does)
     deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not all(watch.said_final(p.name) for p in order):
         _absorb_all(receiver, tally, watch, 50)
 
 

@@ -94,6 +94,11 @@ class StageWatch:
             s.ready = s.ready or ready
             s.final = s.final or final
 
+    def said_final(self, stage: str) -> bool:
+        """Whether `stage` (its current process) sent its last report."""
+        s = self.stages.get(stage)
+        return s is not None and s.final
+
     def exited(self, stage: str, code: int, now: float) -> None:
         s = self.stages.get(stage)
         if s is None or s.code is not None:

@@ -7,6 +7,8 @@ also be started by hand, or on another host, with the same command line.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 
 from streamseg.config import ConfigError, WeightsError
@@ -50,5 +52,22 @@ def main(argv: list[str]) -> int:
         return 130
 
 
+def exit_now(code: int) -> None:
+    """End the stage process without the interpreter's teardown.
+
+    When a stage's main returns, run_stage_loop has closed its files and delivered (or dropped)
+    what its sockets held; only Python's own teardown is left, and with torch imported that
+    takes about 1 s of CPU (measured on 2 cores: 1.0-1.1 s, against 0.05 s this way), in each
+    such stage, at the end of every run. An exception still ends the process the usual way.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    logging.shutdown()
+    os._exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))
