@@ -15,14 +15,14 @@ Writes everything to OUT_DIR/summary_{config}.json. `--reuse` keeps results file
 (only re-scores). Run from the repository root.
 
 Measured 2026-12-01 with the first `shapes` checkpoint (CPU), seeds 5101-5103 x {640x480,
-1280x720}, 150 frames each: mean mask AP 0.571 (AP50 0.614, AP75 0.605), box AP 0.550; per clip 0.33 (blocky
-background, both sizes) to 0.74 (gradient, 720p). Recall at IoU 0.5: 0.81 of clean instances,
-0.86 of large ones, 0.41 of medium (150-1000 u^2), 0.00 of small (< 150 u^2), 0.01 of those more
-than half occluded, 0.36 of those more than half outside the frame; triangles are the weak class
-(mask AP 0.10-0.45); on blocky backgrounds the model takes background tiles for squares (7-8
-false positives a frame). The checkpoint shipped now (two fine-tuning steps on the
-broader world; README, "The shapes model") scores mean mask AP 0.705 (AP50 0.753) on the same
-clips: README has the per-clip figures.
+1280x720}, 150 frames each: mean mask AP 0.571 (AP50 0.614, AP75 0.605), box AP 0.550; per clip
+0.33 (blocky background, both sizes) to 0.74 (gradient, 720p). Recall at IoU 0.5: 0.81 of clean
+instances, 0.86 of large ones, 0.41 of medium (150-1000 u^2), 0.00 of small (< 150 u^2), 0.01 of
+those more than half occluded, 0.36 of those more than half outside the frame; triangles are the
+weak class (mask AP 0.10-0.45); on blocky backgrounds the model takes background tiles for squares
+(7-8 false positives a frame). The checkpoint shipped now (two fine-tuning steps on the broader
+world; README, "The shapes model") scores mean mask AP 0.705 (AP50 0.753) on the same clips: README
+has the per-clip figures.
 """
 
 from __future__ import annotations
