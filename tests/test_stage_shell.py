@@ -237,3 +237,29 @@ def test_a_stage_process_ends_without_teardown_but_says_everything():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (3, "said")
     assert "logged" in proc.stderr
+
+
+def test_a_stop_during_a_frames_outputs_waits_for_the_frame():
+    """SIGTERM (turned into KeyboardInterrupt by setup_process) inside `uninterrupted` lets the
+    block finish, then stops; outside it stops at once; handlers are restored either way."""
+    code = (
+        "import os, signal; from streamseg.stage.shell import setup_process, uninterrupted\n"
+        "setup_process('t')\n"
+        "done = []\n"
+        "try:\n"
+        "    with uninterrupted():\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(1000): pass\n"
+        "        done.append('whole')\n"
+        "except KeyboardInterrupt:\n"
+        "    done.append('stopped after')\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    for _ in range(1000): pass\n"
+        "    done.append('not stopped')\n"
+        "except KeyboardInterrupt:\n"
+        "    done.append('stopped at once')\n"
+        "print(done)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "['whole', 'stopped after', 'stopped at once']", proc.stderr

@@ -34,7 +34,13 @@ from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
 from streamseg.postprocess.timeline import LiveTimeline
 from streamseg.postprocess.tracking import NO_TRACK, Tracker
-from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
+from streamseg.stage.shell import (
+    BusyTimer,
+    StatsReporter,
+    run_stage_loop,
+    setup_process,
+    uninterrupted,
+)
 from streamseg.stage.trust import Tokens, from_inference
 from streamseg.wire import curve, transport
 from streamseg.wire.curve import link_security
@@ -244,7 +250,7 @@ def serve(
                 ordered.put(msg)
             for item in ordered.take():
                 if isinstance(item, Detections):
-                    with BusyTimer(reporter):
+                    with BusyTimer(reporter), uninterrupted():  # all its outputs, or none
                         on_frame(item)
                 else:
                     if book.end(item) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -9,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamseg.accounting import Counters
@@ -17,6 +18,7 @@ from streamseg.wire import transport
 from streamseg.wire.protocol import Stats
 
 _PR_SET_PDEATHSIG = 1
+_STOPS = (signal.SIGINT, signal.SIGTERM)  # what asks a stage to stop (see setup_process)
 
 
 def process_age_s() -> float:
@@ -52,6 +54,28 @@ def setup_process(stage: str, *, verbose: bool = False) -> None:
         format=f"streamseg {stage}: %(message)s",
         stream=sys.stderr,
     )
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then stop (KeyboardInterrupt) as they ask.
+
+    For work that must happen whole or not at all: one frame's outputs (its results line, its
+    video frame, its published message), so that a stopped run's files agree with each other.
+    Only the main thread handles signals; elsewhere this holds nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _: held.append(signum)) for s in _STOPS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 class StatsReporter:
