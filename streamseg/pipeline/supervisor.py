@@ -20,11 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamseg import threads
 from streamseg.config import ModelConfig, to_dict
+from streamseg.pipeline.forkserver import Forked, ForkServer, make_subreaper
 from streamseg.pipeline.progress import Progress
 from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
 from streamseg.pipeline.scaleout import inference_processes, worker_names
@@ -49,6 +51,10 @@ finishing a frame before the run stops waiting for them: a stage restarted in a 
 miss an end-of-stream that was in flight when its last life died."""
 
 
+FORKED = ("worker",)
+"""Stages forked from the run's fork server (CPU runs with several workers): each would
+otherwise import torch on its own (streamseg.pipeline.forkserver)."""
+
 _IDLERS = ("source", "worker")
 """Stages that wait, once their work is done, to be stopped (sources that ended; workers of
 a dispatcher that finished, or restarted after it did): stopped at once at the end."""
@@ -59,7 +65,7 @@ class _Proc:
     name: str
     stage: str
     kwargs: dict[str, Any]
-    popen: subprocess.Popen
+    popen: subprocess.Popen | Forked
     code: int | None = None
 
 
@@ -71,9 +77,20 @@ class _Stop:
     signals: list[str] = field(default_factory=list)
 
 
-def _spawn(stage: str, kwargs: dict[str, Any], name: str, tokens: Tokens) -> _Proc:
-    cmd = [sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)]
+def _spawn(
+    stage: str,
+    kwargs: dict[str, Any],
+    name: str,
+    tokens: Tokens,
+    forks: ForkServer | None = None,
+    give_up: Callable[[], bool] = lambda: False,
+) -> _Proc:
     # Tokens go in the environment: a command line is visible to every local user.
+    if forks is not None and stage in FORKED:
+        forked = forks.spawn(stage, kwargs, {TOKENS_ENV: tokens.to_env()}, give_up=give_up)
+        if forked is not None:
+            return _Proc(name, stage, kwargs, forked)
+    cmd = [sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{TOKENS_ENV: tokens.to_env()})
     # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops the stages in
     # order (SIGTERM) instead of each one being interrupted wherever it happens to be.
@@ -158,9 +175,13 @@ def run(
             "postprocess": ["inference", *workers],
         }.get(stage, [])
         own = Tokens(tokens[name], {peer: tokens[peer] for peer in senders})
-        procs[name] = _spawn(stage, {**common, **kwargs}, name, own)
+        procs[name] = _spawn(
+            stage, {**common, **kwargs}, name, own, forks, give_up=lambda: stop.requested > 0
+        )
         watch.started(name, time.monotonic())
 
+    # first, so that its imports (the longest part of start-up) overlap everything else
+    forks, unreap = _fork_server(len(workers), model.device)
     start(
         "postprocess",
         "postprocess",
@@ -283,6 +304,10 @@ def run(
             hub.close()
         transport.close_all(abort=True)
         shutil.rmtree(rundir, ignore_errors=True)
+        if forks is not None:
+            forks.close()
+        if unreap is not None:
+            unreap()
         restore()
     elapsed = time.monotonic() - t0
     stats = _stage_stats(tally)
@@ -318,6 +343,21 @@ def run(
     if live:
         report.stream_lines = stream_lines(source_stats, stats, elapsed)
     return report
+
+
+def _fork_server(workers: int, device: str) -> tuple[ForkServer | None, Callable[[], None] | None]:
+    """A fork server for the run's inference workers, where it saves start-up: several
+    workers, on CPU (a GPU driver must not be initialised in a process that forks)."""
+    if workers < 2 or threads.is_cuda(device):
+        return None, None
+    unreap = make_subreaper()
+    if unreap is None:
+        return None, None
+    forks = ForkServer.start(preload=["streamseg.inference.worker"])
+    if forks is None:
+        unreap()
+        return None, None
+    return forks, unreap
 
 
 class _Drain:

@@ -21,9 +21,22 @@ _PR_SET_PDEATHSIG = 1
 _STOPS = (signal.SIGINT, signal.SIGTERM)  # what asks a stage to stop (see setup_process)
 
 
+_asked_at: float | None = None
+
+
+def count_age_from(wall_time: float) -> None:
+    """For a stage forked from a preloaded parent (streamseg.pipeline.forkserver): its age, and
+    so its start-up, counts from when it was asked for (time.time()), which includes the
+    parent's imports it waited for, not from the fork."""
+    global _asked_at
+    _asked_at = wall_time
+
+
 def process_age_s() -> float:
     """Seconds since this process started (Linux: from /proc, so interpreter start-up and
-    imports count); 0.0 where that cannot be read."""
+    imports count), or since count_age_from's time; 0.0 where that cannot be read."""
+    if _asked_at is not None:
+        return max(0.0, time.time() - _asked_at)
     try:
         with open("/proc/self/stat", "rb") as f:
             # field 22 (starttime, clock ticks after boot); the command name (field 2) may hold

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from faultkit import Collector, Run, results_lines, stage_pids
@@ -88,6 +89,23 @@ def test_results_equal_one_process_and_keep_order_with_2_and_3_workers(
         assert report["dropped"] == {}
 
 
+def _children_named(parent: int, part: bytes) -> list[int]:
+    return [
+        int(e.name)
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit()
+        and _read(e / "cmdline").find(part) >= 0
+        and _read(e / "stat").rsplit(b")", 1)[-1].split()[1:2] == [str(parent).encode()]
+    ]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory):
     d = tmp_path_factory.mktemp("long")
@@ -105,6 +123,7 @@ def test_file_run_loses_nothing_when_a_worker_dies_or_hangs(
     )  # fmt: skip
     run.wait_for(lambda: len(results_lines(tmp_path / "r.jsonl")) >= 20, 240, "20 results")
     pid = run.stage_pid("worker")
+    (server,) = _children_named(run.proc.pid, b"streamseg.pipeline.forkserver")
     os.kill(pid, sig)  # SIGSTOP: frozen; found silent, killed and replaced
     code = run.wait(timeout=300)
     err = run.stderr()
@@ -116,6 +135,29 @@ def test_file_run_loses_nothing_when_a_worker_dies_or_hangs(
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["inference"]["long"]["out"] == 300 and report["dropped"] == {}
     assert report["extra"]["inference"]["workers_lost"] >= 1
+    assert stage_pids(run.proc.pid, "") == []
+    assert not Path(f"/proc/{server}").exists()  # nor the fork server
+
+
+def test_a_killed_fork_server_costs_only_speed(long_clip, random_config, tmp_path):
+    """Workers are forked from a preloaded server (streamseg.pipeline.forkserver); with it
+    gone, a lost worker is started the usual way."""
+    run = Run(
+        tmp_path, "annotate", "-q", long_clip, "--config", random_config, "--workers", "2",
+        "--results", "r.jsonl", "--report", "report.json",
+    )  # fmt: skip
+    run.wait_for(lambda: len(results_lines(tmp_path / "r.jsonl")) >= 20, 240, "20 results")
+    (server,) = _children_named(run.proc.pid, b"streamseg.pipeline.forkserver")
+    assert len(stage_pids(run.proc.pid, "worker")) == 2  # forked, yet children of the run
+    os.kill(server, signal.SIGKILL)
+    os.kill(run.stage_pid("worker"), signal.SIGKILL)
+    code = run.wait(timeout=300)
+    err = run.stderr()
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "restarted after dying or hanging: inference[" in err
+    lines = results_lines(tmp_path / "r.jsonl")
+    assert [r["frame"] for r in lines] == list(range(300))
     assert stage_pids(run.proc.pid, "") == []
 
 
