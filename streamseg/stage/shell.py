@@ -66,6 +66,7 @@ def setup_process(stage: str, *, verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format=f"streamseg {stage}: %(message)s",
         stream=sys.stderr,
+        force=True,  # `streamseg stage NAME -v` runs here after the CLI configured logging
     )
 
 

@@ -88,6 +88,10 @@ def _stage(tmp: Path, ns: str | None, name: str, *args: str) -> subprocess.Popen
     return subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _logs(tmp: Path) -> str:
+    return "\n".join(f.read_text() for f in sorted(tmp.glob("*.log")))
+
+
 def test_four_hosts_over_tcp_with_curve(hosts, random_config, tmp_path):
     clip = tmp_path / "a.mp4"
     synth.write_clip(clip, tmp_path / "a.json", seed=31, frames=30, size=(160, 120), fps=25)
@@ -111,7 +115,7 @@ def test_four_hosts_over_tcp_with_curve(hosts, random_config, tmp_path):
         "monitor": _stage(tmp_path, None, "monitor", *p, "--report", "monitor.json"),
         "postprocess": _stage(tmp_path, hosts["sink"][0], "postprocess", *p,
                               "--results", "r.jsonl"),
-        "inference": _stage(tmp_path, hosts["inf1"][0], "inference", *p),
+        "inference": _stage(tmp_path, hosts["inf1"][0], "inference", *p, "-v"),
         "worker0": _stage(tmp_path, hosts["inf1"][0], "worker", *p, "--worker", "0"),
         "worker1": _stage(tmp_path, hosts["inf2"][0], "worker", *p, "--worker", "1"),
     }  # fmt: skip
@@ -124,7 +128,11 @@ def test_four_hosts_over_tcp_with_curve(hosts, random_config, tmp_path):
     stranger.curve_serverkey = server.encode()
     stranger.setsockopt(zmq.LINGER, 0)
     stranger.connect(f"tcp://{inf1}:5601")
-    time.sleep(1.0)
+    # the source starts once both workers are loaded: else the first one ready may do it all
+    deadline = time.monotonic() + 120
+    while not all(f"inference[{i}] is ready" in _logs(tmp_path) for i in (0, 1)):
+        assert time.monotonic() < deadline, _logs(tmp_path)
+        time.sleep(0.2)
     procs["source"] = _stage(tmp_path, hosts["src"][0], "source", f"a={clip}", *p)
     try:
         deadline = time.monotonic() + 300
