@@ -184,12 +184,15 @@ class ForkServer:
         *,
         give_up: Callable[[], bool] = lambda: False,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        asked: float | None = None,
     ) -> Forked | None:
         """Fork `stage` with `kwargs` and these environment variables set; None if the server
-        cannot (gone, not ready within ready_timeout_s, give_up() said so, or unsafe)."""
+        cannot (gone, not ready within ready_timeout_s, give_up() said so, or unsafe).
+        `asked`: when the stage was asked for (time.time(); default now), where its start-up
+        counts from."""
         if self.ready is False:
             return None
-        asked = time.time()
+        asked = time.time() if asked is None else asked
         if self.ready is None:
             reply = self._reply(time.monotonic() + ready_timeout_s, give_up)
             if reply is None or "ready" not in reply:

@@ -84,10 +84,12 @@ def _spawn(
     tokens: Tokens,
     forks: ForkServer | None = None,
     give_up: Callable[[], bool] = lambda: False,
+    asked: float | None = None,
 ) -> _Proc:
     # Tokens go in the environment: a command line is visible to every local user.
     if forks is not None and stage in FORKED:
-        forked = forks.spawn(stage, kwargs, {TOKENS_ENV: tokens.to_env()}, give_up=give_up)
+        env = {TOKENS_ENV: tokens.to_env()}
+        forked = forks.spawn(stage, kwargs, env, give_up=give_up, asked=asked)
         if forked is not None:
             return _Proc(name, stage, kwargs, forked)
     cmd = [sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)]
@@ -162,11 +164,12 @@ def run(
         workers=max(1, len(workers)),
     )
 
-    def start(stage: str, name: str, kwargs: dict[str, Any]) -> None:
+    def start(stage: str, name: str, kwargs: dict[str, Any], asked: float | None = None) -> None:
         if stage == "inference" and workers:  # a dispatcher, then the workers
             work = ep.get("work", WORK_ENDPOINT.replace("{run}", rundir))
+            asked = time.time()  # all at once, though forking the first waits for the server
             for each in inference_processes(kwargs, pipeline, work_endpoint=work):
-                start(*each)
+                start(*each, asked=asked)
             return
         senders = {
             "inference": names[2:],
@@ -176,7 +179,13 @@ def run(
         }.get(stage, [])
         own = Tokens(tokens[name], {peer: tokens[peer] for peer in senders})
         procs[name] = _spawn(
-            stage, {**common, **kwargs}, name, own, forks, give_up=lambda: stop.requested > 0
+            stage,
+            {**common, **kwargs},
+            name,
+            own,
+            forks,
+            give_up=lambda: stop.requested > 0,
+            asked=asked,
         )
         watch.started(name, time.monotonic())
 
