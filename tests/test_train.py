@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from streamseg.config import load_config
+from streamseg.config import ConfigError, load_config
 from streamseg.inference.model import build_from_config, load_model, read_checkpoint
-from streamseg.tools.train import TrainConfig, learning_rate, make_batch, train
+from streamseg.tools.train import (
+    TrainConfig,
+    learning_rate,
+    load_train_config,
+    make_batch,
+    train,
+    training_model,
+)
 
 
 def test_learning_rate_schedule():
@@ -64,3 +73,39 @@ def test_short_training_lowers_loss_and_resumes(random_config, tmp_path):
     path.write_text(random_config.read_text().replace('weights = "random"', 'weights = "m.pt"'))
     model = load_model(str(path))
     assert not model.training
+
+
+def test_multi_scale_training_sizes_come_from_the_train_table(random_config, tmp_path):
+    """[train] input_sizes: torchvision's transform picks one per image while training; the
+    trained model then runs at the config's own min_size."""
+    cfg = load_config(random_config)  # min_size 128, max_size 160
+    toml = tmp_path / "t.toml"
+    toml.write_text("[train]\ninput_sizes = [96, 160]\n")
+    cfg_train = load_train_config(toml)
+    assert cfg_train.input_sizes == (96, 160)
+    model = training_model(cfg, cfg_train).train()
+    image = torch.rand(3, 120, 160)
+    torch.manual_seed(0)
+    seen = {tuple(model.transform([image])[0].image_sizes[0]) for _ in range(40)}
+    # the longer side capped at 160 * 160 / 128 = 200
+    assert seen == {(96, 128), (150, 200)}, seen
+    assert training_model(cfg, TrainConfig()).transform.min_size == (128,)
+
+    out = tmp_path / "m.pt"
+    train(cfg, replace(cfg_train, iterations=2, batch_size=2, frame_sizes=((160, 120),)), out,
+          device="cpu")  # fmt: skip
+    path = tmp_path / "trained.toml"
+    path.write_text(random_config.read_text().replace('weights = "random"', 'weights = "m.pt"'))
+    model = load_model(str(path))
+    assert model.transform.min_size == (128,) and model.transform.max_size == 160
+    assert tuple(model.transform([image])[0].image_sizes[0]) == (120, 160)
+
+
+@pytest.mark.parametrize(
+    "text", ["input_sizes = 96\n", 'input_sizes = ["a"]\n', "input_sizes = [0]\n"]
+)
+def test_bad_input_sizes_are_one_clear_error(tmp_path, text):
+    toml = tmp_path / "t.toml"
+    toml.write_text("[train]\n" + text)
+    with pytest.raises(ConfigError, match="input_sizes"):
+        load_train_config(toml)

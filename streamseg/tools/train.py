@@ -43,6 +43,10 @@ class TrainConfig:
     seed: int = 0
     frame_sizes: tuple[tuple[int, int], ...] = ((640, 480),)
     """(width, height) choices for generated frames; the model resizes them to min_size."""
+    input_sizes: tuple[int, ...] = ()
+    """Multi-scale training: network input sizes (shorter side) to choose from, one per image,
+    the longer side capped in the config's max_size / min_size ratio; the config's min_size
+    is what the trained model then runs at. Empty: always the config's min_size."""
     checkpoint_every: int = 100
     log_every: int = 20
 
@@ -55,6 +59,11 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"{path}: unknown field(s) {sorted(bad)} in [train]")
     if "frame_sizes" in table:
         table["frame_sizes"] = tuple((int(w), int(h)) for w, h in table["frame_sizes"])
+    if "input_sizes" in table:
+        sizes = table["input_sizes"]
+        if not isinstance(sizes, list) or not all(isinstance(v, int) and v > 0 for v in sizes):
+            raise ConfigError(f"{path}: [train] input_sizes must be a list of integers > 0")
+        table["input_sizes"] = tuple(sizes)
     table.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**table)
 
@@ -91,6 +100,19 @@ def make_batch(
     return images, targets
 
 
+def training_model(model_cfg: ModelConfig, cfg: TrainConfig, init: str | None = None) -> Any:
+    """The config's model to train: `init`'s weights if given, and with cfg.input_sizes, a
+    transform that resizes each image to one of them (torchvision picks while training)."""
+    model = build_from_config(model_cfg)
+    if init:
+        model.load_state_dict(read_checkpoint(init)["model"])
+    if cfg.input_sizes:
+        model.transform.min_size = tuple(cfg.input_sizes)
+        ratio = model_cfg.max_size / model_cfg.min_size
+        model.transform.max_size = round(max(cfg.input_sizes) * ratio)
+    return model
+
+
 def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -106,9 +128,7 @@ def train(
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     labels = tuple(model_cfg.labels)
-    model = build_from_config(model_cfg)
-    if init:
-        model.load_state_dict(read_checkpoint(init)["model"])
+    model = training_model(model_cfg, cfg, init)
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     resume_path = out.with_name(out.name + ".resume.pt")
