@@ -347,7 +347,11 @@ def serve(requests: int, replies: int, preload: Sequence[str]) -> int:
         if threads > 1:  # a fork would copy a thread's locks, not the thread
             out.write(json.dumps({"error": f"{threads} threads after preload"}) + "\n")
             continue
-        pid = _fork_stage(stage, kwargs, env, float(asked), (requests, replies))
+        try:
+            pid = _fork_stage(stage, kwargs, env, float(asked), (requests, replies))
+        except (OSError, ValueError) as e:  # no fork (out of processes or memory)
+            out.write(json.dumps({"error": f"fork failed: {e}"}) + "\n")
+            continue
         out.write(json.dumps({"pid": pid}) + "\n")
     return 0
 
