@@ -2,8 +2,9 @@
 
 It binds the pipeline file's tcp:// stats endpoint (CURVE with the file's keys, so only stages
 that hold them report in), prints a line per stream every few seconds from what the stages
-report (frames in at the sources, processed at postprocess, drops by reason), and ends when
-postprocess sent its final report (it ends after `streams` end-of-streams) or on Ctrl-C. The
+report (frames in at the sources, processed at postprocess, drops by reason), and ends once
+postprocess sent its final report (it ends after `streams` end-of-streams) and every other stage
+that reported has sent its own, waiting at most FINALS_WAIT_S for those; or on Ctrl-C. The
 end-of-run figures (every stage's counters, drops by reason) go to `report` as JSON.
 """
 
@@ -20,6 +21,11 @@ from streamseg.pipeline.spec import Pipeline
 from streamseg.wire import transport
 from streamseg.wire.curve import link_security
 from streamseg.wire.protocol import Stats
+
+FINALS_WAIT_S = 5.0
+"""After postprocess's final report, how long the others' may take: inference workers end only
+once their dispatcher has no more work for them, often after postprocess has finished, and
+their counts are in their final reports."""
 
 
 def figures(tally: Tally) -> dict[str, Any]:
@@ -56,13 +62,23 @@ def monitor(
     t0 = time.monotonic()
     next_line = t0 + every_s
     done = False
+    heard: set[str] = set()
+    finals: set[str] = set()
+    post_final: float | None = None  # when postprocess said its last
     try:
         while not done:
             msg = receiver.recv(200)
-            if isinstance(msg, Stats) and not msg.extra.get("heartbeat"):
-                tally.update(str(msg.extra.get("name", msg.stage)), msg)
-                done = msg.stage == "postprocess" and msg.final and streams > 0
             now = time.monotonic()
+            if isinstance(msg, Stats) and not msg.extra.get("heartbeat"):
+                name = str(msg.extra.get("name", msg.stage))
+                tally.update(name, msg)
+                heard.add(name)
+                if msg.final:
+                    finals.add(name)
+                if msg.stage == "postprocess" and msg.final and streams > 0 and post_final is None:
+                    post_final = now
+            if post_final is not None:
+                done = heard <= finals or now - post_final >= FINALS_WAIT_S
             if now >= next_line or done:
                 next_line = now + every_s
                 for stream, row in sorted(figures(tally)["streams"].items()):
