@@ -128,13 +128,13 @@ def test_four_hosts_over_tcp_with_curve(hosts, random_config, tmp_path):
     stranger.curve_serverkey = server.encode()
     stranger.setsockopt(zmq.LINGER, 0)
     stranger.connect(f"tcp://{inf1}:5601")
-    # the source starts once both workers are loaded: else the first one ready may do it all
-    deadline = time.monotonic() + 120
-    while not all(f"inference[{i}] is ready" in _logs(tmp_path) for i in (0, 1)):
-        assert time.monotonic() < deadline, _logs(tmp_path)
-        time.sleep(0.2)
-    procs["source"] = _stage(tmp_path, hosts["src"][0], "source", f"a={clip}", *p)
     try:
+        # the source starts once both workers are loaded: else the first one ready may do it all
+        deadline = time.monotonic() + 120
+        while not all(f"inference[{i}] is ready" in _logs(tmp_path) for i in (0, 1)):
+            assert time.monotonic() < deadline, _logs(tmp_path)
+            time.sleep(0.2)
+        procs["source"] = _stage(tmp_path, hosts["src"][0], "source", f"a={clip}", *p)
         deadline = time.monotonic() + 300
         for name in ("source", "postprocess", "inference", "worker0", "worker1", "monitor"):
             code = procs[name].wait(timeout=max(1.0, deadline - time.monotonic()))
