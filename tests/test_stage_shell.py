@@ -263,3 +263,38 @@ def test_a_stop_during_a_frames_outputs_waits_for_the_frame():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "['whole', 'stopped after', 'stopped at once']", proc.stderr
+
+
+_LOST_STOP = """
+import sys, time
+from streamseg.stage.shell import setup_process
+setup_process("t")
+class Drop:
+    def __del__(self):
+        raise {exc}  # as pyzmq's Frame.__dealloc__ when a SIGTERM lands there
+try:
+    Drop()  # freed at once: its exception cannot propagate ("unraisable")
+    for _ in range(500):
+        time.sleep(0.01)
+    print("ran on")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_a_stop_that_lands_where_it_cannot_be_raised_still_stops_the_stage():
+    out = subprocess.run(
+        [sys.executable, "-c", _LOST_STOP.format(exc="KeyboardInterrupt")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.stdout.strip() == "stopped"
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr
+
+
+def test_other_unraisable_errors_are_still_printed():
+    out = subprocess.run(
+        [sys.executable, "-c", _LOST_STOP.format(exc="ValueError('boom')")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.stdout.strip() == "ran on"
+    assert "Exception ignored" in out.stderr and "boom" in out.stderr

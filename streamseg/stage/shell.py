@@ -49,6 +49,24 @@ def process_age_s() -> float:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def _stop_again(unraisable: Any) -> None:
+    """A stop that landed where it could not be raised: ask again.
+
+    pyzmq checks for signals while it frees a received message (Frame.__dealloc__), where an
+    exception cannot propagate: the KeyboardInterrupt of a SIGTERM or Ctrl-C arriving then was
+    printed as "Exception ignored" with a traceback and lost, and the stage ran on until the
+    supervisor's next signal. Raising the signal again delivers it in the stage's own code."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        # Not from here (raising a signal here would land in this hook): SIGALRM, shortly.
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    signal.raise_signal(signal.SIGTERM)  # held, as any SIGTERM, inside uninterrupted()
+
+
 def setup_process(stage: str, *, verbose: bool = False) -> None:
     """Make this stage die with its parent (no orphans) and stop cleanly on SIGTERM."""
     if sys.platform.startswith("linux"):
@@ -62,6 +80,8 @@ def setup_process(stage: str, *, verbose: bool = False) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGALRM, _alarm)
+    sys.unraisablehook = _stop_again
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format=f"streamseg {stage}: %(message)s",
