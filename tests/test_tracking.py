@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamseg.postprocess.tracking import NO_TRACK, Tracker, box_iou, local_masks
+from streamseg.postprocess.tracking import NO_TRACK, Tracker, box_iou, local_masks, mask_colors
 from streamseg.tools import synth
 from streamseg.tools.mot import MotAccumulator
 
@@ -25,6 +25,7 @@ def step(
     masks: list[np.ndarray],
     labels: list[int] | None = None,
     scores: list[float] | None = None,
+    colors: list[tuple[float, float, float]] | None = None,
 ) -> list[int]:
     """One update with full-frame masks; boxes are the masks' boxes."""
     full = np.array(masks, bool).reshape(-1, H, W)
@@ -36,7 +37,8 @@ def step(
     n = len(full)
     labels_a = np.array(labels if labels is not None else [SQUARE] * n, np.int64)
     scores_a = np.array(scores if scores is not None else [0.9] * n, np.float32)
-    ids = tracker.update(frame, local_masks(full), boxes, labels_a, scores_a)
+    colors_a = None if colors is None else np.array(colors, np.float64).reshape(n, 3)
+    ids = tracker.update(frame, local_masks(full), boxes, labels_a, scores_a, colors_a)
     assert ids.dtype == np.int64 and ids.shape == (n,)
     return ids.tolist()
 
@@ -312,3 +314,82 @@ def test_recovery_skips_much_larger_instances() -> None:
     t = Tracker()
     assert step(t, 0, [square(10, 20, 10)]) == [1]
     assert step(t, 2, [square(22, 18, 15)]) == [1]
+
+
+RED, BLUE = (200.0, 30.0, 30.0), (30.0, 30.0, 200.0)
+
+
+def test_mask_colors_are_medians_of_the_mask_core() -> None:
+    image = np.zeros((H, W, 3), np.uint8)
+    image[:] = (0, 0, 255)  # blue background
+    image[10:20, 10:20] = (255, 0, 0)  # a red square ...
+    image[10:20, 10] = (0, 255, 0)  # ... with a green left column, as an edge blends
+    big = np.zeros((H, W), bool)
+    big[9:21, 9:21] = True  # the square and a one-pixel ring of background around it
+    tiny = np.zeros((H, W), bool)
+    tiny[40, 40:43] = True  # erodes to nothing: all its pixels count
+    image[40, 40:43] = [(10, 20, 30), (12, 22, 32), (200, 200, 200)]
+    empty = np.zeros((H, W), bool)
+    colors = mask_colors(image, local_masks(np.array([big, tiny, empty])))
+    assert colors.shape == (3, 3) and colors.dtype == np.float64
+    # Eroded by one pixel, the mask is rows/columns 10..19: 90 red pixels, 10 green.
+    assert colors[0].tolist() == [255.0, 0.0, 0.0]
+    assert colors[1].tolist() == [12.0, 22.0, 32.0]
+    assert np.isnan(colors[2]).all()
+    with pytest.raises(ValueError, match="image of 50x60, masks of 100x60"):
+        mask_colors(np.zeros((60, 50, 3), np.uint8), local_masks(np.array([big])))
+
+
+def test_colour_tells_a_new_object_from_a_hidden_one() -> None:
+    """A red square is hidden; a blue square of the same label appears where the red one is
+    expected. By shape and motion alone, the blue one takes the red one's id; by colour, it
+    gets its own, and the red one gets its id back when it comes out."""
+
+    def run(colors: bool) -> list[list[int]]:
+        t, out = Tracker(), []
+        for f in range(5):
+            out.append(step(t, f, [square(10 + 2 * f, 20)], colors=[RED] if colors else None))
+        for f in range(5, 8):  # hidden
+            out.append(step(t, f, [], colors=[] if colors else None))
+        blue, both = ([BLUE], [BLUE, RED]) if colors else (None, None)
+        for f in range(8, 11):  # a blue square where the red one would be
+            out.append(step(t, f, [square(26 + 2 * (f - 8), 20)], colors=blue))
+        # the red square comes out, next to the blue one
+        out.append(step(t, 11, [square(34, 20), square(52, 20)], colors=both))
+        return out
+
+    blind = run(colors=False)
+    assert blind[8] == [1]  # the new square took the hidden one's id
+    seen = run(colors=True)
+    assert seen[:5] == [[1]] * 5
+    assert seen[8:11] == [[2]] * 3
+    assert seen[11] == [2, 1]
+
+
+def test_colours_drift_slowly_and_can_be_unknown_or_ignored() -> None:
+    """Lighting drift of 2 per channel a frame (170 over the run) keeps the id; an unknown
+    colour (NaN) matches any; max_color_distance=0 ignores colours."""
+    t = Tracker()
+    for f in range(86):
+        c = (200.0 - 2 * f, 30.0 + 2 * f, 30.0 + 2 * f)
+        assert step(t, f, [square(10 + f // 3, 20)], colors=[c]) == [1]
+    assert step(t, 86, [square(38, 20)], colors=[(np.nan, np.nan, np.nan)]) == [1]
+    # A jump in colour is another object, even in the same place ...
+    t = Tracker()
+    step(t, 0, [square(10, 20)], colors=[RED])
+    assert step(t, 1, [square(10, 20)], colors=[BLUE]) == [2]
+    # ... unless colours are switched off.
+    t = Tracker(max_color_distance=0.0)
+    step(t, 0, [square(10, 20)], colors=[RED])
+    assert step(t, 1, [square(10, 20)], colors=[BLUE]) == [1]
+
+
+def test_colour_settings_and_shapes_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_color_distance must be >= 0"):
+        Tracker(max_color_distance=-1.0)
+    with pytest.raises(ValueError, match="color_weight must be in"):
+        Tracker(color_weight=0.0)
+    masks = local_masks(np.array([square(10, 20)]))
+    box, label, score = np.array([[10, 20, 20, 30]]), np.array([SQUARE]), np.array([0.9])
+    with pytest.raises(ValueError, match="1 masks but 1 boxes, 1 labels, 1 scores, 2 colours"):
+        Tracker().update(0, masks, box, label, score, np.array([RED, BLUE]))

@@ -28,7 +28,7 @@ class Pipeline:
     hwdecode: str = "auto"
     track: bool = True
     """Give every instance a track id (postprocess.tracking), per stream."""
-    track_max_missed: int = 30
+    track_max_missed: int = 60
     """A track survives this many frames without its object (occlusion, a missed detection)."""
     keys: str = ""
     """CURVE keypair DIR/NAME every stage holds; tcp:// links between stages then admit only
@@ -113,7 +113,7 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         publish=str(post.get("publish", "")),
         hwdecode=str(src.get("hwdecode", "auto")),
         track=bool(post.get("track", True)),
-        track_max_missed=int(post.get("track_max_missed", 30)),
+        track_max_missed=int(post.get("track_max_missed", 60)),
         hang_s=float(data.get("supervisor", {}).get("hang_s", 2.0)),
         workers=_workers(path, inf.get("workers", 1)),
         devices=tuple(str(d) for d in inf.get("devices", [])),

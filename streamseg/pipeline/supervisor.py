@@ -221,7 +221,8 @@ def run(
             "streams": n,
             "live": live,
             "depth": pipeline.depth,
-            "forward_images": bool(video) or serve is not None,
+            # postprocess renders (video, live view) or tells tracked objects apart by colour
+            "forward_images": bool(video) or serve is not None or pipeline.track,
         },
     )
     source_names = {spec.stream: source_name(spec.stream) for spec in sources}

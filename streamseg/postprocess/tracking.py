@@ -29,7 +29,10 @@ Algorithm, per frame:
       ``duplicate_overlap``): a duplicate of that object, often with another label.
    IoU and coverage are computed on the crops, only for pairs whose rectangles overlap: cost
    follows instance area, not frame area. Different labels never match unless
-   ``cross_label_weight`` > 0.
+   ``cross_label_weight`` > 0. Where the caller gives each instance's colour
+   (:func:`mask_colors`), a track never takes an instance whose colour is further than
+   ``max_color_distance`` from the track's: two shapes of one label that cross, or a new
+   object where a hidden one is expected, differ in colour where they do not in shape.
 4. Matched tracks take the new mask; unmatched instances with score >= ``new_track_score``
    start new tentative tracks (ids 1, 2, 3, ... per tracker, never reused: the id of a
    tentative track that ends is not given again); the rest get id -1.
@@ -52,6 +55,7 @@ NO_TRACK = -1  # id of an instance that neither continues a track nor may start 
 # than the prediction: a new object where a fast one was last seen must not take its id.
 _STILL_WEIGHT = 0.5
 _NEAR = 1e-9  # least nearness of a third-pass match (any distance within the radius)
+_MIN_CORE = 10  # px: a mask eroded to fewer pixels gives its colour from all its pixels
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,7 @@ class _Track:
     moving: bool  # velocity has been measured
     hits: int  # frames matched to an instance that is not a duplicate (see Tracker)
     confirmed: bool  # hits reached min_hits once
+    color: np.ndarray  # float64[3], running mean colour of its masks; NaN: none measured
 
 
 class Tracker:
@@ -189,6 +194,11 @@ class Tracker:
             tentative track's match with such an instance count towards min_hits.
         cross_label_weight: similarities of a track and an instance of different labels are
             multiplied by this (the track takes the new label); 0 (default): never match.
+        max_color_distance: where :meth:`update` is given colours, a track and an instance
+            whose colours (RGB, 0-255 per channel) lie further apart than this never match,
+            in any pass. 0: colours are not used.
+        color_weight: weight of a new instance's colour in its track's running colour
+            (lighting drifts).
         max_missed: frames (by frame number) a confirmed track survives without a match: an
             object hidden or missed in up to this many consecutive frames comes back with
             its id.
@@ -217,6 +227,7 @@ class Tracker:
         min_iou: float = 0.2,
         min_coverage: float = 0.5,
         cross_label_weight: float = 0.0,
+        max_color_distance: float = 50.0,
         recover_radius: float = 1.5,
         recover_max_area: float = 1.5,
         duplicate_overlap: float = 0.8,
@@ -229,6 +240,7 @@ class Tracker:
         velocity_weight: float = 0.5,
         complete_fraction: float = 0.8,
         area_decay: float = 0.98,
+        color_weight: float = 0.3,
     ) -> None:
         for name, value in (
             ("min_iou", min_iou),
@@ -237,6 +249,7 @@ class Tracker:
             ("complete_fraction", complete_fraction),
             ("area_decay", area_decay),
             ("duplicate_overlap", duplicate_overlap),
+            ("color_weight", color_weight),
         ):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"Tracker: {name} must be in (0, 1], got {value}")
@@ -252,11 +265,15 @@ class Tracker:
                 raise ValueError(f"Tracker: {name} must be >= 0, got {count}")
         if min_hits < 1:
             raise ValueError(f"Tracker: min_hits must be >= 1, got {min_hits}")
+        if not max_color_distance >= 0.0:
+            raise ValueError(f"Tracker: max_color_distance must be >= 0, got {max_color_distance}")
         if recover_max_area <= 0.0:
             raise ValueError(f"Tracker: recover_max_area must be > 0, got {recover_max_area}")
         self.min_iou = min_iou
         self.min_coverage = min_coverage
         self.cross_label_weight = cross_label_weight
+        self.max_color_distance = max_color_distance
+        self.color_weight = color_weight
         self.recover_radius = recover_radius
         self.recover_max_area = recover_max_area
         self.duplicate_overlap = duplicate_overlap
@@ -282,6 +299,7 @@ class Tracker:
         boxes: np.ndarray,
         labels: np.ndarray,
         scores: np.ndarray,
+        colors: np.ndarray | None = None,
     ) -> np.ndarray:
         """Link one frame's instances to the tracks; return their track ids.
 
@@ -293,6 +311,8 @@ class Tracker:
             boxes: float[N, 4], xyxy, frame pixels; stand in for an instance's empty mask.
             labels: int[N], label ids.
             scores: float[N], in [0, 1].
+            colors: float[N, 3], each instance's colour (:func:`mask_colors`; NaN: unknown),
+                or None: association by shape and motion only.
 
         Returns:
             int64[N], each instance's track id (>= 1), or -1 (``NO_TRACK``) for an unmatched
@@ -302,10 +322,15 @@ class Tracker:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         labels = np.asarray(labels).reshape(-1)
         scores = np.asarray(scores).reshape(-1)
-        if not (len(boxes) == len(labels) == len(scores) == n):
+        colors = (
+            np.full((n, 3), np.nan)
+            if colors is None
+            else np.asarray(colors, np.float64).reshape(-1, 3)
+        )
+        if not (len(boxes) == len(labels) == len(scores) == len(colors) == n):
             raise ValueError(
                 f"Tracker.update: {n} masks but {len(boxes)} boxes, {len(labels)} labels, "
-                f"{len(scores)} scores"
+                f"{len(scores)} scores, {len(colors)} colours"
             )
         if self._last_frame is not None and frame <= self._last_frame:
             raise ValueError(
@@ -327,6 +352,9 @@ class Tracker:
         ]
         iou, coverage = self._similarity(frame, dets, boxes, labels, masks.frame_size)
         nearness = self._nearness(frame, dets, labels, masks.frame_size)
+        if self.max_color_distance > 0.0 and self._tracks:
+            other = self._color_distance(colors) > self.max_color_distance  # NaN: False
+            iou[other] = coverage[other] = nearness[other] = 0.0
         overlapping = _overlapping(dets, self.duplicate_overlap)
         confirmed = np.array([t.confirmed for t in self._tracks], bool)
         track_free = np.ones(len(self._tracks), bool)
@@ -351,10 +379,12 @@ class Tracker:
         for t, d in pairs:
             track = self._tracks[t]
             self._continue(track, frame, dets[d], boxes[d], int(labels[d]), not duplicate[d])
+            self._see_color(track, colors[d])
             ids[d] = track.id
         for d in range(n):
             if ids[d] == NO_TRACK and scores[d] >= self.new_track_score:
                 ids[d] = self._start(frame, dets[d], boxes[d], int(labels[d]), not duplicate[d])
+                self._see_color(self._tracks[-1], colors[d])
         return ids
 
     # --- association -----------------------------------------------------------------------
@@ -474,7 +504,22 @@ class Tracker:
             near[t] = np.where(ok & (dist < radius), 1.0 - dist / max(radius, 1e-9), 0.0)
         return near
 
+    def _color_distance(self, colors: np.ndarray) -> np.ndarray:
+        """float64[T, N]: RGB distance of each track's colour to each instance's; NaN where
+        either is unknown."""
+        track_colors = np.array([t.color for t in self._tracks], np.float64).reshape(-1, 3)
+        return np.linalg.norm(track_colors[:, None, :] - colors[None, :, :], axis=2)
+
     # --- track state -----------------------------------------------------------------------
+
+    def _see_color(self, track: _Track, color: np.ndarray) -> None:
+        """Fold an instance's colour (NaN: unknown) into its track's running colour."""
+        if np.isnan(color).any():
+            return
+        if np.isnan(track.color).any():
+            track.color = color.copy()
+        else:
+            track.color = (1.0 - self.color_weight) * track.color + self.color_weight * color
 
     def _continue(
         self, track: _Track, frame: int, det: _Crop, box: np.ndarray, label: int, hit: bool
@@ -516,10 +561,47 @@ class Tracker:
             moving=False,
             hits=int(hit),
             confirmed=self.min_hits == 1,
+            color=np.full(3, np.nan),
         )
         self._next_id += 1
         self._tracks.append(track)
         return track.id
+
+
+def mask_colors(image: np.ndarray, masks: LocalMasks) -> np.ndarray:
+    """Each instance's colour: the per-channel median of the image under its mask.
+
+    The mask is first eroded by one pixel (4-neighbourhood), because its edge pixels blend
+    with what lies around the object; a mask that erodes to fewer than 10 pixels uses all of
+    its pixels.
+
+    Args:
+        image: uint8[H, W, 3], the frame the masks belong to (any channel order, the same
+            for every frame of a stream).
+        masks: the frame's N masks (:class:`LocalMasks`), of the same (H, W).
+
+    Returns:
+        float64[N, 3]; NaN for an empty mask.
+    """
+    out = np.full((len(masks), 3), np.nan)
+    frame_h, frame_w = masks.frame_size
+    if image.shape[:2] != (frame_h, frame_w):
+        raise ValueError(
+            f"mask_colors: image of {image.shape[1]}x{image.shape[0]}, masks of {frame_w}x{frame_h}"
+        )
+    for i in range(len(masks)):
+        x0, y0 = int(masks.x0[i]), int(masks.y0[i])
+        mask = masks.masks[i, : masks.h[i], : masks.w[i]]
+        mask = mask[: frame_h - y0, : frame_w - x0]  # crops never reach past the frame
+        if not mask.any():
+            continue
+        padded = np.pad(mask, 1)
+        core = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        if np.count_nonzero(core) >= _MIN_CORE:
+            mask = core
+        crop = image[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
+        out[i] = np.median(crop[mask], axis=0)
+    return out
 
 
 def _overlapping(dets: list[_Crop], least: float) -> np.ndarray:
