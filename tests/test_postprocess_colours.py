@@ -1,4 +1,4 @@
-"""Postprocess gives the tracker each instance's colour from the forwarded frame."""
+"""Postprocess gives the tracker the colours that inference measured."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ import numpy as np
 
 from streamseg.postprocess.main import _track
 from streamseg.postprocess.results import make_result
-from streamseg.wire.protocol import Detections
+from streamseg.wire.protocol import Detections, decode, encode
 
 H, W = 120, 160
 
 
-def detections(frame: int, colour: tuple[int, int, int] | None) -> Detections:
-    """One square at (40..80, 30..70); the frame shows it in `colour` (None: no frame)."""
-    image = None
-    if colour is not None:
-        image = np.full((H, W, 3), 90, np.uint8)
-        image[30:70, 40:80] = colour
-    return Detections(
+def detections(frame: int, colour: tuple[float, float, float] | None) -> Detections:
+    """One square at (40..80, 30..70) of `colour` (None: not measured), through the wire."""
+    det = Detections(
         stream="cam",
         frame=frame,
         pts=frame / 30,
@@ -28,11 +24,12 @@ def detections(frame: int, colour: tuple[int, int, int] | None) -> Detections:
         scores=np.array([0.9], np.float32),
         labels=np.array([2], np.int64),
         masks=np.ones((1, 28, 28), np.float32),
-        image=image,
+        colors=None if colour is None else np.array([colour], np.float32),
     )
+    return decode([bytearray(memoryview(p)) for p in encode(det)])
 
 
-def ids(colours: list[tuple[int, int, int] | None]) -> list[int | None]:
+def ids(colours: list[tuple[float, float, float] | None]) -> list[int | None]:
     trackers: dict = {}
     out = []
     for frame, colour in enumerate(colours):
@@ -44,7 +41,7 @@ def ids(colours: list[tuple[int, int, int] | None]) -> list[int | None]:
 
 
 def test_a_colour_change_in_place_is_a_new_object() -> None:
-    red, blue = (220, 20, 20), (20, 20, 220)
+    red, blue = (220.0, 20.0, 20.0), (20.0, 20.0, 220.0)
     assert ids([red] * 4 + [blue] * 2) == [1, 1, 1, 1, 2, 2]
-    # Without the frame, shape and motion alone: the same object.
+    # Without colours, shape and motion alone: the same object.
     assert ids([None] * 6) == [1] * 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamseg.postprocess.tracking import NO_TRACK, Tracker, box_iou, local_masks, mask_colors
+from streamseg.postprocess.tracking import NO_TRACK, Tracker, box_iou, local_masks
 from streamseg.tools import synth
 from streamseg.tools.mot import MotAccumulator
 
@@ -317,41 +317,6 @@ def test_recovery_skips_much_larger_instances() -> None:
 
 
 RED, BLUE = (200.0, 30.0, 30.0), (30.0, 30.0, 200.0)
-
-
-def test_mask_colors_are_medians_of_the_mask_core() -> None:
-    image = np.zeros((H, W, 3), np.uint8)
-    image[:] = (0, 0, 255)  # blue background
-    image[10:20, 10:20] = (255, 0, 0)  # a red square ...
-    image[10:20, 10] = (0, 255, 0)  # ... with a green left column, as an edge blends
-    big = np.zeros((H, W), bool)
-    big[9:21, 9:21] = True  # the square and a one-pixel ring of background around it
-    tiny = np.zeros((H, W), bool)
-    tiny[40, 40:43] = True  # erodes to nothing: all its pixels count
-    image[40, 40:43] = [(10, 20, 30), (12, 22, 32), (200, 200, 200)]
-    empty = np.zeros((H, W), bool)
-    colors = mask_colors(image, local_masks(np.array([big, tiny, empty])))
-    assert colors.shape == (3, 3) and colors.dtype == np.float64
-    # Eroded by one pixel, the mask is rows/columns 10..19: 90 red pixels, 10 green.
-    assert colors[0].tolist() == [255.0, 0.0, 0.0]
-    assert colors[1].tolist() == [12.0, 22.0, 32.0]
-    assert np.isnan(colors[2]).all()
-    with pytest.raises(ValueError, match="image of 50x60, masks of 100x60"):
-        mask_colors(np.zeros((60, 50, 3), np.uint8), local_masks(np.array([big])))
-
-
-def test_mask_colors_of_a_large_mask_read_on_a_grid() -> None:
-    """A 302 x 302 crop is read on a grid of every 4th pixel; the median is still exact."""
-    image = np.zeros((480, 640, 3), np.uint8)
-    image[:] = (0, 0, 255)
-    image[100:400, 200:500] = (0, 255, 0)  # a green ring of 2 px ...
-    image[102:398, 202:498] = (255, 0, 0)  # ... around a red square
-    mask = np.zeros((480, 640), bool)
-    mask[99:401, 199:501] = True  # with a one-pixel ring of background
-    rng = np.random.default_rng(0)
-    holes = rng.random((480, 640)) < 0.02  # and a few pixels the model missed
-    colors = mask_colors(image, local_masks(np.array([mask & ~holes])))
-    assert colors.tolist() == [[255.0, 0.0, 0.0]]
 
 
 def test_colour_tells_a_new_object_from_a_hidden_one() -> None:

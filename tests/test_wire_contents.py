@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from streamseg.accounting import Counters
+from streamseg.inference.colors import instance_colors
 from streamseg.postprocess.render import draw_instances
 from streamseg.postprocess.results import make_result
 from streamseg.postprocess.streams import StreamBook
@@ -67,7 +68,7 @@ def frame(pts: float = 0.0, h: int = 6, w: int = 8) -> Frame:
     return Frame("clip", 0, float(pts), 1718000000.125, image)
 
 
-def detections(n: int = 2, *, image: bool = True, m: int = 28) -> Detections:
+def detections(n: int = 2, *, image: bool = True, m: int = 28, colors: bool = True) -> Detections:
     """inference.main from Executor's output (torch tensors .float().cpu().numpy())."""
     f = frame(h=48, w=64)
     boxes = torch.tensor([[4.0, 5.0, 30.5, 40.0], [10.0, 0.0, 64.0, 48.0]]).repeat(n, 1)[:n]
@@ -82,6 +83,7 @@ def detections(n: int = 2, *, image: bool = True, m: int = 28) -> Detections:
         f.stream, f.frame, f.pts, f.wall_time, w, h,
         r["boxes"], r["scores"], r["labels"], r["masks"],
         f.image if image else None, 12.5, 4,
+        colors=instance_colors(f.image, r["boxes"], r["masks"]) if colors else None,
     )  # fmt: skip
 
 
@@ -176,8 +178,8 @@ def test_frames_round_trip(pts: float) -> None:
 @pytest.mark.parametrize(
     "det",
     [detections(), detections(image=False), detections(0), detections(0, image=False),
-     detections(1, m=1)],
-    ids=["with-image", "no-image", "empty", "empty-no-image", "1x1-mask"],
+     detections(1, m=1), detections(colors=False)],
+    ids=["with-image", "no-image", "empty", "empty-no-image", "1x1-mask", "no-colors"],
 )  # fmt: skip
 def test_detections_round_trip(det: Detections) -> None:
     out = _round_trip(det)
@@ -187,6 +189,9 @@ def test_detections_round_trip(det: Detections) -> None:
         assert got.dtype == sent.dtype and got.shape == sent.shape
         np.testing.assert_array_equal(got, sent)
     assert (out.image is None) == (det.image is None)
+    assert (out.colors is None) == (det.colors is None)
+    if det.colors is not None:
+        np.testing.assert_array_equal(out.colors, det.colors)  # NaN (unknown) included
     assert (out.width, out.height, out.infer_ms, out.batch) == (64, 48, 12.5, 4)
 
 
@@ -500,6 +505,9 @@ def _det(**changes: Any) -> list[bytes]:
         ({"image": np.zeros((48, 64), np.uint8)}, "image"),
         ({"image": np.zeros((64, 48, 3), np.uint8)}, "image"),  # not [height, width, 3]
         ({"image": np.zeros((48, 64, 3), np.float32)}, "image"),
+        ({"colors": np.zeros((1, 3), np.float32)}, "colors"),
+        ({"colors": np.zeros((2, 4), np.float32)}, "colors"),
+        ({"colors": np.zeros((2, 3), np.uint8)}, "colors"),
     ],
 )
 def test_detections_arrays_are_consistent(changes: dict[str, Any], field: str) -> None:
@@ -517,7 +525,8 @@ def _poisoned(name: str, index: tuple[int, ...], value: float) -> list[bytes]:
     [("boxes", (0, 1), v) for v in (NAN, INF, -INF, 2e6, -2e6)]
     + [("scores", (1,), v) for v in (NAN, 1.5, -0.1, INF)]
     + [("masks", (1, 3, 4), v) for v in (NAN, INF, -INF)]
-    + [("labels", (0,), -1)],
+    + [("labels", (0,), -1)]
+    + [("colors", (1, 2), v) for v in (INF, -INF, 255.5, -1.0)],  # NaN: unknown, allowed
 )
 def test_detections_values_are_in_range(name: str, index: tuple[int, ...], value: float) -> None:
     _refused(_poisoned(name, index, value), f"Detections: {name}")
@@ -635,3 +644,10 @@ def test_stats_accept_counters_they_do_not_know() -> None:
     counters = {"clip": {"in": 1, "gpu": {"mem_mb": [1, 2.5, None]}, "note": "warm"}}
     msg = Stats("inference", counters, extra={"model": {"name": "shapes", "fp16": False}})
     assert _round_trip(msg) == msg
+
+
+def test_detections_colours_may_be_unknown() -> None:
+    det = detections()
+    unknown = Detections(**{**det.__dict__, "colors": np.full((2, 3), NAN, np.float32)})
+    out = _round_trip(unknown)
+    assert isinstance(out, Detections) and np.isnan(out.colors).all()

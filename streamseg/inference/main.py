@@ -19,6 +19,7 @@ import torch
 from streamseg.accounting import Counters
 from streamseg.config import ModelConfig, from_dict
 from streamseg.inference.batching import Batch, Batcher
+from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
 from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
@@ -171,6 +172,9 @@ def serve(
                         f.stream, f.frame, f.pts, f.wall_time, w, h,
                         r["boxes"], r["scores"], r["labels"], r["masks"],
                         f.image if forward_images else None, dt * 1000.0, len(batch.frames),
+                        colors=instance_colors(
+                            f.image, r["boxes"], r["masks"], cfg.mask_threshold
+                        ),
                     )  # fmt: skip
                     with BusyTimer(reporter, what="wait_out"):  # postprocess behind
                         transport.send(push, det, auth=tokens.own)

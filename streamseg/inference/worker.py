@@ -20,6 +20,7 @@ import torch
 
 from streamseg.accounting import Counters
 from streamseg.config import ModelConfig, from_dict
+from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
@@ -109,6 +110,7 @@ def serve(
                 f.stream, f.frame, f.pts, f.wall_time, w, h,
                 r["boxes"], r["scores"], r["labels"], r["masks"],
                 f.image if forward_images else None, dt * 1000.0, len(frames), prev=f.prev,
+                colors=instance_colors(f.image, r["boxes"], r["masks"], cfg.mask_threshold),
             )  # fmt: skip
             transport.send(push, det, auth=tokens.own)
             counters.count_out(f.stream)

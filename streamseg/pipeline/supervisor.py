@@ -221,8 +221,7 @@ def run(
             "streams": n,
             "live": live,
             "depth": pipeline.depth,
-            # postprocess renders (video, live view) or tells tracked objects apart by colour
-            "forward_images": bool(video) or serve is not None or pipeline.track,
+            "forward_images": bool(video) or serve is not None,
         },
     )
     source_names = {spec.stream: source_name(spec.stream) for spec in sources}

@@ -33,7 +33,7 @@ from streamseg.postprocess.results import make_result, with_track_ids
 from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
 from streamseg.postprocess.timeline import LiveTimeline
-from streamseg.postprocess.tracking import NO_TRACK, Tracker, mask_colors
+from streamseg.postprocess.tracking import NO_TRACK, Tracker
 from streamseg.stage.shell import (
     BusyTimer,
     StatsReporter,
@@ -110,13 +110,12 @@ def _track(
     trackers: dict[str, Tracker], det: Detections, local: LocalMasks, settings: dict[str, Any]
 ) -> list[int | None]:
     """The frame's track ids, from its stream's tracker (frames of a stream come in order).
-    With the frame forwarded, instances' colours help tell objects of one label apart."""
+    The instances' colours, measured by inference, help tell objects of one label apart."""
     tracker = trackers.get(det.stream)
     if tracker is None:
         tracker = trackers[det.stream] = Tracker(**settings)
-    colors = None if det.image is None else mask_colors(det.image, local)
     try:
-        ids = tracker.update(det.frame, local, det.boxes, det.labels, det.scores, colors)
+        ids = tracker.update(det.frame, local, det.boxes, det.labels, det.scores, det.colors)
     except ValueError as e:  # a frame out of order: its instances go untracked, once said
         log.warning("%s: frame %d not tracked (%s)", det.stream, det.frame, e)
         return [None] * len(det.scores)

@@ -29,10 +29,11 @@ Algorithm, per frame:
       ``duplicate_overlap``): a duplicate of that object, often with another label.
    IoU and coverage are computed on the crops, only for pairs whose rectangles overlap: cost
    follows instance area, not frame area. Different labels never match unless
-   ``cross_label_weight`` > 0. Where the caller gives each instance's colour
-   (:func:`mask_colors`), a track never takes an instance whose colour is further than
-   ``max_color_distance`` from the track's: two shapes of one label that cross, or a new
-   object where a hidden one is expected, differ in colour where they do not in shape.
+   ``cross_label_weight`` > 0. Where the caller gives each instance's colour (the
+   inference stage measures it: ``streamseg.inference.colors``), a track never takes an
+   instance whose colour is further than ``max_color_distance`` from the track's: two shapes
+   of one label that cross, or a new object where a hidden one is expected, differ in colour
+   where they do not in shape.
 4. Matched tracks take the new mask; unmatched instances with score >= ``new_track_score``
    start new tentative tracks (ids 1, 2, 3, ... per tracker, never reused: the id of a
    tentative track that ends is not given again); the rest get id -1.
@@ -55,8 +56,6 @@ NO_TRACK = -1  # id of an instance that neither continues a track nor may start 
 # than the prediction: a new object where a fast one was last seen must not take its id.
 _STILL_WEIGHT = 0.5
 _NEAR = 1e-9  # least nearness of a third-pass match (any distance within the radius)
-_MIN_CORE = 10  # px: a mask eroded to fewer pixels gives its colour from all its pixels
-_COLOR_SAMPLES = 4096  # a crop of more pixels is read on a grid of about this many
 
 
 @dataclass(frozen=True)
@@ -312,8 +311,9 @@ class Tracker:
             boxes: float[N, 4], xyxy, frame pixels; stand in for an instance's empty mask.
             labels: int[N], label ids.
             scores: float[N], in [0, 1].
-            colors: float[N, 3], each instance's colour (:func:`mask_colors`; NaN: unknown),
-                or None: association by shape and motion only.
+            colors: float[N, 3], each instance's colour (RGB, 0-255; NaN: unknown), as
+                ``streamseg.inference.colors.instance_colors`` measures it, or None:
+                association by shape and motion only.
 
         Returns:
             int64[N], each instance's track id (>= 1), or -1 (``NO_TRACK``) for an unmatched
@@ -567,54 +567,6 @@ class Tracker:
         self._next_id += 1
         self._tracks.append(track)
         return track.id
-
-
-def mask_colors(image: np.ndarray, masks: LocalMasks) -> np.ndarray:
-    """Each instance's colour: the per-channel median of the image under its mask.
-
-    The mask is first eroded by one pixel (4-neighbourhood), because its edge pixels blend
-    with what lies around the object; a mask that erodes to fewer than 10 pixels uses all of
-    its pixels. A crop of more than 4096 pixels is read on a grid (every k-th row and
-    column, k = floor(sqrt(pixels / 4096))) and eroded by one grid step: the cost per
-    instance stays bounded, and a median of evenly spread pixels is as good.
-
-    Args:
-        image: uint8[H, W, 3], the frame the masks belong to (any channel order, the same
-            for every frame of a stream).
-        masks: the frame's N masks (:class:`LocalMasks`), of the same (H, W).
-
-    Returns:
-        float64[N, 3]; NaN for an empty mask.
-    """
-    out = np.full((len(masks), 3), np.nan)
-    frame_h, frame_w = masks.frame_size
-    if image.shape[:2] != (frame_h, frame_w):
-        raise ValueError(
-            f"mask_colors: image of {image.shape[1]}x{image.shape[0]}, masks of {frame_w}x{frame_h}"
-        )
-    for i in range(len(masks)):
-        x0, y0 = int(masks.x0[i]), int(masks.y0[i])
-        h, w = min(int(masks.h[i]), frame_h - y0), min(int(masks.w[i]), frame_w - x0)
-        if h <= 0 or w <= 0:
-            continue
-        step = max(1, math.isqrt(h * w // _COLOR_SAMPLES))
-        for stride in (step, 1) if step > 1 else (1,):
-            mask = masks.masks[i, :h:stride, :w:stride]
-            if mask.any():
-                break
-        else:
-            continue  # an empty mask
-        core = mask.copy()  # eroded by one (grid) pixel; outside the crop is background
-        core[0], core[-1], core[:, 0], core[:, -1] = False, False, False, False
-        core[1:] &= mask[:-1]
-        core[:-1] &= mask[1:]
-        core[:, 1:] &= mask[:, :-1]
-        core[:, :-1] &= mask[:, 1:]
-        if np.count_nonzero(core) >= _MIN_CORE:
-            mask = core
-        pixels = image[y0 : y0 + h : stride, x0 : x0 + w : stride][mask]
-        out[i] = np.median(pixels, axis=0)
-    return out
 
 
 def _overlapping(dets: list[_Crop], least: float) -> np.ndarray:

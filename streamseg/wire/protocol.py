@@ -106,6 +106,8 @@ class Detections:
     labels: int64[N], label ids (0 is background, never present).
     masks:  float32[N, M, M], the mask head's probabilities (M = 28 for torchvision).
     image:  uint8[H, W, 3] RGB, only when a downstream stage renders; else None.
+    colors: float32[N, 3], each instance's colour (inference.colors; NaN: unknown), for the
+            tracker; None: not measured.
     """
 
     stream: str
@@ -124,6 +126,7 @@ class Detections:
     batch: int = 1
     prev: int = -1
     """The frame's `Frame.prev` (optional on the wire: absent means -1)."""
+    colors: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -305,9 +308,9 @@ Message = StreamStart | Frame | Detections | EndOfStream | Result | Stats | Cred
 
 _ARRAY_FIELDS: dict[type, tuple[str, ...]] = {
     Frame: ("image",),
-    Detections: ("boxes", "scores", "labels", "masks", "image"),
+    Detections: ("boxes", "scores", "labels", "masks", "image", "colors"),
 }
-_OPTIONAL_ARRAYS: dict[type, tuple[str, ...]] = {Detections: ("image",)}
+_OPTIONAL_ARRAYS: dict[type, tuple[str, ...]] = {Detections: ("image", "colors")}
 _OPTIONAL_PREV = (Frame, Detections)
 _TYPES: dict[str, type] = {
     "start": StreamStart,
@@ -698,7 +701,11 @@ def _check_detections(f: dict[str, Any]) -> dict[str, Any]:
     _in_range(scores, "scores", 0.0, 1.0)
     _in_range(labels, "labels", 0, _MAX_INT)
     _in_range(masks, "masks", -math.inf, math.inf)
-    image = f["image"]
+    image, colors = f["image"], f["colors"]
+    if colors is not None:
+        colors = _shaped(colors, "colors", "float32", (n, 3))
+        known = colors[~np.isnan(colors)]  # NaN: unknown
+        _in_range(known, "colors (NaN aside)", 0.0, 255.0)
     return {
         "stream": check_name(f["stream"], "stream"),
         "frame": _int(f["frame"], "frame"),
@@ -714,6 +721,7 @@ def _check_detections(f: dict[str, Any]) -> dict[str, Any]:
         "infer_ms": _float(f["infer_ms"], "infer_ms", lo=0.0),
         "batch": _int(f["batch"], "batch", lo=1),
         "prev": _int(f["prev"], "prev", lo=-1),
+        "colors": colors,
     }
 
 
