@@ -17,8 +17,9 @@ from streamseg.tools.synth import (
     BACKGROUNDS,
     CIRCLE,
     CLASSES,
+    LOW_CONTRAST_RANGE,
     MAX_SHAPES,
-    MAX_WARMUP,
+    MIN_BG_CONTRAST,
     SQUARE,
     TRIANGLE,
     Sample,
@@ -26,8 +27,12 @@ from streamseg.tools.synth import (
     World,
     degrade,
     make_shape,
+    occlude,
     random_background,
     random_sample,
+    random_shapes,
+    render_shapes,
+    training_render,
     write_clip,
 )
 
@@ -297,14 +302,91 @@ def test_degrade_changes_pixels_not_truth() -> None:
     assert min(diffs) > 0 and max(diffs) > 10  # lighting changes
     # A degraded training frame keeps the exact truth of its clean render.
     sample = random_sample(np.random.default_rng(9), 320, 240)
-    rng = np.random.default_rng(9)
-    world = World(320, 240, rng)
-    for _ in range(int(rng.integers(MAX_WARMUP))):
-        world.step()
-    clean = world.render()
+    clean = training_render(np.random.default_rng(9), 320, 240)
     assert np.array_equal(sample.masks, clean.masks) and len(clean.labels) > 0
     assert np.array_equal(sample.labels, clean.labels)
+    assert np.array_equal(sample.boxes, clean.boxes)
     assert not np.array_equal(sample.image, clean.image)
+
+
+def visible_shares(worlds: list[World]) -> np.ndarray:
+    """Per instance whose whole shape lies in the frame: visible pixels / the shape's pixels."""
+    shares = []
+    for world in worlds:
+        sample = world.render()
+        for mask, obj in zip(sample.masks, sample.objects.tolist(), strict=True):
+            alone = render_shapes(world.background, [world.shapes[obj]], 0).masks
+            if len(alone) == 1:
+                shares.append(mask.sum() / alone[0].sum())
+    return np.array(shares)
+
+
+def test_training_world_has_faint_shapes() -> None:
+    """Training shapes can barely stand out (LOW_CONTRAST_RANGE from the background); clip
+    shapes keep MIN_BG_CONTRAST."""
+    bg = solid(160, 120)
+    ref = np.array(BG, np.float32)
+    lo, hi = LOW_CONTRAST_RANGE
+    for low_contrast, want in ((0.0, "strong"), (1.0, "faint")):
+        rng = np.random.default_rng(4)
+        dist = np.array(
+            [
+                np.linalg.norm(np.array(s.color, np.float32) - ref)
+                for _ in range(40)
+                for s in random_shapes(rng, 160, 120, bg, low_contrast=low_contrast)
+            ]
+        )
+        if want == "strong":
+            assert (dist >= MIN_BG_CONTRAST).mean() > 0.95
+        else:  # rounding to integers moves a colour by < 1
+            assert ((dist >= lo - 1) & (dist <= hi + 1)).mean() > 0.9
+            assert dist.min() >= lo - 1 and np.median(dist) < MIN_BG_CONTRAST
+
+
+def test_training_world_has_eclipses() -> None:
+    """With eclipses, many more instances show a quarter of their shape or less."""
+    counts = {}
+    for eclipse in (0.0, 1.0):
+        rng = np.random.default_rng(6)
+        worlds = [
+            World(320, 240, rng, background=solid(320, 240), eclipse=eclipse) for _ in range(80)
+        ]
+        shares = visible_shares(worlds)
+        assert len(shares) > 100
+        counts[eclipse] = int((shares <= 0.25).sum())
+    assert counts[1.0] >= 2 * counts[0.0] + 10
+
+
+def test_occlude_cuts_masks_exactly() -> None:
+    big = make_shape(SQUARE, 100, (200, 30, 30), 80, 60)
+    small = make_shape(CIRCLE, 8, (30, 200, 30), 140, 20)
+    sample = render_shapes(solid(160, 120), [big, small], min_area=4)
+    check_sample(sample, 160, 120)
+    big_area = int(sample.masks[0].sum())
+    cut = 0
+    for seed in range(20):
+        out = occlude(sample, np.random.default_rng(seed), min_area=4)
+        check_sample(out, 160, 120)
+        changed = np.any(out.image != sample.image, axis=2)
+        assert changed.any()
+        # Each kept instance is its old mask less the changed pixels (an occluder of exactly
+        # the shape's colour would not show, hence "no changed pixel" rather than equality).
+        for j, obj in enumerate(out.objects.tolist()):
+            assert not np.any(out.masks[j] & ~sample.masks[obj])
+            assert not np.any(out.masks[j] & changed)
+            assert out.labels[j] == sample.labels[obj]
+        cut += int(out.masks[out.objects == 0].sum()) < big_area
+        # With min_area = the big square's area, it leaves the truth exactly when it is cut.
+        strict = occlude(sample, np.random.default_rng(seed), min_area=big_area)
+        assert (0 in strict.objects.tolist()) == (not np.any(sample.masks[0] & changed))
+    assert cut >= 5
+
+
+def test_occlude_empty() -> None:
+    sample = render_shapes(solid(64, 48), [], min_area=4)
+    out = occlude(sample, np.random.default_rng(0), min_area=4)
+    check_sample(out, 64, 48)
+    assert len(out.labels) == 0 and out.objects.shape == (0,)
 
 
 def test_objects_and_identities() -> None:

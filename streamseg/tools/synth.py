@@ -8,9 +8,11 @@ rasterizer, so each instance's mask is exactly its visible pixels. Backgrounds a
 gradient, smooth noise, blocky noise, or one of these with clutter: small blobs, thin lines and
 elongated blobs that are not shapes.
 
-`random_sample` (training frames) also degrades the picture the way cameras and codecs do:
-lighting gain and offset, blur, sensor noise and JPEG compression with 4:2:0 chroma; the masks
-stay exact.
+`random_sample` (training frames) draws from a broader world than clips do: some shapes with
+only a modest contrast to the background, some big shapes put in front of smaller ones so that
+little of those shows ("eclipses"), and sometimes bars and strokes that are not shapes crossing
+in front of them. It also degrades the picture the way cameras and codecs do: lighting gain and
+offset, blur, sensor noise and JPEG compression with 4:2:0 chroma; the masks stay exact.
 
 Lengths below are for a 640x480 frame and scale with min(width, height) / 480.
 """
@@ -44,6 +46,11 @@ MIN_AREA = 20  # px: an instance with fewer visible pixels is not an annotation
 MIN_BG_CONTRAST = 80.0  # RGB distance of a shape's colour to every background cell mean
 MIN_SHAPE_CONTRAST = 50.0  # RGB distance between the colours of two shapes
 CLUSTER_PROB = 0.3  # share of shapes placed against an earlier one: deep occlusions
+# Training frames only (random_sample), so that `streamseg synth` clips stay as they were:
+TRAIN_LOW_CONTRAST = 0.3  # share of shapes LOW_CONTRAST_RANGE from the nearest background cell
+LOW_CONTRAST_RANGE = (30.0, MIN_BG_CONTRAST)  # RGB distance
+TRAIN_ECLIPSE = 0.3  # share of placed-against shapes made bigger and put over the other's centre
+TRAIN_OCCLUDERS = 0.3  # share of frames with 1-4 bars or strokes in front of the shapes
 MAX_WARMUP = 16  # random_sample advances a fresh world 0..MAX_WARMUP-1 steps
 _SHIFT = 4  # fractional bits of cv2 fixed-point coordinates: sub-pixel motion
 _COLOR_TRIES = 32
@@ -327,13 +334,27 @@ def _add_clutter(image: np.ndarray, rng: np.random.Generator, s: float) -> None:
 
 
 def _pick_color(
-    rng: np.random.Generator, background_cells: np.ndarray, others: Sequence[tuple[int, int, int]]
+    rng: np.random.Generator,
+    background_cells: np.ndarray,
+    others: Sequence[tuple[int, int, int]],
+    contrast: tuple[float, float] | None = None,
 ) -> tuple[int, int, int]:
-    """A random RGB colour far from every background cell mean (float32[P, 3]) and from the
-    `others` colours; the best of the tries when none is far enough."""
-    cand = rng.integers(0, 256, (_COLOR_TRIES, 3)).astype(np.float32)
+    """A random RGB colour at least MIN_BG_CONTRAST from every background cell mean
+    (float32[P, 3]) and MIN_SHAPE_CONTRAST from the `others` colours; the best of the tries when
+    none is. With `contrast` (lo, hi): a colour lo..hi from the nearest cell mean instead, a
+    shape that barely stands out."""
+    if contrast is None:
+        cand = rng.integers(0, 256, (_COLOR_TRIES, 3)).astype(np.float32)
+        lo, hi = MIN_BG_CONTRAST, math.inf
+    else:
+        lo, hi = contrast
+        near = background_cells[rng.integers(len(background_cells), size=_COLOR_TRIES)]
+        way = rng.standard_normal((_COLOR_TRIES, 3)).astype(np.float32)
+        way /= np.maximum(np.linalg.norm(way, axis=1, keepdims=True), 1e-6)
+        cand = near + way * rng.uniform(lo, hi, (_COLOR_TRIES, 1)).astype(np.float32)
+        cand = np.clip(np.round(cand), 0, 255)
     d_bg = np.linalg.norm(cand[:, None] - background_cells[None], axis=2).min(1)
-    score = d_bg / MIN_BG_CONTRAST
+    score = np.minimum(d_bg / lo, hi / np.maximum(d_bg, 1e-6))
     if others:
         ref = np.asarray(others, np.float32)
         d_sh = np.linalg.norm(cand[:, None] - ref[None], axis=2).min(1)
@@ -344,10 +365,22 @@ def _pick_color(
 
 
 def random_shapes(
-    rng: np.random.Generator, width: int, height: int, background: np.ndarray
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    background: np.ndarray,
+    *,
+    low_contrast: float = 0.0,
+    eclipse: float = 0.0,
 ) -> tuple[Shape, ...]:
     """1..MAX_SHAPES random shapes in random z-order (first is lowest), coloured to stand out
-    from `background` (uint8[H, W, 3]) wherever they go."""
+    from `background` (uint8[H, W, 3]) wherever they go.
+
+    low_contrast: share of shapes whose colour is only LOW_CONTRAST_RANGE from the background.
+    eclipse: share of the shapes placed against an earlier one that are made 1.3-2.5 times its
+    size and put over its centre, so that a sliver to a half of it shows.
+    Both 0 (clips) draw nothing extra from `rng`, so clips stay as they were.
+    """
     s = min(width, height) / REF_SIDE
     # Means over an 8x6 grid stand for the local background anywhere in the frame.
     cells = cv2.resize(background, (8, 6), interpolation=cv2.INTER_AREA)
@@ -356,7 +389,9 @@ def random_shapes(
     for _ in range(int(rng.integers(1, MAX_SHAPES + 1))):
         label = int(rng.integers(1, len(CLASSES) + 1))
         size = max(3.0, math.exp(rng.uniform(*np.log(SIZE_RANGE))) * s)
-        color = _pick_color(rng, cells, [sh.color for sh in shapes])
+        faint = bool(low_contrast) and rng.random() < low_contrast
+        contrast = LOW_CONTRAST_RANGE if faint else None
+        color = _pick_color(rng, cells, [sh.color for sh in shapes], contrast)
         speed, heading = rng.uniform(*SPEED_RANGE) * s, rng.uniform(0, math.tau)
         wrap = bool(rng.random() < WRAP_PROB)
         shape = make_shape(
@@ -381,7 +416,15 @@ def random_shapes(
         if shapes and rng.random() < CLUSTER_PROB:
             # Against an earlier shape (drawn below it): only a part of that one shows.
             other = shapes[int(rng.integers(len(shapes)))]
-            d, theta = rng.uniform(0.2, 1.0) * (r + other.radius), rng.uniform(0, math.tau)
+            if eclipse and rng.random() < eclipse:
+                # Bigger, over the other's centre, moving with it: a sliver to a half shows.
+                grown = other.radius * rng.uniform(1.3, 2.5)
+                margin, r = margin * grown / r, grown
+                shape = replace(shape, radius=r, vx=other.vx, vy=other.vy)
+                d = rng.uniform(0.3, 0.9) * r
+            else:
+                d = rng.uniform(0.2, 1.0) * (r + other.radius)
+            theta = rng.uniform(0, math.tau)
             x = min(max(other.x + d * math.cos(theta), 0.0), float(width))
             y = min(max(other.y + d * math.sin(theta), 0.0), float(height))
             if not wrap:
@@ -399,7 +442,8 @@ class World:
     """A clip's state: a static background and moving shapes.
 
     `background` (uint8[height, width, 3], RGB) and `shapes` (back to front) default to random
-    ones drawn from `rng`; `step` and `render` use no randomness.
+    ones drawn from `rng` (`low_contrast` and `eclipse` as in `random_shapes`); `step` and
+    `render` use no randomness.
     """
 
     def __init__(
@@ -410,6 +454,8 @@ class World:
         *,
         background: np.ndarray | BackgroundKind | None = None,
         shapes: Sequence[Shape] | None = None,
+        low_contrast: float = 0.0,
+        eclipse: float = 0.0,
     ) -> None:
         if width < 1 or height < 1:
             raise ValueError(f"world size must be positive, got {width}x{height}")
@@ -426,7 +472,9 @@ class World:
             )
         self.background = background
         if shapes is None:
-            shapes = random_shapes(rng, width, height, background)
+            shapes = random_shapes(
+                rng, width, height, background, low_contrast=low_contrast, eclipse=eclipse
+            )
         self.shapes: tuple[Shape, ...] = tuple(shapes)
         self.frame = 0
 
@@ -460,13 +508,58 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out8
 
 
-def random_sample(rng: np.random.Generator, width: int = 640, height: int = 480) -> Sample:
-    """One independent training frame: a fresh random World advanced a random number of steps,
-    its picture degraded (`degrade`)."""
-    world = World(width, height, rng)
+def occlude(sample: Sample, rng: np.random.Generator, min_area: int) -> Sample:
+    """`sample` with 1-4 flat-coloured bars or strokes (2-12 px wide, not shapes) drawn in front
+    of everything, as poles and wires cross what a camera sees. Their pixels leave the masks;
+    instances left with fewer than `min_area` pixels leave the ground truth."""
+    h, w = sample.image.shape[:2]
+    s = min(w, h) / REF_SIDE
+    image, cover = sample.image.copy(), np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(1, 5))):
+        one = np.zeros((h, w), np.uint8)
+        n = 2 if rng.random() < 0.5 else int(rng.integers(3, 6))  # a bar, or a bent stroke
+        step, heading = rng.uniform(20, 150) * s, rng.uniform(0, math.tau)
+        pts = [np.array([rng.uniform(0, w), rng.uniform(0, h)])]
+        for _ in range(n - 1):
+            heading += rng.uniform(-0.8, 0.8)
+            pts.append(pts[-1] + step * np.array([math.cos(heading), math.sin(heading)]))
+        poly = np.round(np.stack(pts)).astype(np.int32)
+        thickness = max(1, round(rng.uniform(2, 12) * s))
+        cv2.polylines(one, [poly], False, 1, thickness, cv2.LINE_8)
+        drawn = one.astype(bool)
+        image[drawn] = rng.integers(0, 256, 3).astype(np.uint8)
+        cover |= drawn
+    masks = sample.masks & ~cover
+    keep = masks.sum((1, 2)) >= min_area
+    masks = masks[keep]
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for j, m in enumerate(masks):
+        cols, rows = np.flatnonzero(m.any(0)), np.flatnonzero(m.any(1))
+        boxes[j] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return Sample(
+        image=image,
+        labels=sample.labels[keep],
+        masks=masks,
+        boxes=boxes,
+        objects=sample.objects[keep],
+    )
+
+
+def training_render(rng: np.random.Generator, width: int, height: int) -> Sample:
+    """A training frame before `degrade`: a fresh World of the broader training kind, advanced
+    a random number of steps, sometimes with occluders in front (`occlude`)."""
+    world = World(width, height, rng, low_contrast=TRAIN_LOW_CONTRAST, eclipse=TRAIN_ECLIPSE)
     for _ in range(int(rng.integers(MAX_WARMUP))):
         world.step()
     sample = world.render()
+    if rng.random() < TRAIN_OCCLUDERS:
+        sample = occlude(sample, rng, world.min_area)
+    return sample
+
+
+def random_sample(rng: np.random.Generator, width: int = 640, height: int = 480) -> Sample:
+    """One independent training frame: `training_render`, its picture degraded (`degrade`)."""
+    sample = training_render(rng, width, height)
     return replace(sample, image=degrade(sample.image, rng))
 
 
