@@ -382,6 +382,20 @@ def test_occlude_cuts_masks_exactly() -> None:
     assert cut >= 5
 
 
+def test_training_frames_keep_exact_truth() -> None:
+    """Faint shapes, eclipses, lines and occluders: every training mask is still exactly the
+    flat-coloured pixels its shape shows (before degrade), disjoint, with tight boxes."""
+    rng = np.random.default_rng(12)
+    seen = 0
+    for _ in range(40):
+        sample = training_render(rng, 320, 240)
+        check_sample(sample, 320, 240)
+        for mask in sample.masks:
+            assert len(np.unique(sample.image[mask], axis=0)) == 1
+            seen += 1
+    assert seen > 100
+
+
 def test_occlude_empty() -> None:
     sample = render_shapes(solid(64, 48), [], min_area=4)
     out = occlude(sample, np.random.default_rng(0), min_area=4)

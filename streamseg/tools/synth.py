@@ -10,9 +10,10 @@ elongated blobs that are not shapes.
 
 `random_sample` (training frames) draws from a broader world than clips do: some shapes with
 only a modest contrast to the background, some big shapes put in front of smaller ones so that
-little of those shows ("eclipses"), and sometimes bars and strokes that are not shapes crossing
-in front of them. It also degrades the picture the way cameras and codecs do: lighting gain and
-offset, blur, sensor noise and JPEG compression with 4:2:0 chroma; the masks stay exact.
+little of those shows ("eclipses"), sometimes bars and strokes that are not shapes crossing in
+front of them, and sometimes long lines on the background that cross into outlines of no shape.
+It also degrades the picture the way cameras and codecs do: lighting gain and offset, blur,
+sensor noise and JPEG compression with 4:2:0 chroma; the masks stay exact.
 
 Lengths below are for a 640x480 frame and scale with min(width, height) / 480.
 """
@@ -51,6 +52,7 @@ TRAIN_LOW_CONTRAST = 0.3  # share of shapes LOW_CONTRAST_RANGE from the nearest 
 LOW_CONTRAST_RANGE = (30.0, MIN_BG_CONTRAST)  # RGB distance
 TRAIN_ECLIPSE = 0.3  # share of placed-against shapes made bigger and put over the other's centre
 TRAIN_OCCLUDERS = 0.3  # share of frames with 1-4 bars or strokes in front of the shapes
+TRAIN_LINES = 0.3  # share of backgrounds with 3-30 long lines, which cross into outlines
 MAX_WARMUP = 16  # random_sample advances a fresh world 0..MAX_WARMUP-1 steps
 _SHIFT = 4  # fractional bits of cv2 fixed-point coordinates: sub-pixel motion
 _COLOR_TRIES = 32
@@ -545,10 +547,39 @@ def occlude(sample: Sample, rng: np.random.Generator, min_area: int) -> Sample:
     )
 
 
+def _add_lines(image: np.ndarray, rng: np.random.Generator, s: float) -> None:
+    """Draw 3-30 long straight lines (40-400 px, 1-6 px wide) into `image` in place: where they
+    cross they outline triangles and quadrilaterals that are no shape."""
+    h, w = image.shape[:2]
+    base = image.reshape(-1, 3).mean(0)
+    for _ in range(int(rng.integers(3, 31))):
+        if rng.random() < 0.6:  # near the background's colour, as faint as real clutter
+            color = np.clip(base + rng.normal(0, 35, 3), 0, 255)
+        else:
+            color = rng.integers(0, 256, 3)
+        length, theta = rng.uniform(40, 400) * s, rng.uniform(0, math.pi)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        dx, dy = length * math.cos(theta) / 2, length * math.sin(theta) / 2
+        p0, p1 = (round(cx - dx), round(cy - dy)), (round(cx + dx), round(cy + dy))
+        width = max(1, round(rng.uniform(1, 6) * s))
+        cv2.line(image, p0, p1, tuple(int(c) for c in color), width, cv2.LINE_AA)
+
+
 def training_render(rng: np.random.Generator, width: int, height: int) -> Sample:
-    """A training frame before `degrade`: a fresh World of the broader training kind, advanced
-    a random number of steps, sometimes with occluders in front (`occlude`)."""
-    world = World(width, height, rng, low_contrast=TRAIN_LOW_CONTRAST, eclipse=TRAIN_ECLIPSE)
+    """A training frame before `degrade`: a fresh World of the broader training kind (sometimes
+    long lines on its background), advanced a random number of steps, sometimes with occluders
+    in front (`occlude`)."""
+    background = random_background(rng, width, height)
+    if rng.random() < TRAIN_LINES:
+        _add_lines(background, rng, min(width, height) / REF_SIDE)
+    world = World(
+        width,
+        height,
+        rng,
+        background=background,
+        low_contrast=TRAIN_LOW_CONTRAST,
+        eclipse=TRAIN_ECLIPSE,
+    )
     for _ in range(int(rng.integers(MAX_WARMUP))):
         world.step()
     sample = world.render()
