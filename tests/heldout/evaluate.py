@@ -20,9 +20,9 @@ Measured 2026-12-01 with the first `shapes` checkpoint (CPU), seeds 5101-5103 x 
 instances, 0.86 of large ones, 0.41 of medium (150-1000 u^2), 0.00 of small (< 150 u^2), 0.01 of
 those more than half occluded, 0.36 of those more than half outside the frame; triangles are the
 weak class (mask AP 0.10-0.45); on blocky backgrounds the model takes background tiles for squares
-(7-8 false positives a frame). The checkpoint shipped now (four fine-tuning steps on the broader
-world, the last over several input sizes; README, "The shapes model") scores mean mask AP 0.739
-(AP50 0.781) on the same clips: README has the per-clip figures.
+(7-8 false positives a frame). The checkpoint shipped now (five fine-tuning steps on broader
+worlds, the last two over several input sizes; README, "The shapes model") scores mean mask AP
+0.773 (AP50 0.824) on the same clips: README has the per-clip figures.
 """
 
 from __future__ import annotations
