@@ -148,6 +148,10 @@ class ModelConfig:
     """Instances scoring below this are dropped (torchvision's box_score_thresh)."""
     mask_threshold: float = 0.5
     """Mask probability above which a pixel belongs to the instance."""
+    mask_nms: float = 0.0
+    """Postprocess drops an instance whose mask overlaps a higher-scored one of the same label
+    by this IoU or more: a duplicate box NMS missed because the boxes differ (visible masks
+    of opaque objects do not overlap). 0: keep them (the COCO configs; shapes: 0.3)."""
     detections_per_img: int = 100
     """At most this many instances per frame (torchvision's box_detections_per_img)."""
     min_size: int = 800
@@ -176,6 +180,7 @@ _MODEL_KEYS = {
     "labels",
     "score_threshold",
     "mask_threshold",
+    "mask_nms",
     "detections_per_img",
     "min_size",
     "max_size",
@@ -263,6 +268,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "weights": (str,),
     "score_threshold": (int, float),
     "mask_threshold": (int, float),
+    "mask_nms": (int, float),
     "detections_per_img": (int,),
     "min_size": (int,),
     "max_size": (int,),
@@ -288,6 +294,8 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(f"{where}: arch {cfg.arch!r} is not one of {', '.join(ARCHS)}")
     if not 0.0 <= cfg.score_threshold <= 1.0 or not 0.0 < cfg.mask_threshold < 1.0:
         raise ConfigError(f"{where}: score_threshold must be in [0, 1], mask_threshold in (0, 1)")
+    if not 0.0 <= cfg.mask_nms <= 1.0:
+        raise ConfigError(f"{where}: mask_nms must be in [0, 1] (0: off), got {cfg.mask_nms}")
     if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.detections_per_img < 1:
         raise ConfigError(
             f"{where}: max_batch and detections_per_img must be >= 1, max_wait_ms >= 0"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamseg.postprocess.main import _track
+from streamseg.postprocess.main import _Frame, _track
 from streamseg.postprocess.results import make_result
 from streamseg.wire.protocol import Detections, decode, encode
 
@@ -34,8 +34,8 @@ def ids(colours: list[tuple[float, float, float] | None]) -> list[int | None]:
     out = []
     for frame, colour in enumerate(colours):
         det = detections(frame, colour)
-        _, local = make_result(det, mask_threshold=0.5, label_names=["bg", "a", "b"])
-        (track_id,) = _track(trackers, det, local, {"max_missed": 60})
+        result, local = make_result(det, mask_threshold=0.5, label_names=["bg", "a", "b"])
+        (track_id,) = _track(trackers, det, _Frame(det, result, local), {"max_missed": 60})
         out.append(track_id)
     return out
 

@@ -372,3 +372,72 @@ def test_colour_settings_and_shapes_are_checked() -> None:
     box, label, score = np.array([[10, 20, 20, 30]]), np.array([SQUARE]), np.array([0.9])
     with pytest.raises(ValueError, match="1 masks but 1 boxes, 1 labels, 1 scores, 2 colours"):
         Tracker().update(0, masks, box, label, score, np.array([RED, BLUE]))
+
+
+def rect(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_an_object_seen_as_two_pieces_keeps_one_id() -> None:
+    """A 20 x 20 square, tracked whole, is then seen as its left and right halves (one label):
+    the left half continues the track, the right one is a fragment that joins it, and the
+    track takes the joined mask, so the whole square next frame is still the same track."""
+    t = Tracker()
+    for f in range(4):
+        assert step(t, f, [rect(10 + f, 20, 30 + f, 40)]) == [1]
+        assert t.joins.tolist() == [-1]
+    # frame 4: the square, at x 14..34, as two pieces (the larger one first)
+    left, right = rect(14, 20, 26, 40), rect(26, 20, 34, 40)
+    assert step(t, 4, [left, right], scores=[0.9, 0.6]) == [1, NO_TRACK]
+    assert t.joins.tolist() == [-1, 0]
+    assert np.array_equal(t._tracks[0].crop.mask, np.ones((20, 20), bool))  # the joined mask
+    assert step(t, 5, [rect(15, 20, 35, 40)]) == [1]
+    assert len(t) == 1  # no track was started for the piece
+    # Off: the piece starts a track of its own.
+    t = Tracker(fragment_coverage=0.0)
+    for f in range(4):
+        step(t, f, [rect(10 + f, 20, 30 + f, 40)])
+    assert step(t, 4, [left, right], scores=[0.9, 0.6]) == [1, 2]
+    assert t.joins.tolist() == [-1, -1]
+
+
+def test_what_is_not_a_fragment() -> None:
+    """Pieces that are another object, another label, another colour, or a tentative
+    track's are never joined."""
+
+    def track_whole(t: Tracker, frames: int = 4, colors: bool = False) -> None:
+        for f in range(frames):
+            step(t, f, [rect(10, 20, 30, 40)], colors=[RED] if colors else None)
+
+    left, right = rect(10, 20, 22, 40), rect(22, 20, 30, 40)
+    # Two objects side by side, each with its own track: the tracks take them, no joins.
+    t = Tracker()
+    for f in range(4):
+        assert step(t, f, [rect(10, 20, 30, 40), rect(40, 20, 50, 40)]) == [1, 2]
+    assert step(t, 4, [rect(10, 20, 30, 40), rect(40, 20, 50, 40)]) == [1, 2]
+    assert t.joins.tolist() == [-1, -1]
+    # A piece of another label.
+    t = Tracker()
+    track_whole(t)
+    assert step(t, 4, [left, right], [SQUARE, CIRCLE]) == [1, 2]
+    # A piece of another colour.
+    t = Tracker()
+    track_whole(t, colors=True)
+    assert step(t, 4, [left, right], colors=[RED, BLUE]) == [1, 2]
+    assert t.joins.tolist() == [-1, -1]
+    # A piece mostly outside the object's last complete mask: a new object beside it.
+    t = Tracker()
+    track_whole(t)
+    assert step(t, 4, [rect(10, 20, 30, 40), rect(28, 20, 40, 40)]) == [1, 2]
+    # A piece that does not bring the match closer to the whole: a copy inside it.
+    t = Tracker()
+    track_whole(t)
+    assert step(t, 4, [rect(10, 20, 30, 40), rect(12, 22, 20, 30)]) == [1, 2]
+    # A tentative track (seen once) has no complete mask to go by yet.
+    t = Tracker()
+    track_whole(t, frames=1)
+    assert step(t, 1, [left, right]) == [1, 2]
+    with pytest.raises(ValueError, match="fragment_coverage must be in"):
+        Tracker(fragment_coverage=1.5)

@@ -117,3 +117,12 @@ def test_add_counts_keeps_the_newer_fields():
     new = {"in": 2, "out": 0, "dropped": {"x": 1, "y": 3}, "state": "gone"}
     assert add_counts(old, new) == {"in": 3, "out": 1, "dropped": {"x": 2, "y": 3}, "state": "gone"}
     assert add_counts({}, {}) == {"in": 0, "out": 0, "dropped": {}}
+
+
+def test_add_counts_adds_instances_merged_away():
+    """Duplicates dropped and fragments joined by postprocess add up over its lives."""
+    old = {"in": 1, "out": 1, "dropped": {}, "duplicates": 2}
+    new = {"in": 1, "out": 1, "dropped": {}, "duplicates": 1, "fragments_joined": 4}
+    merged = add_counts(old, new)
+    assert merged["duplicates"] == 3 and merged["fragments_joined"] == 4
+    assert "duplicates" not in add_counts({}, {})

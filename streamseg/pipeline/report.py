@@ -34,6 +34,9 @@ def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for reason, n in b.get("dropped", {}).items():
         dropped[reason] = dropped.get(reason, 0) + n
     out["dropped"] = dropped
+    for key in ("duplicates", "fragments_joined"):  # instances postprocess merged away
+        if key in a or key in b:
+            out[key] = a.get(key, 0) + b.get(key, 0)
     return out
 
 

@@ -80,6 +80,7 @@ def stage_processes(
             "detections_endpoint": ep["detections"],
             "streams": streams,
             "mask_threshold": model.mask_threshold,
+            "mask_nms": model.mask_nms,
             "label_names": list(model.labels),
             "video": video,
             "results": results,

@@ -198,6 +198,7 @@ def run(
             "detections_endpoint": ep["detections"],
             "streams": n,
             "mask_threshold": model.mask_threshold,
+            "mask_nms": model.mask_nms,
             "label_names": list(model.labels),
             "video": video,
             "results": results,

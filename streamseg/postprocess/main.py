@@ -16,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from streamseg.accounting import (
@@ -25,11 +26,17 @@ from streamseg.accounting import (
     Counters,
     Histogram,
 )
+from streamseg.postprocess.instances import duplicates, join_boxes, join_masks, select
 from streamseg.postprocess.masks import LocalMasks
 from streamseg.postprocess.preview import Previewer
 from streamseg.postprocess.render import draw_instances
 from streamseg.postprocess.reorder import OrderedInput
-from streamseg.postprocess.results import make_result, with_track_ids
+from streamseg.postprocess.results import (
+    make_result,
+    select_instances,
+    with_joined,
+    with_track_ids,
+)
 from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
 from streamseg.postprocess.timeline import LiveTimeline
@@ -44,7 +51,7 @@ from streamseg.stage.shell import (
 from streamseg.stage.trust import Tokens, from_inference
 from streamseg.wire import curve, transport
 from streamseg.wire.curve import link_security
-from streamseg.wire.protocol import Detections, EndOfStream, StreamStart
+from streamseg.wire.protocol import Detections, EndOfStream, Result, StreamStart
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +113,63 @@ def _part(template: str | None, part: int) -> str | None:
     return str(path.with_name(f"{path.stem}.part{part}{path.suffix}"))
 
 
+class _Frame:
+    """One frame's instances on their way to results: the Result records and, in the same
+    order, their masks and the arrays the tracker and the renderer use."""
+
+    def __init__(self, det: Detections, result: Result, local: LocalMasks) -> None:
+        self.result, self.local = result, local
+        self.boxes, self.labels, self.scores = det.boxes, det.labels, det.scores
+        n = len(det.scores)
+        self.colors = det.colors if det.colors is not None else np.full((n, 3), np.nan)
+
+    def keep(self, index: np.ndarray) -> None:
+        """Only the instances in ``index``, in that order."""
+        self.result = select_instances(self.result, index)
+        self.local = select(self.local, index)
+        self.boxes, self.labels = self.boxes[index], self.labels[index]
+        self.scores, self.colors = self.scores[index], self.colors[index]
+
+    def drop_duplicates(self, min_iou: float) -> int:
+        """Drop same-label duplicates (instances.duplicates); how many there were."""
+        if min_iou <= 0.0 or len(self.local) < 2:
+            return 0
+        dup = duplicates(self.local, self.labels, self.scores, min_iou)
+        if dup.any():
+            self.keep(np.flatnonzero(~dup))
+        return int(dup.sum())
+
+    def join(self, joins: np.ndarray) -> int:
+        """Join fragments to the instances they are pieces of (Tracker.joins); how many."""
+        fragment = joins >= 0
+        if not fragment.any():
+            return 0
+        self.local = join_masks(self.local, joins)
+        self.boxes = join_boxes(self.boxes, joins).astype(np.float32)
+        self.result = with_joined(self.result, self.local, self.boxes, joins)
+        self.keep(np.flatnonzero(~fragment))
+        return int(fragment.sum())
+
+
 def _track(
-    trackers: dict[str, Tracker], det: Detections, local: LocalMasks, settings: dict[str, Any]
+    trackers: dict[str, Tracker], det: Detections, frame: _Frame, settings: dict[str, Any]
 ) -> list[int | None]:
-    """The frame's track ids, from its stream's tracker (frames of a stream come in order).
+    """The frame's track ids, from its stream's tracker (frames of a stream come in order);
+    fragments the tracker recognises are joined to their objects' instances in ``frame``.
     The instances' colours, measured by inference, help tell objects of one label apart."""
     tracker = trackers.get(det.stream)
     if tracker is None:
         tracker = trackers[det.stream] = Tracker(**settings)
     try:
-        ids = tracker.update(det.frame, local, det.boxes, det.labels, det.scores, det.colors)
+        ids = tracker.update(
+            det.frame, frame.local, frame.boxes, frame.labels, frame.scores, frame.colors
+        )
     except ValueError as e:  # a frame out of order: its instances go untracked, once said
         log.warning("%s: frame %d not tracked (%s)", det.stream, det.frame, e)
-        return [None] * len(det.scores)
+        return [None] * len(frame.scores)
+    joins = tracker.joins
+    ids = ids[joins < 0]
+    frame.join(joins)
     return [None if t == NO_TRACK else int(t) for t in ids]
 
 
@@ -154,8 +205,11 @@ def serve(
     preview_endpoint: str | None = None,
     live: bool = False,
     reorder_capacity: int = 128,
+    mask_nms: float = 0.0,
 ) -> int:
-    """track: the Tracker's settings (None: no track ids). preview_endpoint: where to offer
+    """track: the Tracker's settings (None: no track ids). mask_nms: drop an instance whose
+    mask overlaps a higher-scored one of its label by this IoU or more (0: never; see
+    postprocess.instances). preview_endpoint: where to offer
     annotated JPEGs of the streams someone watches (streamseg --serve; None: nowhere).
     reorder_capacity: results held per stream while an earlier one is at another worker."""
     counters = Counters()
@@ -206,10 +260,18 @@ def serve(
             log.warning("%s: frame %d of a stream that is not open: dropped", det.stream, det.frame)
             return
         result, local = make_result(det, mask_threshold=mask_threshold, label_names=label_names)
+        frame = _Frame(det, result, local)
+        extra = counters[det.stream].extra
+        if dropped := frame.drop_duplicates(mask_nms):
+            extra["duplicates"] = extra.get("duplicates", 0) + dropped
         ids: list[int | None] | None = None
         if track is not None:
-            ids = _track(trackers, det, local, track)
-            result = with_track_ids(result, ids)
+            n = len(frame.scores)
+            ids = _track(trackers, det, frame, track)
+            if joined := n - len(frame.scores):
+                extra["fragments_joined"] = extra.get("fragments_joined", 0) + joined
+            frame.result = with_track_ids(frame.result, ids)
+        result, local = frame.result, frame.local
         if det.stream not in sinks:  # adopted: a stream that started before this life
             sinks[det.stream] = _Sinks(state.info, video=video, results=results, n=n_outputs)
         out = sinks[det.stream]
@@ -222,7 +284,13 @@ def serve(
             if det.image is None:
                 raise RuntimeError("video output needs frames forwarded by inference")
             annotated = draw_instances(
-                det.image, local, det.boxes, det.labels, det.scores, label_names, track_ids=ids
+                det.image,
+                local,
+                frame.boxes,
+                frame.labels,
+                frame.scores,
+                label_names,
+                track_ids=ids,
             )
             if out.video:
                 out.video.write(annotated, pts=out.video_time(det.pts, det.wall_time))
@@ -281,6 +349,7 @@ def main(
     stats_endpoint: str | None = None,
     streams: int = 1,
     mask_threshold: float = 0.5,
+    mask_nms: float = 0.0,
     label_names: list[str] | None = None,
     video: str | None = None,
     results: str | None = None,
@@ -312,6 +381,7 @@ def main(
         stats_endpoint=stats_endpoint,
         streams=streams,
         mask_threshold=mask_threshold,
+        mask_nms=mask_nms,
         label_names=label_names or [],
         video=video,
         results=results,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from streamseg.config import label_name
+from streamseg.postprocess.instances import select
 from streamseg.postprocess.masks import LocalMasks, paste_masks, rle_encode
 from streamseg.wire.protocol import Detections, Instance, Result
 
@@ -40,4 +41,23 @@ def make_result(
 def with_track_ids(result: Result, ids: Sequence[int | None]) -> Result:
     """`result` with each instance's "track_id" set (ids: one per instance, None: untracked)."""
     instances = [{**inst, "track_id": tid} for inst, tid in zip(result.instances, ids, strict=True)]
+    return replace(result, instances=instances)
+
+
+def select_instances(result: Result, index: Sequence[int]) -> Result:
+    """`result` with only the instances in `index`, in that order."""
+    return replace(result, instances=[result.instances[int(i)] for i in index])
+
+
+def with_joined(result: Result, joined: LocalMasks, boxes: np.ndarray, joins: np.ndarray) -> Result:
+    """`result` whose instances with fragments (``joins[f] = i``) take their joined mask and
+    box (``joined``, ``boxes``: from instances.join_masks and join_boxes); the fragments are
+    still there (drop them with select_instances)."""
+    targets = np.unique(np.asarray(joins)[np.asarray(joins) >= 0])
+    if targets.size == 0:
+        return result
+    rles = rle_encode(select(joined, targets))
+    instances = list(result.instances)
+    for i, rle in zip(targets.tolist(), rles, strict=True):
+        instances[i] = {**instances[i], "box": [round(float(v), 2) for v in boxes[i]], "rle": rle}
     return replace(result, instances=instances)

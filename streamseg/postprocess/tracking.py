@@ -34,9 +34,14 @@ Algorithm, per frame:
    instance whose colour is further than ``max_color_distance`` from the track's: two shapes
    of one label that cross, or a new object where a hidden one is expected, differ in colour
    where they do not in shape.
-4. Matched tracks take the new mask; unmatched instances with score >= ``new_track_score``
-   start new tentative tracks (ids 1, 2, 3, ... per tracker, never reused: the id of a
-   tentative track that ends is not given again); the rest get id -1.
+4. Fragments: an instance left over that has the label of a confirmed track's match, lies
+   mostly inside the track's last complete mask, and joined to the match comes closer to that
+   mask is a piece of the same object (the model saw it as two): it gets no id, and
+   ``Tracker.joins`` tells the caller to join it to the match.
+5. Matched tracks take the new mask (joined with its fragments); unmatched instances with
+   score >= ``new_track_score`` start new tentative tracks (ids 1, 2, 3, ... per tracker,
+   never reused: the id of a tentative track that ends is not given again); the rest get
+   id -1.
 
 Masks, not boxes, decide: the boxes of two overlapping objects overlap a lot, their masks do not.
 """
@@ -192,6 +197,12 @@ class Tracker:
             one: it is a duplicate of that object (a copy with another label, a fragment, the
             object merged with a neighbour), not a lost object coming back. Nor does a
             tentative track's match with such an instance count towards min_hits.
+        fragment_coverage: an instance no track took is a fragment of a confirmed track's
+            match (the model saw one object as two pieces) when both have the track's label,
+            at least this share of its pixels lies inside the track's last complete mask
+            moved as predicted (and within the colour gate), and joined to the match it makes
+            a mask closer (IoU) to that complete mask. It gets no id; :attr:`joins` names its
+            match, whose pixels it should join (the track takes the joined mask). 0: never.
         cross_label_weight: similarities of a track and an instance of different labels are
             multiplied by this (the track takes the new label); 0 (default): never match.
         max_color_distance: where :meth:`update` is given colours, a track and an instance
@@ -231,6 +242,7 @@ class Tracker:
         recover_radius: float = 1.5,
         recover_max_area: float = 1.5,
         duplicate_overlap: float = 0.8,
+        fragment_coverage: float = 0.5,
         # track life
         max_missed: int = 30,
         min_hits: int = 3,
@@ -267,6 +279,10 @@ class Tracker:
             raise ValueError(f"Tracker: min_hits must be >= 1, got {min_hits}")
         if not max_color_distance >= 0.0:
             raise ValueError(f"Tracker: max_color_distance must be >= 0, got {max_color_distance}")
+        if not 0.0 <= fragment_coverage <= 1.0:
+            raise ValueError(
+                f"Tracker: fragment_coverage must be in [0, 1], got {fragment_coverage}"
+            )
         if recover_max_area <= 0.0:
             raise ValueError(f"Tracker: recover_max_area must be > 0, got {recover_max_area}")
         self.min_iou = min_iou
@@ -277,6 +293,7 @@ class Tracker:
         self.recover_radius = recover_radius
         self.recover_max_area = recover_max_area
         self.duplicate_overlap = duplicate_overlap
+        self.fragment_coverage = fragment_coverage
         self.max_missed = max_missed
         self.min_hits = min_hits
         self.tentative_max_missed = min(tentative_max_missed, max_missed)
@@ -287,6 +304,8 @@ class Tracker:
         self._tracks: list[_Track] = []  # in id order
         self._next_id = 1
         self._last_frame: int | None = None
+        # after update: per instance, the instance it is a fragment of (-1: none); see update
+        self.joins = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         """Tracks alive after the last update, tentative ones included."""
@@ -317,7 +336,10 @@ class Tracker:
 
         Returns:
             int64[N], each instance's track id (>= 1), or -1 (``NO_TRACK``) for an unmatched
-            instance below ``new_track_score``.
+            instance below ``new_track_score`` and for a fragment. After the call,
+            :attr:`joins` (int64[N]) gives for each fragment the index of the instance whose
+            object it is a piece of (see fragment_coverage), -1 for every other instance:
+            the caller joins the two masks into one instance.
         """
         n = len(masks)
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -376,17 +398,66 @@ class Tracker:
                 taken[cols[confirmed[rows]]] = True
                 pairs += zip(rows.tolist(), cols.tolist(), strict=True)
         duplicate = overlapping[:, taken].any(1) & ~taken
+        self.joins = self._fragments(frame, pairs, dets, labels, coverage, det_free, masks)
         ids = np.full(n, NO_TRACK, np.int64)
         for t, d in pairs:
             track = self._tracks[t]
-            self._continue(track, frame, dets[d], boxes[d], int(labels[d]), not duplicate[d])
+            det, box = dets[d], boxes[d]
+            for f in np.flatnonzero(self.joins == d):  # the track sees its whole object
+                det, box = _union(det, dets[f]), _box_union(box, boxes[f])
+            self._continue(track, frame, det, box, int(labels[d]), not duplicate[d])
             self._see_color(track, colors[d])
             ids[d] = track.id
         for d in range(n):
+            if self.joins[d] >= 0:
+                continue
             if ids[d] == NO_TRACK and scores[d] >= self.new_track_score:
                 ids[d] = self._start(frame, dets[d], boxes[d], int(labels[d]), not duplicate[d])
                 self._see_color(self._tracks[-1], colors[d])
         return ids
+
+    def _fragments(
+        self,
+        frame: int,
+        pairs: list[tuple[int, int]],
+        dets: list[_Crop],
+        labels: np.ndarray,
+        coverage: np.ndarray,
+        det_free: np.ndarray,
+        masks: LocalMasks,
+    ) -> np.ndarray:
+        """int64[N]: for each instance no track took, the instance it is a fragment of, or -1.
+
+        A fragment has the label of a confirmed track and of the instance that track took
+        (its match), at least ``fragment_coverage`` of its pixels inside the track's last
+        complete mask (or last mask) moved as predicted, within the colour gate (coverage is
+        0 outside it), and joined to the match it makes a mask closer (IoU) to that complete
+        mask: the model saw one object as two pieces. Of several such matches, the closest.
+        """
+        joins = np.full(len(dets), -1, np.int64)
+        if self.fragment_coverage == 0.0 or not pairs:
+            return joins
+        for f in np.flatnonzero(det_free):
+            if dets[f].area == 0:
+                continue
+            best = 0.0
+            for t, d in pairs:
+                track = self._tracks[t]
+                if not (
+                    track.confirmed
+                    and labels[d] == labels[f] == track.label
+                    and coverage[t, f] >= self.fragment_coverage
+                    and dets[d].area > 0
+                ):
+                    continue
+                tx, ty = self._shift(track, frame - track.template_frame)
+                area = _area_in_frame(track.template, tx, ty, masks.frame_size)
+                joined = _union(dets[d], dets[f])
+                before = _iou_moved(track.template, tx, ty, area, dets[d])
+                after = _iou_moved(track.template, tx, ty, area, joined)
+                if after > before and after > best:
+                    best, joins[f] = after, d
+        return joins
 
     # --- association -----------------------------------------------------------------------
 
@@ -567,6 +638,32 @@ class Tracker:
         self._next_id += 1
         self._tracks.append(track)
         return track.id
+
+
+def _union(a: _Crop, b: _Crop) -> _Crop:
+    """The tight crop of the pixels of ``a`` or ``b``."""
+    if b.area == 0:
+        return a
+    if a.area == 0:
+        return b
+    x0, y0 = min(a.x0, b.x0), min(a.y0, b.y0)
+    mask = np.zeros((max(a.y1, b.y1) - y0, max(a.x1, b.x1) - x0), bool)
+    mask[a.y0 - y0 : a.y1 - y0, a.x0 - x0 : a.x1 - x0] |= a.mask
+    mask[b.y0 - y0 : b.y1 - y0, b.x0 - x0 : b.x1 - x0] |= b.mask
+    return _tight(mask, x0, y0)
+
+
+def _box_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64[4], xyxy: the smallest box around boxes ``a`` and ``b``."""
+    return np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
+
+
+def _iou_moved(a: _Crop, ax: int, ay: int, area_in_frame: int, b: _Crop) -> float:
+    """Mask IoU of ``a`` moved by (ax, ay) (``area_in_frame`` of its pixels in the frame)
+    and ``b``."""
+    inter = _intersection(a, ax, ay, b)
+    union = area_in_frame + b.area - inter
+    return inter / union if union else 0.0
 
 
 def _overlapping(dets: list[_Crop], least: float) -> np.ndarray:

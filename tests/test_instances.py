@@ -1,0 +1,101 @@
+"""Duplicates dropped and fragments joined on box-local crops, checked against full masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+
+from streamseg.postprocess.instances import duplicates, join_boxes, join_masks, select
+from streamseg.postprocess.results import select_instances, with_joined
+from streamseg.postprocess.tracking import local_masks
+from streamseg.wire.protocol import Result
+
+H, W = 40, 60
+
+
+def rect(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_duplicates_are_same_label_overlaps_of_a_kept_instance() -> None:
+    a = rect(10, 10, 30, 30)  # 400 px
+    b = rect(15, 10, 35, 30)  # IoU with a: 300 / 500 = 0.6
+    c = rect(22, 10, 42, 30)  # IoU with b: 260 / 540 = 0.48; with a: 160 / 640 = 0.25
+    local = local_masks(np.array([a, b, c]))
+    # b is a's duplicate; c overlaps only b, which is dropped, so c is kept (greedy, as NMS).
+    assert duplicates(local, [1, 1, 1], [0.9, 0.8, 0.7], 0.3).tolist() == [False, True, False]
+    # Scores decide, not order; equal scores: the earlier one wins.
+    assert duplicates(local, [1, 1, 1], [0.5, 0.8, 0.7], 0.3).tolist() == [True, False, True]
+    assert duplicates(local, [1, 1, 1], [0.8, 0.8, 0.8], 0.3).tolist() == [False, True, False]
+    # Another label is never a duplicate; the bar is IoU >= min_iou.
+    assert duplicates(local, [1, 2, 1], [0.9, 0.8, 0.7], 0.3).tolist() == [False] * 3
+    assert duplicates(local, [1, 1, 1], [0.9, 0.8, 0.7], 0.6).tolist() == [False, True, False]
+    assert duplicates(local, [1, 1, 1], [0.9, 0.8, 0.7], 0.61).tolist() == [False] * 3
+    empty = local_masks(np.zeros((0, H, W), bool))
+    assert duplicates(empty, [], [], 0.3).tolist() == []
+    nothing = local_masks(np.array([np.zeros((H, W), bool), np.zeros((H, W), bool)]))
+    assert duplicates(nothing, [1, 1], [0.9, 0.8], 0.3).tolist() == [False, False]
+    with pytest.raises(ValueError, match="3 masks but 2 labels"):
+        duplicates(local, [1, 1], [0.9, 0.8, 0.7], 0.3)
+    with pytest.raises(ValueError, match="min_iou must be in"):
+        duplicates(local, [1, 1, 1], [0.9, 0.8, 0.7], 0.0)
+
+
+def test_select_and_join_match_full_masks() -> None:
+    big, piece, other, far = (
+        rect(10, 5, 30, 25),
+        rect(30, 5, 38, 25),
+        rect(45, 30, 55, 38),
+        rect(0, 0, 3, 3),
+    )
+    full = np.array([big, piece, other, far, np.zeros((H, W), bool)])
+    local = local_masks(full)
+    assert np.array_equal(select(local, np.array([2, 0])).full(), full[[2, 0]])
+    assert len(select(local, np.array([], np.int64))) == 0
+    # piece and far are fragments of big; the empty mask (4) is a fragment of other.
+    joins = np.array([-1, 0, -1, 0, 2])
+    joined = join_masks(local, joins)
+    expect = full.copy()
+    expect[0] = big | piece | far
+    assert np.array_equal(joined.full(), expect)
+    assert (joined.x0[0], joined.y0[0], joined.w[0], joined.h[0]) == (0, 0, 38, 25)
+    # An instance with an empty mask takes its fragment's pixels.
+    empty_first = local_masks(np.array([np.zeros((H, W), bool), piece]))
+    assert np.array_equal(join_masks(empty_first, np.array([-1, 0])).full()[0], piece)
+    assert join_masks(local, np.full(5, -1)) is local
+    for bad in ([-1, 0, 1, -1, -1], [-1, 5, -1, -1, -1], [-2, -1, -1, -1, -1], [-1, 0]):
+        with pytest.raises(ValueError, match="joins"):
+            join_masks(local, np.array(bad))
+
+    boxes = np.array(
+        [[10, 5, 30, 25], [30, 5, 38, 25], [45, 30, 55, 38], [0, 0, 3, 3], [1, 1, 2, 2]]
+    )
+    grown = join_boxes(boxes, joins)
+    assert grown[0].tolist() == [0, 0, 38, 25]
+    assert grown[2].tolist() == [1, 1, 55, 38]
+    assert np.array_equal(grown[[1, 3, 4]], boxes[[1, 3, 4]])
+
+
+def test_joined_results_carry_the_joined_mask() -> None:
+    """The instance a fragment joins gets the union's RLE (as pycocotools encodes it) and the
+    grown box; select_instances then drops the fragment."""
+    left, right, other = rect(10, 5, 22, 25), rect(22, 5, 30, 25), rect(40, 10, 50, 20)
+    local = local_masks(np.array([left, right, other]))
+    boxes = np.array([[10, 5, 22, 25], [22, 5, 30, 25], [40, 10, 50, 20]], np.float32)
+    records = [
+        {"label": 1, "label_name": "a", "score": 0.9, "box": list(map(float, b)), "rle": {}}
+        for b in boxes
+    ]
+    result = Result("cam", 7, 0.2, 0.0, W, H, records)
+    joins = np.array([-1, 0, -1])
+    joined = join_masks(local, joins)
+    out = select_instances(with_joined(result, joined, join_boxes(boxes, joins), joins), [0, 2])
+    assert len(out.instances) == 2
+    assert out.instances[0]["box"] == [10.0, 5.0, 30.0, 25.0]
+    union = np.asfortranarray((left | right).astype(np.uint8))
+    assert out.instances[0]["rle"]["counts"] == mask_utils.encode(union)["counts"].decode()
+    assert out.instances[1] == records[2]  # untouched
+    assert with_joined(result, local, boxes, np.full(3, -1)) is result
