@@ -128,11 +128,9 @@ def join_masks(local: LocalMasks, joins: np.ndarray) -> LocalMasks:
     h, w = y1 - y0, x1 - x0
     masks = np.zeros((n, int(h.max(initial=0)), int(w.max(initial=0))), bool)
     for i in range(n):
-        crop, cx, cy = _crop(local, i)
-        target = i if joins[i] < 0 else None
-        if target is None:  # a fragment keeps its own crop
+        if joins[i] >= 0:  # a fragment keeps its own crop (its place is unchanged above)
+            crop = _crop(local, i)[0]
             masks[i, : crop.shape[0], : crop.shape[1]] = crop
-            x0[i], y0[i], h[i], w[i] = cx, cy, crop.shape[0], crop.shape[1]
             continue
         for j in (i, *np.flatnonzero(joins == i)):
             part, px, py = _crop(local, int(j))
