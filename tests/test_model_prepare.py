@@ -71,8 +71,12 @@ def test_resnet_frozen_norms_fold_exactly(tmp_path):
     x = [torch.rand(3, 96, 128)]
     with torch.inference_mode():
         a, b = plain.backbone(x[0][None]), fast.backbone(x[0][None])
+    # Folding rounds differently in float32, and how much depends on the CPU's kernels: up to
+    # 3e-6 of the largest feature (1.6e-4 absolute, features up to 54) on one machine where a
+    # fixed atol of 1e-4 failed. A wrong fold (eps, mean or scale) is off by a sizeable share.
     for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-4)
+        scale = float(a[key].abs().max())
+        torch.testing.assert_close(b[key], a[key], atol=2e-5 * scale, rtol=1e-4)
 
 
 def _copy_into(model, source):
