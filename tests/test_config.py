@@ -57,7 +57,7 @@ def test_shipped_config_by_name(name):
     assert cfg.weights == str(shipped.DATA / "shapes.pt")  # "streamseg:shapes.pt"
     assert Path(cfg.weights).is_file()
     assert cfg.labels == SHAPES
-    assert (cfg.min_size, cfg.max_size, cfg.max_batch, cfg.detections_per_img) == (352, 640, 1, 20)
+    assert (cfg.min_size, cfg.max_size, cfg.max_batch, cfg.detections_per_img) == (416, 768, 1, 20)
 
 
 def test_config_by_path_with_defaults(tmp_path):
