@@ -485,8 +485,9 @@ def test_a_viewer_that_reads_nothing_slows_no_one(fake_run):
             parts = _read_parts(resp, 20)
             took = time.monotonic() - t0
         assert len(parts) == 20 and took < 5.0
-        # the producer never waited (the first part may be the frame that was waiting)
-        assert fake_run.offered["a"] - start >= 19
+        # the producer never waited: the first part may be the frame that was waiting, and
+        # the last may reach the viewer before the producer's thread has counted it
+        assert fake_run.offered["a"] - start >= 18
     finally:
         stalled.close()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from faultkit import Run, results_lines, video_frames
+from faultkit import Run, lines_so_far, results_lines, video_frames
 
 from streamseg.pipeline.preflight import check_outputs
 from streamseg.source.decode import DecodeErrors, decode_frames
@@ -111,7 +111,7 @@ def test_disk_full_mid_run_is_one_line_nonzero_exit_and_whole_lines(
         "-o", out, "--results", results,
     )  # fmt: skip
     # 3 s in: the video holds whole fragments by now (the first is written after 1 s)
-    run.wait_for(lambda: len(results_lines(results)) >= 75, 300, "75 results lines")
+    run.wait_for(lambda: len(lines_so_far(results)) >= 75, 300, "75 results lines")
     fill(small_disk)
     code = run.wait(timeout=60)
     err = run.stderr()
@@ -138,7 +138,7 @@ def test_kill_9_of_postprocess_leaves_a_playable_video_and_whole_lines(
         "-o", out, "--results", results,
     )  # fmt: skip
     pid = run.stage_pid("postprocess")
-    run.wait_for(lambda: len(results_lines(results)) >= 75, 300, "75 results lines (3 s)")
+    run.wait_for(lambda: len(lines_so_far(results)) >= 75, 300, "75 results lines (3 s)")
     os.kill(pid, signal.SIGKILL)
     run.wait(timeout=30)
     lines = results_lines(results)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from faultkit import Run, results_lines
+from faultkit import Run, lines_so_far, results_lines
 
 from streamseg.tools import synth
 from streamseg.wire.protocol import Detections, EndOfStream, Stats, encode
@@ -43,7 +43,7 @@ def test_forged_and_malformed_messages_change_nothing(random_config, tmp_path):
         "--workers", "1",  # the inference process itself binds frames (no dispatcher)
     )  # fmt: skip
     ep = endpoints(run)
-    run.wait_for(lambda: len(results_lines(tmp_path / "r.jsonl")) >= 1, 180, "first results")
+    run.wait_for(lambda: len(lines_so_far(tmp_path / "r.jsonl")) >= 1, 180, "first results")
     ctx = zmq.Context()
     socks = {}
     for name, endpoint in ep.items():

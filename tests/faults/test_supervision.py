@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from faultkit import Collector, Run, results_lines, stage_pids, video_frames
+from faultkit import Collector, Run, lines_so_far, results_lines, stage_pids, video_frames
 from rtspfixture import RtspServer, free_port, rtsp_available
 
 from streamseg.tools import synth
@@ -38,7 +38,7 @@ def annotate(tmp, clip, config) -> Run:
 
 
 def started_results(tmp, run: Run, n: int = 5) -> None:
-    run.wait_for(lambda: len(results_lines(tmp / "r.jsonl")) >= n, 180, f"{n} results lines")
+    run.wait_for(lambda: len(lines_so_far(tmp / "r.jsonl")) >= n, 180, f"{n} results lines")
 
 
 @pytest.mark.parametrize("stage", ["source", "inference", "postprocess"])

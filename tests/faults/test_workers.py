@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import Collector, Run, results_lines, stage_pids
+from faultkit import Collector, Run, lines_so_far, results_lines, stage_pids
 from rtspfixture import RtspServer, free_port, rtsp_available
 
 from streamseg.tools import synth
@@ -121,7 +121,7 @@ def test_file_run_loses_nothing_when_a_worker_dies_or_hangs(
         tmp_path, "annotate", "-q", long_clip, "--config", random_config, "--workers", "2",
         "--results", "r.jsonl", "--report", "report.json",
     )  # fmt: skip
-    run.wait_for(lambda: len(results_lines(tmp_path / "r.jsonl")) >= 20, 240, "20 results")
+    run.wait_for(lambda: len(lines_so_far(tmp_path / "r.jsonl")) >= 20, 240, "20 results")
     pid = run.stage_pid("worker")
     (server,) = _children_named(run.proc.pid, b"streamseg.pipeline.forkserver")
     os.kill(pid, sig)  # SIGSTOP: frozen; found silent, killed and replaced
@@ -146,7 +146,7 @@ def test_a_killed_fork_server_costs_only_speed(long_clip, random_config, tmp_pat
         tmp_path, "annotate", "-q", long_clip, "--config", random_config, "--workers", "2",
         "--results", "r.jsonl", "--report", "report.json",
     )  # fmt: skip
-    run.wait_for(lambda: len(results_lines(tmp_path / "r.jsonl")) >= 20, 240, "20 results")
+    run.wait_for(lambda: len(lines_so_far(tmp_path / "r.jsonl")) >= 20, 240, "20 results")
     (server,) = _children_named(run.proc.pid, b"streamseg.pipeline.forkserver")
     assert len(stage_pids(run.proc.pid, "worker")) == 2  # forked, yet children of the run
     os.kill(server, signal.SIGKILL)
