@@ -316,6 +316,23 @@ def test_recovery_skips_much_larger_instances() -> None:
     assert step(t, 2, [square(22, 18, 15)]) == [1]
 
 
+def test_recovery_knows_the_size_of_an_object_hidden_for_long() -> None:
+    """An object seen whole, then only its top rows for 30 frames (behind another: its
+    reference area decays with its masks to about half), then missed, comes back whole
+    elsewhere. Its last complete mask still gives its size: it gets its id back."""
+    t = Tracker()
+    whole = square(40, 20, 20)
+    for f in range(5):
+        assert step(t, f, [whole]) == [1]
+    top = whole.copy()
+    top[24:] = False  # 20 x 4 px of the 20 x 20 px object
+    for f in range(5, 35):
+        assert step(t, f, [top]) == [1]
+    # Missed for 5 frames; back 25 px to the right and 8 px lower (by centroid ~26 px):
+    # neither overlaps nor lies inside the last complete mask, so only recovery can link it.
+    assert step(t, 40, [square(65, 20, 20)]) == [1]
+
+
 RED, BLUE = (200.0, 30.0, 30.0), (30.0, 30.0, 200.0)
 
 

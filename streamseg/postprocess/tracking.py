@@ -185,13 +185,15 @@ class Tracker:
             nearest instance of its label (see recover_max_area) whose centroid is
             within recover_radius * (object size + speed * frames since its last match) of
             where the centroid of its last mask is predicted (kept inside the frame; object
-            size = sqrt(area); before a track has a velocity, speed = size / 2). It
-            recovers objects that were missed or hidden and come back elsewhere than predicted
-            (a turn, a bounce off the frame edge). 0: no third pass.
+            size = sqrt(area), the area as for recover_max_area; before a track has a
+            velocity, speed = size / 2). It recovers objects that were missed or hidden and
+            come back elsewhere than predicted (a turn, a bounce off the frame edge). 0: no
+            third pass.
         recover_max_area: the third pass gives a confirmed track no instance larger than this
-            many times its object's reference area: such an instance is another object, or
-            the object merged with one. (A tentative track may not have seen its whole object
-            yet: one that enters the frame or comes out from behind another grows.)
+            many times its object's area (the larger of its reference area and its last
+            complete mask's): such an instance is another object, or the object merged with
+            one. (A tentative track may not have seen its whole object yet: one that enters
+            the frame or comes out from behind another grows.)
         duplicate_overlap: the third pass takes no instance whose mask and the mask of an
             instance a confirmed track has taken share at least this share of the smaller
             one: it is a duplicate of that object (a copy with another label, a fragment, the
@@ -240,7 +242,7 @@ class Tracker:
         cross_label_weight: float = 0.0,
         max_color_distance: float = 50.0,
         recover_radius: float = 1.5,
-        recover_max_area: float = 1.5,
+        recover_max_area: float = 2.0,
         duplicate_overlap: float = 0.8,
         fragment_coverage: float = 0.5,
         # track life
@@ -565,14 +567,17 @@ class Tracker:
             gap = frame - track.last_frame
             cx, cy = track.crop.centroid + track.velocity * gap
             centre = np.array([min(max(cx, 0.0), frame_w - 1.0), min(max(cy, 0.0), frame_h - 1.0)])
-            size = math.sqrt(track.ref_area)
+            # The whole object: while it is partly hidden its masks shrink and the reference
+            # area decays with them, but its last complete mask still shows its size.
+            whole = max(track.ref_area, float(track.template.area))
+            size = math.sqrt(whole)
             # Unknown motion (one sighting so far): allow half the object's size per frame.
             speed = float(np.hypot(*track.velocity)) if track.moving else size / 2
             radius = self.recover_radius * (size + speed * gap)
             dist = np.hypot(*(det_c - centre).T)
             ok = (labels == track.label) & (det_area > 0)
             if track.confirmed:  # a tentative track may not have seen its whole object yet
-                ok &= det_area <= self.recover_max_area * track.ref_area
+                ok &= det_area <= self.recover_max_area * whole
             near[t] = np.where(ok & (dist < radius), 1.0 - dist / max(radius, 1e-9), 0.0)
         return near
 
