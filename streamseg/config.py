@@ -152,6 +152,9 @@ class ModelConfig:
     """Postprocess drops an instance whose mask overlaps a higher-scored one of the same label
     by this IoU or more: a duplicate box NMS missed because the boxes differ (visible masks
     of opaque objects do not overlap). 0: keep them (the COCO configs; shapes: 0.3)."""
+    mask_nms_cross_label: float = 0.0
+    """The same for an instance of another label: the model calling one object by two names
+    (torchvision's box NMS is per label). 0: keep them (the COCO configs; shapes: 0.6)."""
     detections_per_img: int = 100
     """At most this many instances per frame (torchvision's box_detections_per_img)."""
     min_size: int = 800
@@ -181,6 +184,7 @@ _MODEL_KEYS = {
     "score_threshold",
     "mask_threshold",
     "mask_nms",
+    "mask_nms_cross_label",
     "detections_per_img",
     "min_size",
     "max_size",
@@ -269,6 +273,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "score_threshold": (int, float),
     "mask_threshold": (int, float),
     "mask_nms": (int, float),
+    "mask_nms_cross_label": (int, float),
     "detections_per_img": (int,),
     "min_size": (int,),
     "max_size": (int,),
@@ -296,6 +301,11 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(f"{where}: score_threshold must be in [0, 1], mask_threshold in (0, 1)")
     if not 0.0 <= cfg.mask_nms <= 1.0:
         raise ConfigError(f"{where}: mask_nms must be in [0, 1] (0: off), got {cfg.mask_nms}")
+    if not 0.0 <= cfg.mask_nms_cross_label <= 1.0:
+        raise ConfigError(
+            f"{where}: mask_nms_cross_label must be in [0, 1] (0: off), "
+            f"got {cfg.mask_nms_cross_label}"
+        )
     if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.detections_per_img < 1:
         raise ConfigError(
             f"{where}: max_batch and detections_per_img must be >= 1, max_wait_ms >= 0"

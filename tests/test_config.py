@@ -130,6 +130,7 @@ def test_train_table_is_allowed(tmp_path):
         (GOOD + "mask_nms = 1.5\n", r"mask_nms must be in \[0, 1\] \(0: off\), got 1.5"),
         (GOOD + "mask_nms = -0.1\n", r"mask_nms must be in \[0, 1\]"),
         (GOOD + 'mask_nms = "0.3"\n', "mask_nms must be a int or float"),
+        (GOOD + "mask_nms_cross_label = 2\n", r"mask_nms_cross_label must be in \[0, 1\]"),
         (GOOD + "[runtime]\nmax_batch = 0\n", "max_batch .* must be >= 1"),
         (GOOD + "detections_per_img = 0\n", "detections_per_img must be >= 1"),
         (GOOD + "[runtime]\nmax_wait_ms = -1.0\n", "max_wait_ms >= 0"),

@@ -41,7 +41,27 @@ def test_duplicates_are_same_label_overlaps_of_a_kept_instance() -> None:
     with pytest.raises(ValueError, match="3 masks but 2 labels"):
         duplicates(local, [1, 1], [0.9, 0.8, 0.7], 0.3)
     with pytest.raises(ValueError, match="min_iou must be in"):
-        duplicates(local, [1, 1, 1], [0.9, 0.8, 0.7], 0.0)
+        duplicates(local, [1, 1, 1], [0.9, 0.8, 0.7], 1.5)
+    with pytest.raises(ValueError, match="cross_label_iou must be in"):
+        duplicates(local, [1, 1, 1], [0.9, 0.8, 0.7], 0.3, -0.1)
+
+
+def test_cross_label_duplicates_have_their_own_bar() -> None:
+    """One object called by two names: the lower-scored name goes when the masks overlap by
+    cross_label_iou; min_iou stays the bar within a label, and 0 turns either off."""
+    a = rect(10, 10, 30, 30)
+    b = rect(15, 10, 35, 30)  # IoU with a: 0.6
+    c = rect(22, 10, 42, 30)  # IoU with b: 0.48, with a: 0.25
+    local = local_masks(np.array([a, b, c]))
+    labels, scores = [1, 2, 1], [0.9, 0.8, 0.7]
+    assert duplicates(local, labels, scores, 0.3, 0.6).tolist() == [False, True, False]
+    assert duplicates(local, labels, scores, 0.3, 0.61).tolist() == [False] * 3
+    # b goes; c would be b's copy (0.48 >= 0.45) but b is not kept, and c is not a's (0.25).
+    assert duplicates(local, labels, scores, 0.3, 0.45).tolist() == [False, True, False]
+    assert duplicates(local, labels, scores, 0.2, 0.61).tolist() == [False, False, True]
+    # Same-label duplicates off (0), cross-label on: only the other label's copy goes.
+    assert duplicates(local, [1, 1, 2], scores, 0.0, 0.2).tolist() == [False, False, True]
+    assert duplicates(local, [1, 1, 2], scores, 0.0, 0.0).tolist() == [False] * 3
 
 
 def test_select_and_join_match_full_masks() -> None:

@@ -1,4 +1,4 @@
-"""Postprocess drops same-label duplicates and joins the fragments the tracker finds, on
+"""Postprocess drops duplicates and joins the fragments the tracker finds, on
 Detections that came through the wire, and the results carry the joined masks."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ H, W = 120, 160
 NAMES = ["bg", "a", "b"]
 
 
-def detections(frame: int, boxes: list[list[float]], scores: list[float]) -> Detections:
-    """Label-2 instances whose masks fill their boxes, through the wire."""
+def detections(
+    frame: int, boxes: list[list[float]], scores: list[float], labels: list[int] | None = None
+) -> Detections:
+    """Instances (label 2 unless given) whose masks fill their boxes, through the wire."""
     n = len(boxes)
     det = Detections(
         stream="cam",
@@ -26,7 +28,7 @@ def detections(frame: int, boxes: list[list[float]], scores: list[float]) -> Det
         height=H,
         boxes=np.array(boxes, np.float32).reshape(n, 4),
         scores=np.array(scores, np.float32),
-        labels=np.full(n, 2, np.int64),
+        labels=np.array(labels or [2] * n, np.int64).reshape(n),
         masks=np.ones((n, 28, 28), np.float32),
         colors=np.full((n, 3), 120.0, np.float32),
     )
@@ -69,3 +71,12 @@ def test_duplicates_are_dropped_before_tracking() -> None:
     assert np.array_equal(frame.local.full(), full[[1, 2]])
     assert frame.labels.tolist() == [2, 2] and frame.colors.shape == (2, 3)
     assert _track({}, det, frame, {"max_missed": 60}) == [1, 2]
+
+
+def test_cross_label_duplicates_are_dropped_when_asked() -> None:
+    det = detections(0, [[40, 30, 80, 70], [42, 30, 82, 70]], [0.7, 0.9], [1, 2])  # two names
+    frame, full = frame_of(det)
+    assert frame.drop_duplicates(0.3) == 0 and len(frame.local) == 2
+    assert frame.drop_duplicates(0.3, 0.6) == 1
+    assert frame.labels.tolist() == [2] and [i["score"] for i in frame.result.instances] == [0.9]
+    assert np.array_equal(frame.local.full(), full[[1]])

@@ -81,6 +81,7 @@ def stage_processes(
             "streams": streams,
             "mask_threshold": model.mask_threshold,
             "mask_nms": model.mask_nms,
+            "mask_nms_cross_label": model.mask_nms_cross_label,
             "label_names": list(model.labels),
             "video": video,
             "results": results,

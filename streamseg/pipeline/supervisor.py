@@ -199,6 +199,7 @@ def run(
             "streams": n,
             "mask_threshold": model.mask_threshold,
             "mask_nms": model.mask_nms,
+            "mask_nms_cross_label": model.mask_nms_cross_label,
             "label_names": list(model.labels),
             "video": video,
             "results": results,

@@ -2,8 +2,9 @@
 
 Two model mistakes that a tracker turns into new ids (docs/tracking.md):
 
-- a duplicate: two instances of one label on the same pixels (visible masks of opaque objects
-  do not overlap), which box NMS missed because their boxes differ: :func:`duplicates`;
+- a duplicate: two instances on the same pixels (visible masks of opaque objects do not
+  overlap), which box NMS missed because their boxes differ, or which have two labels (box
+  NMS is per label): :func:`duplicates`;
 - a fragment: one object seen as two pieces of one label, which the tracker recognises
   against the object's last complete mask (``Tracker.joins``): :func:`join_masks` and
   :func:`join_boxes` make the two one instance.
@@ -37,9 +38,14 @@ def _intersection(local: LocalMasks, i: int, j: int) -> int:
 
 
 def duplicates(
-    local: LocalMasks, labels: np.ndarray, scores: np.ndarray, min_iou: float
+    local: LocalMasks,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    min_iou: float,
+    cross_label_iou: float = 0.0,
 ) -> np.ndarray:
-    """Which instances duplicate a higher-scored one: same label, mask IoU >= ``min_iou``.
+    """Which instances duplicate a higher-scored one: same label and mask IoU >= ``min_iou``,
+    or another label and mask IoU >= ``cross_label_iou`` (one object called by two names).
 
     Greedy in score order (ties: the earlier instance wins), as NMS is: an instance is a
     duplicate only of one that is kept.
@@ -48,7 +54,8 @@ def duplicates(
         local: the frame's N masks.
         labels: int[N].
         scores: float[N].
-        min_iou: in (0, 1].
+        min_iou: in [0, 1]; 0: instances of one label are never duplicates.
+        cross_label_iou: in [0, 1]; 0: instances of different labels are never duplicates.
 
     Returns:
         bool[N], True for a duplicate (to drop).
@@ -58,18 +65,20 @@ def duplicates(
     scores = np.asarray(scores, np.float64).reshape(-1)
     if not (len(labels) == len(scores) == n):
         raise ValueError(f"duplicates: {n} masks but {len(labels)} labels, {len(scores)} scores")
-    if not 0.0 < min_iou <= 1.0:
-        raise ValueError(f"duplicates: min_iou must be in (0, 1], got {min_iou}")
+    for name, value in (("min_iou", min_iou), ("cross_label_iou", cross_label_iou)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"duplicates: {name} must be in [0, 1], got {value}")
     areas = local.areas()
     dropped = np.zeros(n, bool)
     kept: list[int] = []
     for i in np.argsort(-scores, kind="stable"):
         for j in kept:
-            if labels[i] != labels[j]:
+            least = min_iou if labels[i] == labels[j] else cross_label_iou
+            if least == 0.0:
                 continue
             inter = _intersection(local, int(i), j)
             union = int(areas[i]) + int(areas[j]) - inter
-            if union and inter >= min_iou * union:
+            if union and inter >= least * union:
                 dropped[i] = True
                 break
         else:

@@ -130,11 +130,11 @@ class _Frame:
         self.boxes, self.labels = self.boxes[index], self.labels[index]
         self.scores, self.colors = self.scores[index], self.colors[index]
 
-    def drop_duplicates(self, min_iou: float) -> int:
-        """Drop same-label duplicates (instances.duplicates); how many there were."""
-        if min_iou <= 0.0 or len(self.local) < 2:
+    def drop_duplicates(self, min_iou: float, cross_label_iou: float = 0.0) -> int:
+        """Drop duplicates (instances.duplicates); how many there were."""
+        if (min_iou <= 0.0 and cross_label_iou <= 0.0) or len(self.local) < 2:
             return 0
-        dup = duplicates(self.local, self.labels, self.scores, min_iou)
+        dup = duplicates(self.local, self.labels, self.scores, min_iou, cross_label_iou)
         if dup.any():
             self.keep(np.flatnonzero(~dup))
         return int(dup.sum())
@@ -206,12 +206,14 @@ def serve(
     live: bool = False,
     reorder_capacity: int = 128,
     mask_nms: float = 0.0,
+    mask_nms_cross_label: float = 0.0,
 ) -> int:
     """track: the Tracker's settings (None: no track ids). mask_nms: drop an instance whose
     mask overlaps a higher-scored one of its label by this IoU or more (0: never; see
-    postprocess.instances). preview_endpoint: where to offer
-    annotated JPEGs of the streams someone watches (streamseg --serve; None: nowhere).
-    reorder_capacity: results held per stream while an earlier one is at another worker."""
+    postprocess.instances); mask_nms_cross_label: the same for one of another label.
+    preview_endpoint: where to offer annotated JPEGs of the streams someone watches
+    (streamseg --serve; None: nowhere). reorder_capacity: results held per stream while an
+    earlier one is at another worker."""
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     tokens = Tokens.from_env()
@@ -262,7 +264,7 @@ def serve(
         result, local = make_result(det, mask_threshold=mask_threshold, label_names=label_names)
         frame = _Frame(det, result, local)
         extra = counters[det.stream].extra
-        if dropped := frame.drop_duplicates(mask_nms):
+        if dropped := frame.drop_duplicates(mask_nms, mask_nms_cross_label):
             extra["duplicates"] = extra.get("duplicates", 0) + dropped
         ids: list[int | None] | None = None
         if track is not None:
@@ -350,6 +352,7 @@ def main(
     streams: int = 1,
     mask_threshold: float = 0.5,
     mask_nms: float = 0.0,
+    mask_nms_cross_label: float = 0.0,
     label_names: list[str] | None = None,
     video: str | None = None,
     results: str | None = None,
@@ -382,6 +385,7 @@ def main(
         streams=streams,
         mask_threshold=mask_threshold,
         mask_nms=mask_nms,
+        mask_nms_cross_label=mask_nms_cross_label,
         label_names=label_names or [],
         video=video,
         results=results,
