@@ -1,0 +1,153 @@
+"""Try tracker settings on many clips in minutes: replay postprocess over cached model outputs.
+
+    python -m tests.tracking_replay CLIP_DIR --seeds 6061 6062 ... [--config shapes]
+        [--settings '{"recover_max_area": 2.0}' ...] [--mask-nms-cross-label 0.6]
+
+CLIP_DIR holds `streamseg synth` clips named cSEED.mp4 with their ground truth cSEED.json
+(`streamseg synth CLIP_DIR/cSEED.mp4 --gt CLIP_DIR/cSEED.json --seed SEED --frames 300`).
+The model runs once per clip, frame by frame as the inference stage runs it (its boxes,
+scores, labels, 28 x 28 mask probabilities and colours are cached in CLIP_DIR/cSEED.CONFIG.npz);
+then, for each `--settings` (the Tracker's keyword arguments, over the pipeline's
+`max_missed = 60`), postprocess's own code runs over the cache: paste, `mask_nms` and
+`mask_nms_cross_label` (the config's unless given), the tracker, fragment joins. It prints the
+ID switches and mean IDF1 per setting (`streamseg eval --tracks`'s figures), per clip with -v.
+
+The replay gives the ids the pipeline gives (tests/test_tracking_replay.py checks it on a
+clip), so figures found here hold through `streamseg annotate`; measure there before quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from streamseg import shipped
+from streamseg.config import ModelConfig, load_config
+from streamseg.inference.colors import instance_colors
+from streamseg.inference.executor import Executor
+from streamseg.inference.model import load_model
+from streamseg.postprocess.main import _Frame, _track
+from streamseg.postprocess.results import make_result, with_track_ids
+from streamseg.tools import evaluate
+from streamseg.wire.protocol import Detections
+
+PIPELINE_TRACK = {"max_missed": 60}  # the pipeline files' track_max_missed
+_KEYS = ("boxes", "scores", "labels", "masks", "colors")
+
+
+def cache_clip(cfg: ModelConfig, executor: Executor, clip: Path, out: Path) -> int:
+    """Run the model over every frame of ``clip`` and save its outputs to ``out`` (.npz);
+    the number of frames."""
+    per_frame: dict[str, list[np.ndarray]] = {k: [] for k in _KEYS}
+    height = width = 0
+    with av.open(str(clip)) as container:
+        for frame in container.decode(video=0):
+            image = frame.to_ndarray(format="rgb24")
+            height, width = image.shape[:2]
+            r = executor([image])[0]
+            r["colors"] = instance_colors(image, r["boxes"], r["masks"], cfg.mask_threshold)
+            for k in _KEYS:
+                per_frame[k].append(r[k])
+    counts = np.array([len(s) for s in per_frame["scores"]], np.int64)
+    arrays = {k: np.concatenate(v) for k, v in per_frame.items()}
+    arrays["masks"] = arrays["masks"].astype(np.float16)  # 28 x 28 probabilities: half the disk
+    np.savez_compressed(out, counts=counts, size=np.array([height, width]), **arrays)
+    return len(counts)
+
+
+@dataclass
+class CachedFrame:
+    det: Detections
+    frame: _Frame  # after paste and duplicates; copied before tracking (the tracker joins)
+
+
+def load_frames(
+    path: Path, cfg: ModelConfig, mask_nms: float, mask_nms_cross_label: float
+) -> list[CachedFrame]:
+    """The cached clip's frames as postprocess has them just before tracking."""
+    with np.load(path) as z:
+        counts, (height, width) = z["counts"], z["size"].tolist()
+        arrays = {k: z[k] for k in _KEYS}
+    ends = np.cumsum(counts)
+    out = []
+    for i, end in enumerate(ends.tolist()):
+        s = slice(end - int(counts[i]), end)
+        det = Detections(
+            "replay", i, 0.0, 0.0, width, height,
+            arrays["boxes"][s], arrays["scores"][s], arrays["labels"][s],
+            arrays["masks"][s].astype(np.float32), colors=arrays["colors"][s],
+        )  # fmt: skip
+        result, local = make_result(det, mask_threshold=cfg.mask_threshold, label_names=cfg.labels)
+        frame = _Frame(det, result, local)
+        frame.drop_duplicates(mask_nms, mask_nms_cross_label)
+        out.append(CachedFrame(det, frame))
+    return out
+
+
+def replay(frames: Sequence[CachedFrame], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results records (as results.jsonl holds them) of tracking ``frames`` anew."""
+    trackers: dict[str, Any] = {}
+    records = []
+    for cached in frames:
+        frame = copy.copy(cached.frame)  # _Frame replaces its parts, never mutates them
+        ids = _track(trackers, cached.det, frame, {**PIPELINE_TRACK, **settings})
+        records.append(with_track_ids(frame.result, ids).to_json())
+    return records
+
+
+def _model_config(name: str) -> ModelConfig:
+    return load_config(shipped.find("config", name))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("clips", type=Path, help="folder of cSEED.mp4 + cSEED.json (streamseg synth)")
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--config", default="shapes", help="model config: shipped name or .toml")
+    p.add_argument("--settings", nargs="*", default=["{}"], help="Tracker keyword args, JSON")
+    p.add_argument("--mask-nms", type=float, default=None, help="default: the config's")
+    p.add_argument("--mask-nms-cross-label", type=float, default=None, help="default: config's")
+    p.add_argument("-v", "--verbose", action="store_true", help="figures per clip")
+    args = p.parse_args(argv)
+    cfg = _model_config(args.config)
+    tag = Path(args.config).stem
+    executor: Executor | None = None
+    for seed in args.seeds:
+        cache = args.clips / f"c{seed}.{tag}.npz"
+        if not cache.is_file():
+            executor = executor or Executor(load_model(cfg), fp16=cfg.fp16)
+            t0 = time.perf_counter()
+            n = cache_clip(cfg, executor, args.clips / f"c{seed}.mp4", cache)
+            print(f"cached {n} frames of c{seed} in {time.perf_counter() - t0:.0f} s", flush=True)
+    nms = cfg.mask_nms if args.mask_nms is None else args.mask_nms
+    cross = cfg.mask_nms_cross_label
+    if args.mask_nms_cross_label is not None:
+        cross = args.mask_nms_cross_label
+    clips = {s: load_frames(args.clips / f"c{s}.{tag}.npz", cfg, nms, cross) for s in args.seeds}
+    for text in args.settings:
+        settings = json.loads(text)
+        per_clip = {}
+        for seed, frames in clips.items():
+            gt = args.clips / f"c{seed}.json"
+            per_clip[seed] = evaluate.evaluate_tracks(replay(frames, settings), gt)
+            if args.verbose:
+                s = per_clip[seed]
+                print(f"  c{seed}: IDF1 {s.idf1:.3f} switches {s.id_switches}")
+        switches = sum(s.id_switches for s in per_clip.values())
+        idf1 = float(np.mean([s.idf1 for s in per_clip.values()]))
+        print(f"switches {switches:4d}  mean IDF1 {idf1:.4f}  {settings}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
