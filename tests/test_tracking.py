@@ -124,9 +124,9 @@ def test_different_labels_never_swap() -> None:
 
 
 def test_new_track_score_and_empty_masks() -> None:
-    t = Tracker(new_track_score=0.5)
+    t = Tracker(new_track_score=0.5, min_hits=1)
     assert step(t, 0, [square(10, 10), square(60, 10)], scores=[0.9, 0.3]) == [1, NO_TRACK]
-    # A low score continues an existing track.
+    # A low score continues a confirmed track.
     assert step(t, 1, [square(10, 10)], scores=[0.3]) == [1]
     # An empty mask (all below the mask threshold) is matched by its box.
     full = np.zeros((1, H, W), bool)
@@ -134,6 +134,28 @@ def test_new_track_score_and_empty_masks() -> None:
     ids = t.update(2, local_masks(full), box, np.array([SQUARE]), np.array([0.9], np.float32))
     assert ids.tolist() == [1]
     assert step(t, 3, [square(10, 10)]) == [1]
+
+
+def test_low_scores_only_continue_followed_tracks_after_the_others() -> None:
+    """ByteTrack's second association: an instance below new_track_score never starts a
+    track; it continues only a confirmed track matched in the previous update, by IoU, with
+    what the others left."""
+    t = Tracker(new_track_score=0.5, min_hits=2)
+    assert step(t, 0, [square(10, 10)], scores=[0.9]) == [1]  # tentative
+    assert step(t, 1, [square(11, 10)], scores=[0.3]) == [NO_TRACK]  # not for a tentative one
+    assert step(t, 2, [square(12, 10)], scores=[0.9]) == [1]
+    assert step(t, 3, [square(13, 10)], scores=[0.9]) == [1]  # confirmed now
+    # A low copy that fits the prediction better loses to the high-scored instance.
+    assert step(t, 4, [square(16, 10), square(14, 10)], scores=[0.9, 0.3]) == [1, NO_TRACK]
+    # Partly hidden: low, and taken by its track (IoU).
+    assert step(t, 5, [square(17, 10, side=8)], scores=[0.3]) == [1]
+    # A sliver only the second pass (coverage) would link: not with a low score.
+    assert step(t, 6, [square(26, 10, side=3)], scores=[0.2]) == [NO_TRACK]
+    # Missed in frame 6, the track is lost: a low instance where it is predicted stays
+    # untracked; a high one there continues it.
+    assert step(t, 7, [square(20, 10)], scores=[0.3]) == [NO_TRACK]
+    assert step(t, 8, [square(21, 10)], scores=[0.9]) == [1]
+    assert step(t, 9, [square(22, 10)], scores=[0.3]) == [1]
 
 
 def test_invalid_updates() -> None:

@@ -38,6 +38,10 @@ Algorithm, per frame:
    mostly inside the track's last complete mask, and joined to the match comes closer to that
    mask is a piece of the same object (the model saw it as two): it gets no id, and
    ``Tracker.joins`` tells the caller to join it to the match.
+   Instances scoring below ``new_track_score`` take part only in pass a, offered after the
+   others to the confirmed tracks matched in the previous frame (ByteTrack's second
+   association): an object partly hidden scores lower, and its track should not lose it for
+   that; a track already lost is not trusted with such an instance.
 5. Matched tracks take the new mask (joined with its fragments); unmatched instances with
    score >= ``new_track_score`` start new tentative tracks (ids 1, 2, 3, ... per tracker,
    never reused: the id of a tentative track that ends is not given again); the rest get
@@ -221,8 +225,12 @@ class Tracker:
             match. 1: every track is confirmed at once (no tentative tracks).
         tentative_max_missed: frames a tentative track survives without a match (at most
             max_missed).
-        new_track_score: least score for an unmatched instance to start a new track; below
-            it the instance gets id -1 (``NO_TRACK``). 0 (default): every instance has an id.
+        new_track_score: least score for an instance to start a new track. An instance
+            below it (a *low* one) can only continue a confirmed track that was matched in
+            the previous update, in the first pass (IoU), after the instances at or above it
+            have been matched: ByteTrack's second association (an object partly hidden or
+            blurred scores lower; a track already lost is not trusted with one). Unmatched,
+            it gets id -1 (``NO_TRACK``). 0 (default): every instance may start a track.
         velocity_weight: weight of a new velocity measurement in the running estimate
             (1: the last measurement only).
         complete_fraction: a mask with at least this share of the object's reference area
@@ -362,7 +370,7 @@ class Tracker:
                 f"Tracker.update: frame {frame} after frame {self._last_frame}; frames of a "
                 "stream must come in increasing order"
             )
-        self._last_frame = frame
+        previous, self._last_frame = self._last_frame, frame
         # Frames last_frame + 1 .. frame - 1 went by without a match.
         self._tracks = [
             t
@@ -382,6 +390,9 @@ class Tracker:
             iou[other] = coverage[other] = nearness[other] = 0.0
         overlapping = _overlapping(dets, self.duplicate_overlap)
         confirmed = np.array([t.confirmed for t in self._tracks], bool)
+        high = scores >= self.new_track_score
+        # a confirmed track its object's instance continued last frame (ByteTrack's "tracked")
+        followed = confirmed & np.array([t.last_frame == previous for t in self._tracks], bool)
         track_free = np.ones(len(self._tracks), bool)
         det_free = np.ones(n, bool)
         taken = np.zeros(n, bool)  # by a confirmed track
@@ -391,10 +402,13 @@ class Tracker:
             (coverage, self.min_coverage),
             (nearness, _NEAR),
         ):
+            groups = [(confirmed, high), (~confirmed, high)]
+            if similarity is iou:  # low instances, after the others: followed tracks only
+                groups.append((followed, ~high))
             if similarity is nearness:  # no duplicate of an object its track has found
                 similarity = np.where(overlapping[:, taken].any(1)[None, :], 0.0, similarity)
-            for group in (confirmed, ~confirmed):
-                free = (track_free & group)[:, None] & det_free[None, :]
+            for tracks, instances in groups:
+                free = (track_free & tracks)[:, None] & (det_free & instances)[None, :]
                 rows, cols = _assign(np.where(free, similarity, 0.0), least)
                 track_free[rows], det_free[cols] = False, False
                 taken[cols[confirmed[rows]]] = True
