@@ -145,7 +145,13 @@ class ModelConfig:
     checkpoint carries (a config naming others is refused); else, for the COCO architectures,
     torchvision's COCO names; other architectures must name theirs."""
     score_threshold: float = 0.5
-    """Instances scoring below this are dropped (torchvision's box_score_thresh)."""
+    """Results hold no instance scoring below this, except as track_score_threshold says."""
+    track_score_threshold: float = 0.0
+    """Where tracking is on, an instance scoring at least this, but below score_threshold, is
+    a result only when it continues a confirmed track (ByteTrack's low-score association: a
+    partly hidden object scores lower). The model then keeps instances from this score on
+    (torchvision's box_score_thresh); postprocess drops the low ones no track took. 0, or not
+    below score_threshold: off (the COCO configs; shapes: 0.3)."""
     mask_threshold: float = 0.5
     """Mask probability above which a pixel belongs to the instance."""
     mask_nms: float = 0.0
@@ -182,6 +188,7 @@ _MODEL_KEYS = {
     "weights",
     "labels",
     "score_threshold",
+    "track_score_threshold",
     "mask_threshold",
     "mask_nms",
     "mask_nms_cross_label",
@@ -271,6 +278,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "arch": (str,),
     "weights": (str,),
     "score_threshold": (int, float),
+    "track_score_threshold": (int, float),
     "mask_threshold": (int, float),
     "mask_nms": (int, float),
     "mask_nms_cross_label": (int, float),
@@ -299,6 +307,11 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(f"{where}: arch {cfg.arch!r} is not one of {', '.join(ARCHS)}")
     if not 0.0 <= cfg.score_threshold <= 1.0 or not 0.0 < cfg.mask_threshold < 1.0:
         raise ConfigError(f"{where}: score_threshold must be in [0, 1], mask_threshold in (0, 1)")
+    if not 0.0 <= cfg.track_score_threshold <= 1.0:
+        raise ConfigError(
+            f"{where}: track_score_threshold must be in [0, 1] (0: off), "
+            f"got {cfg.track_score_threshold}"
+        )
     if not 0.0 <= cfg.mask_nms <= 1.0:
         raise ConfigError(f"{where}: mask_nms must be in [0, 1] (0: off), got {cfg.mask_nms}")
     if not 0.0 <= cfg.mask_nms_cross_label <= 1.0:
@@ -320,6 +333,13 @@ def validate(cfg: ModelConfig) -> None:
         )
     if cfg.min_size < 32 or cfg.max_size < cfg.min_size:
         raise ConfigError(f"{where}: need 32 <= min_size <= max_size")
+
+
+def model_score_threshold(cfg: ModelConfig) -> float:
+    """The least score of an instance the model keeps: track_score_threshold when it is on
+    (above 0 and below score_threshold), else score_threshold."""
+    low = cfg.track_score_threshold
+    return low if 0.0 < low < cfg.score_threshold else cfg.score_threshold
 
 
 def replace(cfg: ModelConfig, **changes: Any) -> ModelConfig:

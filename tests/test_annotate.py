@@ -78,12 +78,15 @@ def test_annotate_writes_results_and_video(clip, random_config, tmp_path):
 
 def test_results_match_torchvision_reference(clip, shapes_config, tmp_path):
     """Parity: the pipeline's instances equal torchvision's own model(images) output (with
-    the shipped config's duplicate rules off: they drop instances after the model)."""
+    the shipped config's duplicate rules and low-score tracking off: they choose instances
+    after the model)."""
     video, _ = clip
     text, n = re.subn(
-        r"(?m)^mask_nms(_cross_label)? = .*$", r"mask_nms\1 = 0.0", shapes_config.read_text()
+        r"(?m)^(mask_nms|mask_nms_cross_label|track_score_threshold) = .*$",
+        r"\1 = 0.0",
+        shapes_config.read_text(),
     )
-    assert n == 2
+    assert n == 3
     config = tmp_path / "shapes.toml"
     config.write_text(text)
     results = tmp_path / "out.jsonl"
@@ -91,7 +94,7 @@ def test_results_match_torchvision_reference(clip, shapes_config, tmp_path):
     assert proc.returncode == 0, proc.stderr
     records = read_results(results)
 
-    model = streamseg.load_model(str(shapes_config), device="cpu")
+    model = streamseg.load_model(str(config), device="cpu")
     frames = decode_frames(video)
     assert len(frames) == len(records) == 10
     total = 0

@@ -15,11 +15,13 @@ from streamseg.config import (
     from_dict,
     label_name,
     load_config,
+    model_score_threshold,
     parse_size,
     replace,
     to_dict,
     validate,
 )
+from streamseg.inference.model import build_from_config
 
 SHAPES = ("__background__", "circle", "square", "triangle")
 GOOD = (
@@ -131,6 +133,7 @@ def test_train_table_is_allowed(tmp_path):
         (GOOD + "mask_nms = -0.1\n", r"mask_nms must be in \[0, 1\]"),
         (GOOD + 'mask_nms = "0.3"\n', "mask_nms must be a int or float"),
         (GOOD + "mask_nms_cross_label = 2\n", r"mask_nms_cross_label must be in \[0, 1\]"),
+        (GOOD + "track_score_threshold = -0.3\n", r"track_score_threshold must be in \[0, 1\]"),
         (GOOD + "[runtime]\nmax_batch = 0\n", "max_batch .* must be >= 1"),
         (GOOD + "detections_per_img = 0\n", "detections_per_img must be >= 1"),
         (GOOD + "[runtime]\nmax_wait_ms = -1.0\n", "max_wait_ms >= 0"),
@@ -238,3 +241,14 @@ def test_label_name_falls_back_to_the_number():
     labels = ("__background__", "circle")
     assert [label_name(labels, i) for i in (0, 1, 2, -1)] == ["__background__", "circle", "2", "-1"]
     assert label_name((), 0) == "0"
+
+
+@pytest.mark.parametrize(
+    ("score", "track_score", "model_keeps"),
+    [(0.5, 0.0, 0.5), (0.5, 0.3, 0.3), (0.5, 0.5, 0.5), (0.5, 0.7, 0.5), (0.0, 0.3, 0.0)],
+)
+def test_the_model_keeps_low_scores_only_for_tracking(tmp_path, score, track_score, model_keeps):
+    text = GOOD + f"score_threshold = {score}\ntrack_score_threshold = {track_score}\n"
+    cfg = load_config(write(tmp_path, text))
+    assert model_score_threshold(cfg) == model_keeps
+    assert build_from_config(cfg).roi_heads.score_thresh == model_keeps

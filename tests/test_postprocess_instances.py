@@ -80,3 +80,26 @@ def test_cross_label_duplicates_are_dropped_when_asked() -> None:
     assert frame.drop_duplicates(0.3, 0.6) == 1
     assert frame.labels.tolist() == [2] and [i["score"] for i in frame.result.instances] == [0.9]
     assert np.array_equal(frame.local.full(), full[[1]])
+
+
+def test_low_scores_stay_only_where_they_continue_a_track() -> None:
+    """Postprocess's order with track_score_threshold: duplicates (counted from the score
+    bar), the tracker (new_track_score = the bar), then low instances no track took leave."""
+    trackers: dict = {}
+    settings = {"max_missed": 60, "new_track_score": 0.5}
+    for f in range(3):  # a square, confirmed
+        det = detections(f, [[40 + f, 30, 80 + f, 70]], [0.9])
+        frame, _ = frame_of(det)
+        ids = _track(trackers, det, frame, settings)
+        assert frame.drop_low(0.5, ids) == [1]
+    # partly hidden (low), a low blob elsewhere, and a low copy of the square's pixels
+    det = detections(3, [[43, 30, 70, 70], [120, 80, 150, 110], [43, 31, 70, 70]], [0.4, 0.35, 0.3])
+    frame, full = frame_of(det)
+    assert frame.drop_duplicates(0.3, 0.0, counted_from=0.5) == 0  # a copy below the bar
+    assert len(frame.scores) == 2
+    ids = frame.drop_low(0.5, _track(trackers, det, frame, settings))
+    assert ids == [1] and [i["score"] for i in frame.result.instances] == [0.4]
+    assert np.array_equal(frame.local.full(), full[[0]])
+    # untracked (tracking off): every low instance leaves
+    frame, _ = frame_of(det)
+    assert frame.drop_low(0.5, [None] * 3) == [] and len(frame.result.instances) == 0

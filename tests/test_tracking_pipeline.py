@@ -34,6 +34,17 @@ def test_track_ids_follow_the_objects(tmp_path):
     records = load_results(tmp_path / "r.jsonl")
     ids = [i["track_id"] for r in records for i in r["instances"]]
     assert ids and all(isinstance(t, int) and t >= 1 for t in ids)
+    # Below the config's score_threshold (0.5), an instance is a result only where it
+    # continues a track its object's instance continued the frame before (track_score_threshold)
+    low = 0
+    for before, record in zip(records, records[1:], strict=False):
+        seen = {i["track_id"] for i in before["instances"]}
+        for inst in record["instances"]:
+            if inst["score"] < 0.5:
+                low += 1
+                assert 0.3 <= inst["score"] and inst["track_id"] in seen, (record["frame"], inst)
+    assert all(i["score"] >= 0.5 for i in records[0]["instances"])
+    assert low >= 1, "the clip has partly hidden shapes that score lower"
     s = evaluate_tracks(records, gt)
     assert s.frames == 90 and s.gt_tracks >= 2
     assert s.idf1 >= 0.8, s  # the README gives the figures over many unseen clips
@@ -62,3 +73,18 @@ def test_tracking_can_be_switched_off_in_the_pipeline_file(clip, random_config, 
     insts = [i for r in lines for i in r["instances"]]
     assert insts and all(i["track_id"] is None for i in insts)
     assert np.all([set(i) >= {"label", "score", "box", "rle", "track_id"} for i in insts])
+
+
+def test_untracked_results_keep_the_score_threshold(tmp_path):
+    """With tracking off, the low-score instances the shipped config's track_score_threshold
+    lets the model keep are never results."""
+    clip, gt = tmp_path / "c.mp4", tmp_path / "c.json"
+    synth.write_clip(clip, gt, seed=777, frames=30, size=(320, 240), fps=30)
+    text = (ROOT / "pipelines" / "annotate.toml").read_text()
+    off = tmp_path / "untracked.toml"
+    off.write_text(text.replace("track = true", "track = false"))
+    results = tmp_path / "r.jsonl"
+    out = annotate(clip, "--pipeline", off, "--results", results, "--report", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    insts = [i for r in load_results(results) for i in r["instances"]]
+    assert len(insts) >= 30 and all(i["score"] >= 0.5 and i["track_id"] is None for i in insts)

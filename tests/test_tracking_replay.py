@@ -43,7 +43,7 @@ def test_replay_gives_the_pipelines_ids(tmp_path: Path, shapes_config: Path, cap
     frames = tracking_replay.load_frames(
         tmp_path / f"c{SEED}.shapes.npz", cfg, cfg.mask_nms, cfg.mask_nms_cross_label
     )
-    replayed = tracking_replay.replay(frames, {})
+    replayed = tracking_replay.replay(frames, {}, cfg.score_threshold)
     assert [r["frame"] for r in replayed] == [r["frame"] for r in piped] == list(range(FRAMES))
     instances = sum(len(r["instances"]) for r in piped)
     assert instances >= 2 * FRAMES  # the clip has objects, found by the model
@@ -62,7 +62,7 @@ def test_replay_gives_the_pipelines_ids(tmp_path: Path, shapes_config: Path, cap
 
     summary = evaluate.evaluate_tracks(replayed, gt)
     assert f"switches {summary.id_switches:4d}  mean IDF1 {summary.idf1:.4f}  {{}}" in lines
-    strict = tracking_replay.replay(frames, STRICT)  # the settings reach the tracker
+    strict = tracking_replay.replay(frames, STRICT, cfg.score_threshold)  # settings reach it
     assert max(i["track_id"] for r in strict for i in r["instances"]) > max(
         i["track_id"] for r in replayed for i in r["instances"]
     )

@@ -2,6 +2,7 @@
 
     python -m tests.tracking_replay CLIP_DIR --seeds 6061 6062 ... [--config shapes]
         [--settings '{"recover_max_area": 2.0}' ...] [--mask-nms-cross-label 0.6]
+        [--score-threshold 0.5] [--min-score 0.4] [--ap]
 
 CLIP_DIR holds `streamseg synth` clips named cSEED.mp4 with their ground truth cSEED.json
 (`streamseg synth CLIP_DIR/cSEED.mp4 --gt CLIP_DIR/cSEED.json --seed SEED --frames 300`).
@@ -9,8 +10,13 @@ The model runs once per clip, frame by frame as the inference stage runs it (its
 scores, labels, 28 x 28 mask probabilities and colours are cached in CLIP_DIR/cSEED.CONFIG.npz);
 then, for each `--settings` (the Tracker's keyword arguments, over the pipeline's
 `max_missed = 60`), postprocess's own code runs over the cache: paste, `mask_nms` and
-`mask_nms_cross_label` (the config's unless given), the tracker, fragment joins. It prints the
-ID switches and mean IDF1 per setting (`streamseg eval --tracks`'s figures), per clip with -v.
+`mask_nms_cross_label` (the config's unless given), the tracker, fragment joins, and the
+score bar (`--score-threshold`, the config's unless given: an instance below it stays only
+where it continues a track). It prints the ID switches and mean IDF1 per setting (`streamseg
+eval --tracks`'s figures; with --ap also mean mask AP and AP50), per clip with -v. The model
+runs at the config's track_score_threshold where set (e.g. 0.2 in a copy of the config), so
+one cache serves every higher bar: `--min-score X` replays as if the model kept only
+instances from X on.
 
 The replay gives the ids the pipeline gives (tests/test_tracking_replay.py checks it on a
 clip), so figures found here hold through `streamseg annotate`; measure there before quoting.
@@ -72,16 +78,23 @@ class CachedFrame:
 
 
 def load_frames(
-    path: Path, cfg: ModelConfig, mask_nms: float, mask_nms_cross_label: float
+    path: Path,
+    cfg: ModelConfig,
+    mask_nms: float,
+    mask_nms_cross_label: float,
+    min_score: float = 0.0,
 ) -> list[CachedFrame]:
-    """The cached clip's frames as postprocess has them just before tracking."""
+    """The cached clip's frames as postprocess has them just before tracking. ``min_score``:
+    only the cached instances scoring at least this, as a model run at that threshold would
+    have given (box NMS never lets a lower score remove a higher one)."""
     with np.load(path) as z:
         counts, (height, width) = z["counts"], z["size"].tolist()
         arrays = {k: z[k] for k in _KEYS}
     ends = np.cumsum(counts)
     out = []
     for i, end in enumerate(ends.tolist()):
-        s = slice(end - int(counts[i]), end)
+        s = np.arange(end - int(counts[i]), end)
+        s = s[arrays["scores"][s] >= min_score]
         det = Detections(
             "replay", i, 0.0, 0.0, width, height,
             arrays["boxes"][s], arrays["scores"][s], arrays["labels"][s],
@@ -94,13 +107,18 @@ def load_frames(
     return out
 
 
-def replay(frames: Sequence[CachedFrame], settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The results records (as results.jsonl holds them) of tracking ``frames`` anew."""
+def replay(
+    frames: Sequence[CachedFrame], settings: dict[str, Any], score_threshold: float
+) -> list[dict[str, Any]]:
+    """The results records (as results.jsonl holds them) of tracking ``frames`` anew;
+    ``score_threshold``: the least score of a result (below it: only where an instance
+    continues a track), as postprocess has it from the model config."""
     trackers: dict[str, Any] = {}
     records = []
+    track = {**PIPELINE_TRACK, **settings, "new_track_score": score_threshold}
     for cached in frames:
         frame = copy.copy(cached.frame)  # _Frame replaces its parts, never mutates them
-        ids = _track(trackers, cached.det, frame, {**PIPELINE_TRACK, **settings})
+        ids = frame.drop_low(score_threshold, _track(trackers, cached.det, frame, track))
         records.append(with_track_ids(frame.result, ids).to_json())
     return records
 
@@ -117,6 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--settings", nargs="*", default=["{}"], help="Tracker keyword args, JSON")
     p.add_argument("--mask-nms", type=float, default=None, help="default: the config's")
     p.add_argument("--mask-nms-cross-label", type=float, default=None, help="default: config's")
+    p.add_argument(
+        "--score-threshold", type=float, default=None, help="least score of a result; config's"
+    )
+    p.add_argument(
+        "--min-score", type=float, default=0.0, help="drop cached instances below this first"
+    )
+    p.add_argument("--ap", action="store_true", help="also mean mask AP / AP50")
     p.add_argument("-v", "--verbose", action="store_true", help="figures per clip")
     args = p.parse_args(argv)
     cfg = _model_config(args.config)
@@ -133,19 +158,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     cross = cfg.mask_nms_cross_label
     if args.mask_nms_cross_label is not None:
         cross = args.mask_nms_cross_label
-    clips = {s: load_frames(args.clips / f"c{s}.{tag}.npz", cfg, nms, cross) for s in args.seeds}
+    bar = cfg.score_threshold if args.score_threshold is None else args.score_threshold
+    clips = {
+        s: load_frames(args.clips / f"c{s}.{tag}.npz", cfg, nms, cross, args.min_score)
+        for s in args.seeds
+    }
     for text in args.settings:
         settings = json.loads(text)
-        per_clip = {}
+        per_clip, ap = {}, []
         for seed, frames in clips.items():
             gt = args.clips / f"c{seed}.json"
-            per_clip[seed] = evaluate.evaluate_tracks(replay(frames, settings), gt)
+            records = replay(frames, settings, bar)
+            per_clip[seed] = evaluate.evaluate_tracks(records, gt)
+            if args.ap:
+                scores = evaluate.evaluate(records, gt)
+                ap.append((scores["AP"], scores["AP50"]))
             if args.verbose:
                 s = per_clip[seed]
                 print(f"  c{seed}: IDF1 {s.idf1:.3f} switches {s.id_switches}")
         switches = sum(s.id_switches for s in per_clip.values())
         idf1 = float(np.mean([s.idf1 for s in per_clip.values()]))
-        print(f"switches {switches:4d}  mean IDF1 {idf1:.4f}  {settings}", flush=True)
+        aps = "  mask AP {:.4f} AP50 {:.4f}".format(*np.mean(ap, axis=0)) if ap else ""
+        print(f"switches {switches:4d}  mean IDF1 {idf1:.4f}{aps}  {settings}", flush=True)
     return 0
 
 

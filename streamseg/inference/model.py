@@ -40,7 +40,7 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from streamseg.checkpoint_meta import CHECKPOINT_FORMAT
-from streamseg.config import ModelConfig, WeightsError, load_config
+from streamseg.config import ModelConfig, WeightsError, load_config, model_score_threshold
 
 _COCO_WEIGHTS = {
     "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
@@ -139,7 +139,7 @@ def build_from_config(cfg: ModelConfig, *, num_classes: int | None = None) -> Ma
         num_classes=num_classes or len(cfg.labels),
         min_size=cfg.min_size,
         max_size=cfg.max_size,
-        score_threshold=cfg.score_threshold,
+        score_threshold=model_score_threshold(cfg),
         detections_per_img=cfg.detections_per_img,
     )
 

@@ -200,6 +200,7 @@ def run(
             "mask_threshold": model.mask_threshold,
             "mask_nms": model.mask_nms,
             "mask_nms_cross_label": model.mask_nms_cross_label,
+            "score_threshold": model.score_threshold,
             "label_names": list(model.labels),
             "video": video,
             "results": results,

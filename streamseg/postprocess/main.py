@@ -130,14 +130,30 @@ class _Frame:
         self.boxes, self.labels = self.boxes[index], self.labels[index]
         self.scores, self.colors = self.scores[index], self.colors[index]
 
-    def drop_duplicates(self, min_iou: float, cross_label_iou: float = 0.0) -> int:
-        """Drop duplicates (instances.duplicates); how many there were."""
+    def drop_duplicates(
+        self, min_iou: float, cross_label_iou: float = 0.0, counted_from: float = 0.0
+    ) -> int:
+        """Drop duplicates (instances.duplicates); how many of them scored >= counted_from
+        (the score bar of results: a copy below it would not have been a result anyway)."""
         if (min_iou <= 0.0 and cross_label_iou <= 0.0) or len(self.local) < 2:
             return 0
         dup = duplicates(self.local, self.labels, self.scores, min_iou, cross_label_iou)
         if dup.any():
+            counted = int((dup & (self.scores >= counted_from)).sum())
             self.keep(np.flatnonzero(~dup))
-        return int(dup.sum())
+            return counted
+        return 0
+
+    def drop_low(self, score_threshold: float, ids: list[int | None]) -> list[int | None]:
+        """Drop instances scoring below ``score_threshold``, except those that continue a
+        track (``ids``, one per instance: its track id, None for none); the ids of those kept."""
+        low = self.scores < score_threshold
+        low &= np.array([i is None for i in ids], bool).reshape(-1)
+        if not low.any():
+            return ids
+        keep = np.flatnonzero(~low)
+        self.keep(keep)
+        return [ids[i] for i in keep.tolist()]
 
     def join(self, joins: np.ndarray) -> int:
         """Join fragments to the instances they are pieces of (Tracker.joins); how many."""
@@ -207,10 +223,14 @@ def serve(
     reorder_capacity: int = 128,
     mask_nms: float = 0.0,
     mask_nms_cross_label: float = 0.0,
+    score_threshold: float = 0.0,
 ) -> int:
     """track: the Tracker's settings (None: no track ids). mask_nms: drop an instance whose
     mask overlaps a higher-scored one of its label by this IoU or more (0: never; see
     postprocess.instances); mask_nms_cross_label: the same for one of another label.
+    score_threshold: the least score of a result; an instance below it (the model config's
+    track_score_threshold lets inference send them) is kept only where it continues a
+    confirmed track (the tracker's new_track_score), and never when tracking is off.
     preview_endpoint: where to offer annotated JPEGs of the streams someone watches
     (streamseg --serve; None: nowhere). reorder_capacity: results held per stream while an
     earlier one is at another worker."""
@@ -264,14 +284,17 @@ def serve(
         result, local = make_result(det, mask_threshold=mask_threshold, label_names=label_names)
         frame = _Frame(det, result, local)
         extra = counters[det.stream].extra
-        if dropped := frame.drop_duplicates(mask_nms, mask_nms_cross_label):
+        if dropped := frame.drop_duplicates(mask_nms, mask_nms_cross_label, score_threshold):
             extra["duplicates"] = extra.get("duplicates", 0) + dropped
         ids: list[int | None] | None = None
-        if track is not None:
+        if track is None:
+            frame.drop_low(score_threshold, [None] * len(frame.scores))
+        else:
             n = len(frame.scores)
-            ids = _track(trackers, det, frame, track)
+            ids = _track(trackers, det, frame, {**track, "new_track_score": score_threshold})
             if joined := n - len(frame.scores):
                 extra["fragments_joined"] = extra.get("fragments_joined", 0) + joined
+            ids = frame.drop_low(score_threshold, ids)
             frame.result = with_track_ids(frame.result, ids)
         result, local = frame.result, frame.local
         if det.stream not in sinks:  # adopted: a stream that started before this life
@@ -353,6 +376,7 @@ def main(
     mask_threshold: float = 0.5,
     mask_nms: float = 0.0,
     mask_nms_cross_label: float = 0.0,
+    score_threshold: float = 0.0,
     label_names: list[str] | None = None,
     video: str | None = None,
     results: str | None = None,
@@ -386,6 +410,7 @@ def main(
         mask_threshold=mask_threshold,
         mask_nms=mask_nms,
         mask_nms_cross_label=mask_nms_cross_label,
+        score_threshold=score_threshold,
         label_names=label_names or [],
         video=video,
         results=results,
