@@ -148,10 +148,10 @@ class ModelConfig:
     """Results hold no instance scoring below this, except as track_score_threshold says."""
     track_score_threshold: float = 0.0
     """Where tracking is on, an instance scoring at least this, but below score_threshold, is
-    a result only when it continues a confirmed track (ByteTrack's low-score association: a
-    partly hidden object scores lower). The model then keeps instances from this score on
-    (torchvision's box_score_thresh); postprocess drops the low ones no track took. 0, or not
-    below score_threshold: off (the COCO configs; shapes: 0.3)."""
+    a result only when it continues a track followed the frame before (ByteTrack's low-score
+    association: a partly hidden object scores lower). The model then keeps instances from
+    this score on (torchvision's box_score_thresh); postprocess drops the low ones no track
+    took. 0, or not below score_threshold: off (the COCO configs; shapes: 0.3)."""
     mask_threshold: float = 0.5
     """Mask probability above which a pixel belongs to the instance."""
     mask_nms: float = 0.0

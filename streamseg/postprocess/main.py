@@ -229,8 +229,8 @@ def serve(
     mask overlaps a higher-scored one of its label by this IoU or more (0: never; see
     postprocess.instances); mask_nms_cross_label: the same for one of another label.
     score_threshold: the least score of a result; an instance below it (the model config's
-    track_score_threshold lets inference send them) is kept only where it continues a
-    confirmed track (the tracker's new_track_score), and never when tracking is off.
+    track_score_threshold lets inference send them) is kept only where it continues a track
+    (the tracker's new_track_score: one followed the frame before), never with tracking off.
     preview_endpoint: where to offer annotated JPEGs of the streams someone watches
     (streamseg --serve; None: nowhere). reorder_capacity: results held per stream while an
     earlier one is at another worker."""
@@ -291,10 +291,10 @@ def serve(
             frame.drop_low(score_threshold, [None] * len(frame.scores))
         else:
             n = len(frame.scores)
-            ids = _track(trackers, det, frame, {**track, "new_track_score": score_threshold})
+            tracked = _track(trackers, det, frame, {**track, "new_track_score": score_threshold})
             if joined := n - len(frame.scores):
                 extra["fragments_joined"] = extra.get("fragments_joined", 0) + joined
-            ids = frame.drop_low(score_threshold, ids)
+            ids = frame.drop_low(score_threshold, tracked)
             frame.result = with_track_ids(frame.result, ids)
         result, local = frame.result, frame.local
         if det.stream not in sinks:  # adopted: a stream that started before this life
