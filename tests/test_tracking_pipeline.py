@@ -34,17 +34,6 @@ def test_track_ids_follow_the_objects(tmp_path):
     records = load_results(tmp_path / "r.jsonl")
     ids = [i["track_id"] for r in records for i in r["instances"]]
     assert ids and all(isinstance(t, int) and t >= 1 for t in ids)
-    # Below the config's score_threshold (0.5), an instance is a result only where it
-    # continues a track its object's instance continued the frame before (track_score_threshold)
-    low = 0
-    for before, record in zip(records, records[1:], strict=False):
-        seen = {i["track_id"] for i in before["instances"]}
-        for inst in record["instances"]:
-            if inst["score"] < 0.5:
-                low += 1
-                assert 0.3 <= inst["score"] and inst["track_id"] in seen, (record["frame"], inst)
-    assert all(i["score"] >= 0.5 for i in records[0]["instances"])
-    assert low >= 1, "the clip has partly hidden shapes that score lower"
     s = evaluate_tracks(records, gt)
     assert s.frames == 90 and s.gt_tracks >= 2
     assert s.idf1 >= 0.8, s  # the README gives the figures over many unseen clips
@@ -57,6 +46,27 @@ def test_track_ids_follow_the_objects(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert cli.returncode == 0 and "IDF1" in cli.stdout, cli.stderr
+
+
+def test_low_scores_are_results_only_where_they_continue_a_track(tmp_path):
+    """The shipped config's track_score_threshold (0.3): below score_threshold (0.5), an
+    instance is a result only where it continues a track followed the frame before."""
+    clip, gt = tmp_path / "c.mp4", tmp_path / "c.json"
+    # a clip with shapes that hide one another (18 such instances in 100 frames, measured)
+    synth.write_clip(clip, gt, seed=5055, frames=100, size=(640, 480), fps=15)
+    out = annotate(clip, "--results", tmp_path / "r.jsonl")
+    assert out.returncode == 0, out.stderr
+    records = load_results(tmp_path / "r.jsonl")
+    assert len(records) == 100
+    assert all(i["score"] >= 0.5 for i in records[0]["instances"])
+    low = 0
+    for before, record in zip(records, records[1:], strict=False):
+        seen = {i["track_id"] for i in before["instances"]}
+        for inst in record["instances"]:
+            if inst["score"] < 0.5:
+                low += 1
+                assert inst["score"] >= 0.3 and inst["track_id"] in seen, (record["frame"], inst)
+    assert low >= 3, "partly hidden shapes that score lower should be followed"
 
 
 def test_tracking_can_be_switched_off_in_the_pipeline_file(clip, random_config, tmp_path):
