@@ -27,9 +27,33 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
+
+from streamseg.wire.fields import MAX_AUTH as _MAX_AUTH
+from streamseg.wire.fields import MAX_COORD as _MAX_COORD
+from streamseg.wire.fields import MAX_INT as _MAX_INT
+from streamseg.wire.fields import MAX_SIDE as _MAX_SIDE
+from streamseg.wire.fields import (
+    ProtocolError,
+    check_int,
+    check_name,
+    check_number,
+)
+from streamseg.wire.fields import any_float as _any_float
+from streamseg.wire.fields import boolean as _bool
+from streamseg.wire.fields import exact_keys as _exact_keys
+from streamseg.wire.fields import fail as _fail
+from streamseg.wire.fields import finite as _float
+from streamseg.wire.fields import integer as _int
+from streamseg.wire.fields import optional_int as _optional_int
+from streamseg.wire.fields import show as _show
+from streamseg.wire.fields import side as _side
+from streamseg.wire.fields import text as _text
+from streamseg.wire.results import Instance, Result
+
+__all__ = ["Instance", "ProtocolError", "Result", "check_int", "check_name", "check_number"]
 
 PROTOCOL_VERSION = 2
 """2: instances carry "track_id" (docs/protocol.md says what readers of version 1 see)."""
@@ -43,21 +67,8 @@ _MAX_DEPTH = 16
 _MAX_CONTAINERS = 1 << 15
 """JSON arrays and objects in a header (a Result has 4 per instance): bounds parsing memory."""
 _MAX_RANK = 4
-_MAX_INT = (1 << 63) - 1
-"""Largest integer field: what every other language can hold."""
-_MAX_NAME = 256
-"""Characters of a stream, stage or counter name."""
-_MAX_AUTH = 128
-_MAX_SIDE = 16384
-"""Largest frame width or height, pixels."""
-_MAX_COORD = float(1 << 20)
-"""Largest box coordinate magnitude, pixels: far outside any frame, safe for int32 drawing."""
 _MIN_FPS, _MAX_FPS = 1e-3, 1e5
 """Nominal frame rate range. Some RTSP cameras report their 90 kHz clock as the rate."""
-
-
-class ProtocolError(ValueError):
-    """A message that is not a valid streamseg message of this protocol version."""
 
 
 @dataclass(frozen=True)
@@ -138,134 +149,6 @@ class EndOfStream:
     error: str = ""
     lost: bool = False
     """True when the source knows frames were lost (truncated file, stream gone for good)."""
-
-
-_INSTANCE_KEYS = frozenset({"label", "label_name", "score", "box", "rle", "track_id"})
-_INSTANCE_KEYS_V1 = _INSTANCE_KEYS - {"track_id"}  # results files written before tracking
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One detected instance: a record of Result.instances, of a results-file line and of a
-    published result (docs/results-format.md). Built here and validated here, nowhere else.
-
-    box: (x1, y1, x2, y2), frame pixels. rle: COCO compressed RLE {"size": [h, w], "counts": str}
-    of the full-frame mask.
-    """
-
-    label: int
-    label_name: str
-    score: float
-    box: tuple[float, float, float, float]
-    rle: dict[str, Any]
-    track_id: int | None = None
-    """The object's id in its stream (>= 1, kept while it stays in view); None: not tracked."""
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as it is written and sent (score to 5 decimals, box to 2)."""
-        return {
-            "label": self.label,
-            "label_name": self.label_name,
-            "score": round(self.score, 5),
-            "box": [round(v, 2) for v in self.box],
-            "rle": self.rle,
-            "track_id": self.track_id,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Any, height: int, width: int) -> Instance:
-        """The instance in a decoded record of a `height` x `width` frame; ProtocolError for
-        anything else (missing or unknown keys included)."""
-        if not isinstance(raw, dict):
-            raise ProtocolError("instance is not an object")
-        _exact_keys(raw, _INSTANCE_KEYS if "track_id" in raw else _INSTANCE_KEYS_V1, "instance")
-        track_id = raw.get("track_id")
-        if track_id is not None:
-            track_id = _int(track_id, "instance track_id", lo=1)
-        box = raw["box"]
-        if not isinstance(box, list) or len(box) != 4:
-            raise ProtocolError("instance box is not [x1, y1, x2, y2]")
-        rle = raw["rle"]
-        if (
-            not isinstance(rle, dict)
-            or rle.keys() != {"size", "counts"}
-            or not _is_size(rle["size"], height, width)
-            or not isinstance(rle["counts"], str)
-            or not rle["counts"].isascii()
-        ):
-            raise ProtocolError("instance rle is not {size: [height, width], counts: str}")
-        x1, y1, x2, y2 = (_float(v, "instance box", lo=-_MAX_COORD, hi=_MAX_COORD) for v in box)
-        return cls(
-            label=_int(raw["label"], "instance label"),
-            label_name=_text(raw["label_name"], "instance label_name", max_len=_MAX_NAME),
-            score=_float(raw["score"], "instance score", lo=0.0, hi=1.0),
-            box=(x1, y1, x2, y2),
-            rle={"size": [height, width], "counts": rle["counts"]},
-            track_id=track_id,
-        )
-
-    def mask(self) -> np.ndarray:
-        """The instance's mask: bool[H, W], True inside (decoded from the RLE now)."""
-        import pycocotools.mask as mask_utils
-
-        rle = {"size": list(self.rle["size"]), "counts": self.rle["counts"].encode()}
-        return mask_utils.decode(rle).astype(bool)
-
-
-def _is_size(size: Any, height: int, width: int) -> bool:
-    return (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(type(n) is int for n in size)
-        and size == [height, width]
-    )
-
-
-def check_number(value: Any, what: str) -> float:
-    """`value` as a float; ProtocolError naming `what` unless it is a JSON number."""
-    if type(value) not in (int, float):
-        raise ProtocolError(f"{what} is not a number")
-    try:
-        return float(value)
-    except OverflowError:  # an integer too large for a float
-        raise ProtocolError(f"{what} is out of range") from None
-
-
-def check_int(value: Any, what: str) -> int:
-    """`value` as an int; ProtocolError naming `what` unless it is a JSON integer."""
-    if type(value) is not int:
-        raise ProtocolError(f"{what} is not an integer")
-    return value
-
-
-@dataclass(frozen=True)
-class Result:
-    """A frame's final instances, as in a results-file line (see docs/results-format.md).
-
-    instances: [Instance.to_json() records]: {"label", "label_name", "score",
-               "box": [x1, y1, x2, y2], "rle": {"size": [h, w], "counts": str}}
-    """
-
-    stream: str
-    frame: int
-    pts: float
-    wall_time: float
-    width: int
-    height: int
-    instances: list[dict[str, Any]] = field(default_factory=list)
-    seq: int = 0
-    """Publish sequence number per stream (0, 1, ...): a gap means a subscriber missed results."""
-
-    def to_json(self) -> dict[str, Any]:
-        """The results-file record for this frame."""
-        return {
-            "stream": self.stream,
-            "frame": self.frame,
-            "pts": self.pts,
-            "width": self.width,
-            "height": self.height,
-            "instances": self.instances,
-        }
 
 
 @dataclass(frozen=True)
@@ -452,16 +335,6 @@ def _check_version(header: dict[str, Any], key: str) -> None:
         raise ProtocolError(f"protocol version {_show(v)}, expected {PROTOCOL_VERSION}")
 
 
-def _exact_keys(record: dict[str, Any], expected: frozenset[str], what: str) -> None:
-    """ProtocolError naming the keys of `record` that are missing from or foreign to `expected`."""
-    missing = sorted(expected - record.keys())
-    if missing:
-        raise ProtocolError(f"{what} misses field(s) {', '.join(missing)}")
-    unknown = [k for k in record if k not in expected]
-    if unknown:
-        raise ProtocolError(f"{what} has unknown field(s) {_show(unknown)}")
-
-
 def _as_buffer(part: Any) -> memoryview:
     """The bytes of one frame, without a copy."""
     buf = getattr(part, "buffer", part)  # zmq.Frame exposes .buffer; bytes/memoryview as is
@@ -546,91 +419,6 @@ def _array(
 
 
 # --- decoding: the contents of each message type --------------------------------------------------
-
-
-def _fail(what: str, must: str, value: Any) -> NoReturn:
-    raise ProtocolError(f"{what} must be {must}, got {_show(value)}")
-
-
-def _show(value: Any) -> str:
-    """A short description of a received value for an error message."""
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype}{list(value.shape)}"
-    try:
-        text = repr(value)
-    except ValueError:  # an int longer than Python prints (sys.get_int_max_str_digits)
-        return f"a {type(value).__name__} too large to show"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _int(value: Any, what: str, *, lo: int = 0, hi: int = _MAX_INT) -> int:
-    if type(value) is not int or not lo <= value <= hi:  # type(): a bool is not an int here
-        _fail(what, f"an integer in [{lo}, {hi}]", value)
-    return value
-
-
-def _optional_int(value: Any, what: str) -> int | None:
-    return None if value is None else _int(value, what)
-
-
-def _float(value: Any, what: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
-    """A finite JSON number in [lo, hi], as a float."""
-    if type(value) in (int, float):
-        try:
-            x = float(value)
-        except OverflowError:
-            x = math.nan
-        if math.isfinite(x) and lo <= x <= hi:
-            return x
-    bounds = "" if lo == -math.inf and hi == math.inf else f" in [{lo:g}, {hi:g}]"
-    _fail(what, f"a finite number{bounds}", value)
-
-
-def _any_float(value: Any, what: str) -> float:
-    """A JSON number, NaN included (a latency percentile before the first frame)."""
-    if type(value) not in (int, float):
-        _fail(what, "a number", value)
-    return check_number(value, what)
-
-
-def _bool(value: Any, what: str) -> bool:
-    if type(value) is not bool:
-        _fail(what, "true or false", value)
-    return value
-
-
-def _text(value: Any, what: str, *, max_len: int | None = None) -> str:
-    """A string of valid Unicode (no lone surrogates: it is written to files and logs)."""
-    if isinstance(value, str) and (max_len is None or len(value) <= max_len):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            pass
-        else:
-            return value
-    _fail(what, "a string" + (f" of at most {max_len} characters" if max_len else ""), value)
-
-
-def check_name(value: Any, what: str) -> str:
-    """`value` if it is a valid stream, stage or counter name; else ProtocolError naming `what`.
-
-    1-256 printable characters, no / or \\, not . or ..: a name becomes a ZeroMQ topic, a log
-    word and part of a file name. (Sources can check user-given stream ids with it up front.)
-    """
-    if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= _MAX_NAME
-        or not value.isprintable()  # also refuses lone surrogates
-        or "/" in value
-        or "\\" in value
-        or value in (".", "..")
-    ):
-        _fail(what, f"1-{_MAX_NAME} printable characters without / or \\", value)
-    return value
-
-
-def _side(value: Any, what: str) -> int:
-    return _int(value, what, lo=1, hi=_MAX_SIDE)
 
 
 def _shaped(value: Any, what: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
