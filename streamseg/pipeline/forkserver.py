@@ -287,7 +287,7 @@ def _run_stage(
     stage: str, kwargs: dict, env: dict[str, str], asked: float, fds: Sequence[int], middle: int
 ) -> None:
     """The forked stage: never returns into the server's code."""
-    from streamseg.stage import shell
+    from streamseg.stage import SUPERVISOR_ENV, die_with_parent, shell
     from streamseg.stage.__main__ import exit_now
     from streamseg.stage.__main__ import main as stage_main
 
@@ -303,6 +303,8 @@ def _run_stage(
         # supervisor, not the middle process, which is exiting now.
         while os.getppid() == middle:
             time.sleep(0.0005)
+        # its death signal now, and exit if the supervisor died while it was re-parented
+        die_with_parent(env.get(SUPERVISOR_ENV))
         os.setsid()
         # the command line it would have had if started on its own (supervisor._spawn)
         _retitle([sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)])

@@ -37,6 +37,7 @@ from streamseg.serve.http import WebServer
 from streamseg.serve.views import PreviewHub
 from streamseg.serve.window import window_lines
 from streamseg.source.spec import SourceSpec
+from streamseg.stage import SUPERVISOR_ENV
 from streamseg.stage.trust import ENV as TOKENS_ENV
 from streamseg.stage.trust import Tokens, from_stages, new_token, source_name
 from streamseg.wire import transport
@@ -88,12 +89,13 @@ def _spawn(
 ) -> _Proc:
     # Tokens go in the environment: a command line is visible to every local user.
     if forks is not None and stage in FORKED:
-        env = {TOKENS_ENV: tokens.to_env()}
+        env = {TOKENS_ENV: tokens.to_env(), SUPERVISOR_ENV: str(os.getpid())}
         forked = forks.spawn(stage, kwargs, env, give_up=give_up, asked=asked)
         if forked is not None:
             return _Proc(name, stage, kwargs, forked)
     cmd = [sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{TOKENS_ENV: tokens.to_env()})
+    env[SUPERVISOR_ENV] = str(os.getpid())  # the stage exits if it outlived us (die_with_parent)
     # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops the stages in
     # order (SIGTERM) instead of each one being interrupted wherever it happens to be.
     popen = subprocess.Popen(cmd, env=env, start_new_session=True)

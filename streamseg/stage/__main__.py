@@ -11,6 +11,11 @@ import logging
 import os
 import sys
 
+if __name__ == "__main__":  # first, before any import that takes time (torch: 2-5 s)
+    from streamseg.stage import die_with_parent
+
+    die_with_parent()
+
 from streamseg.config import ConfigError, WeightsError
 from streamseg.source.spec import SourceError
 
