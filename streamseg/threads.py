@@ -30,6 +30,7 @@ leaves); 0 leaves every pool at its library's default, as before this budget exi
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -89,11 +90,26 @@ def workers(requested: int | str, *, cores: int, cuda: bool, devices: int = 0) -
     return max(1, min(cores, MAX_CPU_WORKERS))
 
 
+@functools.cache
+def cuda_devices() -> int:
+    """CUDA devices this process may use, as torch counts them (0 without CUDA).
+
+    torch.cuda.device_count() asks NVML first, which neither creates a CUDA context nor
+    poisons a later fork, and honours CUDA_VISIBLE_DEVICES; torch is imported here only, so
+    code that never asks about "auto" never pays for the import. Whatever the device nodes are
+    called (/dev/nvidia0 need not exist: containers, MIG, renumbered nodes), this is the
+    answer the model's own `resolve_device("auto")` will get.
+    """
+    import torch  # here: the supervisor and the CLI import this module without torch
+
+    return int(torch.cuda.device_count())  # not is_available(): that calls cuInit (fork)
+
+
 def is_cuda(device: str) -> bool:
-    """Whether a config's device means a GPU here, without importing torch: "cuda...", or
-    "auto" on a machine with an NVIDIA device node."""
+    """Whether a config's device means a GPU here: "cuda...", or "auto" where torch sees a CUDA
+    device (cuda_devices)."""
     if device == "auto":
-        return os.path.exists("/dev/nvidia0")
+        return cuda_devices() > 0
     return device.startswith("cuda")
 
 

@@ -36,8 +36,15 @@ def _hwaccel(mode: str) -> Any:
     """PyAV hardware-decode settings for `mode`, or None for software decoding."""
     if mode == "off":
         return None
-    from av.codec.hwaccel import HWAccel, hwdevices_available
-
+    try:  # PyAV >= 14; pyproject allows av >= 12
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+    except ImportError:
+        if mode == "auto":
+            return None
+        raise SourceError(
+            f'hwdecode = "{mode}" needs PyAV >= 14 (this is {av.__version__}); '
+            'upgrade av or set hwdecode = "auto"'
+        ) from None
     if mode == "auto" and not (
         "cuda" in hwdevices_available() and os.path.exists("/dev/nvidiactl")
     ):
