@@ -44,7 +44,7 @@ def _run_monitor(tmp_path, sends):
 
 def _worker(final: bool, out: int) -> Stats:
     counters = {"a": {"in": out, "out": out, "dropped": {}}} if out else {}
-    return Stats("inference", counters, 0.1, final, {"name": "inference[1]"})
+    return Stats("inference", counters, 0.1, final, name="inference[1]")
 
 
 def test_the_report_waits_for_stages_that_end_after_postprocess(tmp_path):

@@ -76,11 +76,30 @@ def test_ready_says_ready(runner):
     rep.ready()
     got = next_stats(rx)
     startup = got.extra.pop("startup_s")
-    assert got == Stats(
-        "postprocess", {}, 0.0, False, {"name": "postprocess", "ready": True, **NO_WAIT}
-    )
+    assert got == Stats("postprocess", {}, 0.0, False, NO_WAIT, name="postprocess", ready=True)
     # from this process's start (the test session's), imports included
     assert 0 < startup == pytest.approx(process_age_s(), abs=5.0)
+
+
+def test_heartbeats_and_the_end_are_typed_fields(runner):
+    """A heartbeat says alive (and whether ready) with no counters; after a source's
+    end-of-stream every report says ended."""
+    endpoint, rx = runner
+    counters = Counters()
+    counters.count_in("a", 2)
+    rep = StatsReporter(endpoint, "source", counters, name="source[a]", clock=Clock())
+    rep.ready()
+    assert next_stats(rx).ready
+    rep.start_heartbeat(every_s=0.01)
+    beat = next_stats(rx)
+    rep.stop_heartbeat()
+    assert beat == Stats("source", {}, name="source[a]", ready=True, heartbeat=True)
+    while rx.recv(200) is not None:  # the beats sent before it stopped
+        pass
+    rep.ended = True
+    rep.report_now()
+    got = next_stats(rx)
+    assert (got.ended, got.heartbeat, got.counters["a"]["in"]) == (True, False, 2)
 
 
 def test_final_carries_busy_time_and_counters_exactly(runner):
@@ -102,14 +121,15 @@ def test_final_carries_busy_time_and_counters_exactly(runner):
         },
         1.25,
         True,
-        {"name": "source[a]", "wait_in_s": 0.5, "wait_out_s": 0.0312},
+        {"wait_in_s": 0.5, "wait_out_s": 0.0312},
+        name="source[a]",
     )
 
 
 def test_final_with_no_counters(runner):
     endpoint, rx = runner
     StatsReporter(endpoint, "inference", Counters(), clock=Clock()).final()
-    assert next_stats(rx) == Stats("inference", {}, 0.0, True, {"name": "inference", **NO_WAIT})
+    assert next_stats(rx) == Stats("inference", {}, 0.0, True, NO_WAIT, name="inference")
 
 
 def test_no_endpoint_sends_nothing_and_does_not_fail():
@@ -132,7 +152,7 @@ def connected_reporter(endpoint: str, rx: transport.Receiver) -> StatsReporter:
     counters.count_in("a", 2)
     rep = StatsReporter(endpoint, "inference", counters, clock=Clock())
     rep.ready()
-    assert next_stats(rx).extra["ready"] is True
+    assert next_stats(rx).ready is True
     return rep
 
 

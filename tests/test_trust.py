@@ -54,11 +54,11 @@ def test_postprocess_takes_only_inference():
 
 def test_supervisor_takes_each_report_only_from_its_stage():
     accept = from_stages({"inference": "ti", "source[a]": "ta"})
-    assert accept(Stats("inference", {}, extra={"name": "inference"}), "ti") is None
-    assert accept(Stats("source", {}, extra={"name": "source[a]"}), "ta") is None
-    assert accept(Stats("inference", {}, extra={"name": "inference"}), "ta") == "forged"
-    assert accept(Stats("postprocess", {}, extra={"name": "source[a]"}), "ta") == "unknown_stage"
-    assert accept(Stats("source", {}, extra={"name": "source[zz]"}), "ta") == "unknown_stage"
+    assert accept(Stats("inference", {}, name="inference"), "ti") is None
+    assert accept(Stats("source", {}, name="source[a]"), "ta") is None
+    assert accept(Stats("inference", {}), "ta") == "forged"  # no name: the stage's
+    assert accept(Stats("postprocess", {}, name="source[a]"), "ta") == "unknown_stage"
+    assert accept(Stats("source", {}, name="source[zz]"), "ta") == "unknown_stage"
     assert accept(EndOfStream("a", 1), "ta") == "unexpected_type"
 
 

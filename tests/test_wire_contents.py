@@ -113,8 +113,8 @@ def stats_postprocess() -> Stats:
     book.done(state, 0.085)
     book.end(EndOfStream("cam 1", 5, "gone: down for 30 s", lost=True))
     book.report_latency()
-    extra = {"name": "postprocess", "ready": True, "rejected": 0}
-    return Stats("postprocess", counters.to_json(), 0.25, True, extra)
+    extra = {"rejected": 0}
+    return Stats("postprocess", counters.to_json(), 0.25, True, extra, "postprocess", ready=True)
 
 
 def stats_source() -> Stats:
@@ -124,21 +124,21 @@ def stats_source() -> Stats:
     counters.count_out("cam 1", 8)
     counters.drop("cam 1", "queue_full", 2)
     counters["cam 1"].extra.update(state="down, retrying in 4 s", reconnects=1)
-    extra = {"name": "source[cam 1]", "frames_expected": None, "error": ""}
-    return Stats("source", counters.to_json(), 1.5, False, extra)
+    extra = {"frames_expected": None, "error": ""}
+    return Stats("source", counters.to_json(), 1.5, False, extra, name="source[cam 1]", ended=True)
 
 
 def stats_inference() -> Stats:
     counters = Counters()
     counters.count_in("clip", 3)
     counters.drop("clip", "stale")
-    extra = {"name": "inference", "device": "cpu", "batches": 2, "mean_batch": 1.5, "rejected": 1}
-    return Stats("inference", counters.to_json(), 3.0, False, extra)
+    extra = {"device": "cpu", "batches": 2, "mean_batch": 1.5, "rejected": 1}
+    return Stats("inference", counters.to_json(), 3.0, False, extra, name="inference")
 
 
 def stats_heartbeat() -> Stats:
     """stage.shell's heartbeat thread."""
-    return Stats("source", {}, extra={"name": "source[cam 1]", "heartbeat": True})
+    return Stats("source", {}, name="source[cam 1]", heartbeat=True)
 
 
 VALID_CONTROL = [
@@ -631,9 +631,15 @@ def test_result_contents(field: str, value: Any) -> None:
     + [("busy_s", v, "busy_s") for v in (-1.0, NAN, INF, "1", None)]
     + [("final", v, "final") for v in ("yes", 1, None)]
     + [("extra", v, "extra") for v in ([], None, "x")]
-    + [("extra", {"ready": "yes"}, "ready"), ("extra", {"frames_expected": "x"}, "frames_exp")]
-    + [("extra", {"rejected": -1}, "rejected"), ("extra", {"name": 5}, "name")]
-    + [("extra", {"heartbeat": 1}, "heartbeat")],
+    + [("extra", {"frames_expected": "x"}, "frames_exp"), ("extra", {"rejected": -1}, "rejected")]
+    + [("name", v, "name") for v in (5, None, "\ud800")]
+    + [(f, v, f) for f in ("ready", "ended", "heartbeat") for v in ("yes", 1, None)]
+    # a control field in extra too would say two things: refused, whatever its value
+    + [
+        ("extra", {f: v}, rf"extra\[{f!r}\] must be absent")
+        for f in ("name", "ready", "ended", "heartbeat")
+        for v in (True, "source[a]")
+    ],
 )
 def test_stats_contents(field: str, value: Any, match: str) -> None:
     _refused(_with(stats_source(), **{field: value}), f"Stats: .*{match}")
@@ -651,3 +657,29 @@ def test_detections_colours_may_be_unknown() -> None:
     unknown = Detections(**{**det.__dict__, "colors": np.full((2, 3), NAN, np.float32)})
     out = _round_trip(unknown)
     assert isinstance(out, Detections) and np.isnan(out.colors).all()
+
+
+def test_stats_control_fields_are_typed_and_optional_on_the_wire() -> None:
+    """name, ready, ended and heartbeat are Stats fields; a header without them (a sender from
+    before they were typed, same protocol version) reads as their defaults."""
+    header, buffers = _header_of(stats_source())
+    assert (header["name"], header["ended"], header["ready"]) == ("source[cam 1]", True, False)
+    for key in ("name", "ready", "ended", "heartbeat"):
+        del header[key]
+    msg = decode([json.dumps(header).encode(), *buffers])
+    assert isinstance(msg, Stats)
+    assert (msg.name, msg.ready, msg.ended, msg.heartbeat) == ("", False, False, False)
+    assert msg.sender == "source"  # no name: the stage reported for itself
+    assert stats_heartbeat().sender == "source[cam 1]"
+
+
+def test_stats_figures_show_the_control_fields_a_report_shows() -> None:
+    """A run report's per-stage figures keep name, ready and ended beside the other figures."""
+    assert stats_source().figures() == {
+        "name": "source[cam 1]",
+        "frames_expected": None,
+        "error": "",
+        "ended": True,
+    }
+    assert stats_postprocess().figures() == {"name": "postprocess", "ready": True, "rejected": 0}
+    assert Stats("inference", {}).figures() == {"name": "inference"}

@@ -204,7 +204,7 @@ def _valid_messages() -> list[Any]:
         Result("clip", 3, 0.1, 1718000000.5, 6, 4, [inst, inst], seq=2),
         Stats("postprocess", {"clip": {"in": 3, "out": 3, "dropped": {"stale": 1},
                                        "latency_p50_ms": math.nan}},
-              0.5, True, {"name": "postprocess", "ready": True}),
+              0.5, True, {"startup_s": 1.5}, "postprocess", ready=True),
     ]  # fmt: skip
 
 

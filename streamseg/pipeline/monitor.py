@@ -36,7 +36,7 @@ def figures(tally: Tally) -> dict[str, Any]:
         s = tally.get(name)
         if s is None:
             continue
-        stages[name] = {"counters": s.counters, "busy_s": s.busy_s, "extra": s.extra}
+        stages[name] = {"counters": s.counters, "busy_s": s.busy_s, "extra": s.figures()}
         for stream, c in s.counters.items():
             row = streams.setdefault(stream, {"in": 0, "out": 0, "dropped": {}})
             if s.stage == "source":
@@ -69,8 +69,8 @@ def monitor(
         while not done:
             msg = receiver.recv(200)
             now = time.monotonic()
-            if isinstance(msg, Stats) and not msg.extra.get("heartbeat"):
-                name = str(msg.extra.get("name", msg.stage))
+            if isinstance(msg, Stats) and not msg.heartbeat:
+                name = msg.sender
                 tally.update(name, msg)
                 heard.add(name)
                 if msg.final:

@@ -67,7 +67,7 @@ class Tally:
         counters = {
             k: add_counts(old.counters.get(k, {}), new.counters.get(k, {})) for k in streams
         }
-        return Stats(new.stage, counters, old.busy_s + new.busy_s, new.final, new.extra)
+        return dataclasses.replace(new, counters=counters, busy_s=old.busy_s + new.busy_s)
 
     def names(self) -> list[str]:
         return sorted(set(self.latest) | set(self.carried))

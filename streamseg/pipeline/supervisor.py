@@ -338,9 +338,9 @@ def run(
             "source": sum(c.get("busy_s", 0.0) for c in source_stats.values()),
         },
         extra={
-            **{k: v.extra for k, v in stats.items()},
+            **{k: v.figures() for k, v in stats.items()},
             **{  # each worker's own figures (its model time in busy_s), for the breakdown
-                name: {**s.extra, "busy_s": s.busy_s}
+                name: {**s.figures(), "busy_s": s.busy_s}
                 for name in workers
                 if (s := tally.get(name)) is not None
             },
@@ -427,7 +427,7 @@ def _ended(p: _Proc | None, tally: Tally) -> bool:
     if p is None:
         return False
     last = tally.latest.get(p.name)
-    return p.code in (0, 2, 3) or bool(last is not None and last.extra.get("ended"))
+    return p.code in (0, 2, 3) or bool(last is not None and last.ended)
 
 
 def _restart_kwargs(
@@ -461,12 +461,12 @@ def _absorb_all(
     msg = receiver.recv(timeout_ms)
     while msg is not None:
         if isinstance(msg, Stats):
-            name = str(msg.extra.get("name", msg.stage))
-            is_ready = bool(msg.extra.get("ready"))
+            name = msg.sender
+            is_ready = msg.ready
             watch.seen(name, time.monotonic(), ready=is_ready, final=msg.final)
             if is_ready:
                 ready.add(name)
-            if not msg.extra.get("heartbeat"):
+            if not msg.heartbeat:
                 tally.update(name, msg)
         msg = receiver.recv(0)
     return ready
@@ -490,7 +490,7 @@ def _source_stats(
         if msg is None:
             continue
         counts = add_counts({}, msg.counters.get(stream, {}))
-        out[stream] = {**counts, **{k: v for k, v in msg.extra.items() if k != "name"}}
+        out[stream] = {**counts, **{k: v for k, v in msg.figures().items() if k != "name"}}
         out[stream]["busy_s"] = msg.busy_s
         if watch.down(name):
             out[stream]["state"] = "source restarting"

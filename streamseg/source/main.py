@@ -104,7 +104,7 @@ def main(
             # time, at HWM 4). So the source stays connected until the supervisor, which knows
             # the end-of-stream went through (inference ended), stops it.
             try:  # (a stop may come at any moment from now on: never a traceback, same code)
-                reporter.extra["ended"] = True
+                reporter.ended = True
                 reporter.report_now()
                 while True:
                     time.sleep(3600)

@@ -146,7 +146,11 @@ class StatsReporter:
         # and blocked handing output to a slow next stage
         self.wait_in_s = 0.0
         self.wait_out_s = 0.0
-        self.extra: dict[str, Any] = {"name": self.name}
+        self.extra: dict[str, Any] = {}
+        self.is_ready = False
+        """Bound and loaded (`ready`): every report from then on says so."""
+        self.ended = False
+        """A source sent its end-of-stream: every report from then on says so."""
         self._beat: threading.Thread | None = None
         self._stop_beat = threading.Event()
 
@@ -157,14 +161,14 @@ class StatsReporter:
         if self.endpoint is None or self._beat is not None:
             return
         endpoint, stage, name, stop = self.endpoint, self.stage, self.name, self._stop_beat
-        extra, auth = self.extra, self.auth
+        auth = self.auth
 
         def beat() -> None:
             sock = transport.stats_push(endpoint, security=self.security)
             try:
                 while not stop.wait(every_s):
-                    info = {"name": name, "heartbeat": True, "ready": bool(extra.get("ready"))}
-                    transport.send(sock, Stats(stage, {}, extra=info), block=False, auth=auth)
+                    alive = Stats(stage, {}, name=name, ready=self.is_ready, heartbeat=True)
+                    transport.send(sock, alive, block=False, auth=auth)
             finally:
                 sock.close(0)
 
@@ -201,7 +205,7 @@ class StatsReporter:
     def ready(self) -> None:
         """Tell the runner this stage is bound and loaded: sources may start sending.
         Records the start-up time: process start (imports included) to now."""
-        self.extra["ready"] = True
+        self.is_ready = True
         self.extra["startup_s"] = round(process_age_s(), 3)
         self._send(final=False)
 
@@ -213,7 +217,16 @@ class StatsReporter:
             "wait_in_s": round(self.wait_in_s, 4),
             "wait_out_s": round(self.wait_out_s, 4),
         }
-        msg = Stats(self.stage, self.counters.to_json(), self.busy_s, final, extra)
+        msg = Stats(
+            self.stage,
+            self.counters.to_json(),
+            self.busy_s,
+            final,
+            extra,
+            name=self.name,
+            ready=self.is_ready,
+            ended=self.ended,
+        )
         transport.send(self.sock, msg, block=final, auth=self.auth)
 
 

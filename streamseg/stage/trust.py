@@ -146,7 +146,7 @@ def from_stages(peers: Mapping[str, str]) -> Accept | None:
     def accept(msg: Message, auth: str) -> str | None:
         if not isinstance(msg, Stats):
             return "unexpected_type"
-        name = str(msg.extra.get("name", msg.stage))
+        name = msg.sender
         token = peers.get(name)
         if token is None or name.split("[", 1)[0] != msg.stage:
             return "unknown_stage"

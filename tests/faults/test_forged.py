@@ -55,7 +55,7 @@ def test_forged_and_malformed_messages_change_nothing(random_config, tmp_path):
     socks["frames"].send_multipart(forged_eos)
     socks["detections"].send_multipart(encode(fake))  # a result for a real stream
     socks["detections"].send_multipart(encode(EndOfStream("c", 1)))
-    lie = Stats("source", {"c": {"in": 999, "out": 999, "lost": True}}, extra={"name": "source[c]"})
+    lie = Stats("source", {"c": {"in": 999, "out": 999, "lost": True}}, name="source[c]")
     socks["stats"].send_multipart(encode(lie))  # would change the exit code
     huge = json.dumps({"v": 1, "type": "frame", "stream": "c", "frame": 1, "pts": 0.0,
                        "wall_time": 0.0, "arrays": [{"name": "image", "dtype": "uint8",
