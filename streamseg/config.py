@@ -25,6 +25,14 @@ from streamseg import checkpoint_meta, shipped
 
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "shapes_mobilenet_v3_fpn")
 COCO_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+COCO_URLS = {
+    "maskrcnn_resnet50_fpn": "https://download.pytorch.org/models/"
+    "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+    "maskrcnn_resnet50_fpn_v2": "https://download.pytorch.org/models/"
+    "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+}
+"""torchvision's COCO weights by arch (its weights' .url; a test checks they match), for
+the preflight that looks for them without importing torch."""
 
 # torchvision's COCO category names by label id (its weights' meta["categories"]); a test
 # checks they match. Kept here so that resolving names needs no torch import.
@@ -121,6 +129,18 @@ COCO_LABELS: tuple[str, ...] = (
     "hair drier",
     "toothbrush",
 )
+
+
+def coco_fix(arch: str, cached: Path, url: str, config_path: str, why: str) -> str:
+    """The one line that says how to supply COCO weights that are not here: the preflight's,
+    and the model module's when a download fails."""
+    where = f"[model] of {config_path}" if config_path else "[model] of the config"
+    return (
+        f"COCO weights for {arch} are not in the torch hub cache ({cached}) and {why}. "
+        f"On a machine with network access download {url} and either copy it to {cached}, "
+        f'or pass --weights /path/to/{cached.name} (or set weights = "/path/to/{cached.name}" '
+        f"in {where})"
+    )
 
 
 class ConfigError(ValueError):
@@ -240,17 +260,58 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     weights = fields.get("weights", "coco")
     if not isinstance(weights, str):
         raise ConfigError(f'{path}: weights must be a string ("coco", "random" or a path)')
-    if weights.startswith(shipped.WEIGHTS_PREFIX):
-        fields["weights"] = str(shipped.weights_path(weights))
-    elif weights not in ("coco", "random"):
-        fields["weights"] = str((path.parent / weights).resolve())
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if "weights" in fields:
+        fields["weights"] = weights_value(weights, path.parent)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "weights" in given:  # --weights FILE: a path from the command line, not the file
+        given["weights"] = weights_value(given["weights"], Path.cwd())
+        if "labels" not in given:  # the checkpoint's names, not the config's, when it has any
+            meta = checkpoint_meta.read_meta(given["weights"])
+            if meta is not None and meta["labels"] is not None:
+                given["labels"] = meta["labels"]
+    if "labels" in given:
+        given["labels"] = tuple(given["labels"])
+    fields.update(given)
     _labels_from_checkpoint(fields, path)
     if not fields.get("labels") and fields["arch"] in COCO_ARCHS:
         fields["labels"] = COCO_LABELS
     cfg = ModelConfig(**fields, path=str(path))
     validate(cfg)
     return cfg
+
+
+def weights_value(value: str, folder: Path) -> str:
+    """A `weights` value as the model module reads it: "coco" and "random" as they are,
+    "streamseg:NAME" the shipped file, a path resolved from `folder` (the config's own folder,
+    or the working directory for --weights)."""
+    if value in ("coco", "random"):
+        return value
+    if value.startswith(shipped.WEIGHTS_PREFIX):
+        return str(shipped.weights_path(value))
+    return str((folder / Path(value).expanduser()).resolve())
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """--labels: class names "a,b,c", or a file with one name a line (blank lines and # comments
+    skipped) -> label names by id, "__background__" first (added when not given).
+    ValueError with one line for an empty list or a repeated name."""
+    path = Path(text)
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        names = [v.strip() for v in lines if v.strip() and not v.strip().startswith("#")]
+    else:
+        names = [v.strip() for v in text.split(",")]
+    if not names or not all(names):
+        raise ValueError(
+            f"--labels {text!r}: give class names separated by commas (cat,dog) or a file "
+            "with one name a line"
+        )
+    if names[0] != "__background__":
+        names.insert(0, "__background__")
+    repeated = sorted({v for v in names if names.count(v) > 1})
+    if repeated:
+        raise ValueError(f"--labels {text!r}: {', '.join(repeated)} named twice")
+    return tuple(names)
 
 
 def _labels_from_checkpoint(fields: dict[str, Any], path: Path) -> None:

@@ -43,3 +43,11 @@ def find(kind: str, name_or_path: str | Path) -> Path:
 def weights_path(value: str) -> Path:
     """The shipped file of a "streamseg:NAME" weights value."""
     return DATA / value[len(WEIGHTS_PREFIX) :]
+
+
+def summary(kind: str, name: str) -> str:
+    """The first comment line of a shipped file: what it is, for `streamseg configs`."""
+    for line in find(kind, name).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import urllib.error
+import zipfile
 from collections import OrderedDict
 from functools import partial
 from itertools import pairwise
@@ -40,7 +41,13 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from streamseg.checkpoint_meta import CHECKPOINT_FORMAT
-from streamseg.config import ModelConfig, WeightsError, load_config, model_score_threshold
+from streamseg.config import (
+    ModelConfig,
+    WeightsError,
+    coco_fix,
+    load_config,
+    model_score_threshold,
+)
 
 _COCO_WEIGHTS = {
     "maskrcnn_resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
@@ -147,49 +154,66 @@ def build_from_config(cfg: ModelConfig, *, num_classes: int | None = None) -> Ma
 # -- weights --------------------------------------------------------------------------------------
 
 
-def _coco_state_dict(arch: str) -> dict[str, torch.Tensor]:
+def coco_cache_path(arch: str) -> Path:
+    """Where torch's hub cache keeps `arch`'s COCO weights (whether or not they are there)."""
+    weights = _COCO_WEIGHTS[arch]
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def _coco_state_dict(arch: str, config_path: str = "") -> dict[str, torch.Tensor]:
     """COCO weights from the torch hub cache, else downloaded; a clear WeightsError otherwise."""
     weights = _COCO_WEIGHTS.get(arch)
     if weights is None:
         raise WeightsError(f"there are no COCO weights for arch {arch!r}")
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    cached = coco_cache_path(arch)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # an unreachable network must fail, not hang
     try:
         return torch.hub.load_state_dict_from_url(
-            weights.url, progress=True, check_hash=True, weights_only=True
+            weights.url, progress=not cached.is_file(), check_hash=True, weights_only=True
         )
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsError(
-            f"COCO weights for {arch} are not in the torch hub cache ({cached}) and could not be "
-            f"downloaded ({reason}). On a machine with network access download {weights.url} and "
-            f'either copy it to {cached} or set `weights = "/path/to/{cached.name}"` in [model].'
+            coco_fix(arch, cached, weights.url, config_path, f"could not be downloaded ({reason})")
         ) from None
     finally:
         socket.setdefaulttimeout(old_timeout)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint as {"model": state_dict, "arch": str|None, "labels": list|None}.
 
     Accepts torchvision's own format (a bare state_dict, e.g. the COCO .pth files) and streamseg's
     (a dict with format == CHECKPOINT_FORMAT). Never unpickles code: weights_only=True.
+    mmap: map the tensors instead of reading them (zip-format files; others are read).
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
+        raise WeightsError(f"weights file not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _torch_load(path, mmap=mmap)
     except Exception as e:  # any unreadable file is the user's input problem, not a bug
+        text = str(e)
+        if "Weights only load failed" in text:  # torch's page of advice: never to be taken here
+            detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[:1]
+            why = "not a weights-only PyTorch checkpoint" + (f": {detail[0]}" if detail else "")
+        else:
+            why = (text.strip().splitlines() or [""])[0][:200]
         raise WeightsError(
-            f"{path}: not a loadable weights file ({type(e).__name__}: {e})"
+            f"{path}: not a loadable weights file ({type(e).__name__}: {why})"
         ) from None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         return {"model": data["model"], "arch": data.get("arch"), "labels": data.get("labels")}
     if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
         return {"model": data, "arch": None, "labels": None}
     raise WeightsError(f"{path}: neither a torchvision state_dict nor a streamseg checkpoint")
+
+
+def _torch_load(path: Path, *, mmap: bool) -> Any:
+    if mmap and zipfile.is_zipfile(path):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
@@ -231,23 +255,59 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def _load_state(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
-    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if wrong:
-        raise WeightsError(
-            f"{source} does not fit this model: {len(wrong)} tensors of another shape "
-            f"(e.g. {wrong[0]} {tuple(state[wrong[0]].shape)}, the model's "
-            f"{tuple(own[wrong[0]].shape)}); check `arch` and `labels` in the config"
-        )
-    missing, unexpected = model.load_state_dict(state, strict=False)
+def fit_problem(
+    own: dict[str, tuple[int, ...]],
+    state: dict[str, tuple[int, ...]],
+    source: str,
+    config_path: str = "",
+) -> str | None:
+    """Why a state_dict with tensors of shapes `state` (name -> shape) cannot be loaded into a
+    model whose own are `own`, as one line naming the config to edit; None when it fits."""
+    where = config_path or "the config"
+    missing = [k for k in own if k not in state]
+    # FrozenBatchNorm2d drops the num_batches_tracked of checkpoints saved with BatchNorm
+    unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise WeightsError(
+        return (
             f"{source} does not fit this architecture: {len(missing)} missing keys "
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
-            "check `arch` in the config"
+            f"check `arch` in [model] of {where}"
         )
+    cls = "roi_heads.box_predictor.cls_score.weight"
+    if cls in own and cls in state and own[cls] != state[cls]:
+        have, want = state[cls][0], own[cls][0]
+        return (
+            f"{source} is a model for {have - 1} classes (+ background), but the labels name "
+            f"{want - 1}: give --labels with {have - 1} class names, or set `labels` (background "
+            f"first, {have} names) in [model] of {where}"
+        )
+    wrong = [k for k, v in state.items() if k in own and tuple(v) != tuple(own[k])]
+    if wrong:
+        k = wrong[0]
+        return (
+            f"{source} does not fit this model: {len(wrong)} tensors of another shape "
+            f"(e.g. {k} {tuple(state[k])}, the model's {tuple(own[k])}); check `arch` and "
+            f"`labels` in [model] of {where}"
+        )
+    return None
+
+
+def shapes_of(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor of a state_dict."""
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _load_state(
+    model: MaskRCNN, state: dict[str, torch.Tensor], source: str, config_path: str = ""
+) -> None:
+    own = model.state_dict()
+    problem = fit_problem(shapes_of(own), shapes_of(state), source, config_path)
+    if problem:
+        raise WeightsError(problem)
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:  # fit_problem saw every key: a bug if this happens
+        raise WeightsError(f"{source}: {len(missing)} missing, {len(unexpected)} unexpected keys")
 
 
 # Layers whose shape depends on the number of classes: what fine-tuning for other classes replaces.
@@ -284,31 +344,61 @@ def load_model(config: str | Path | ModelConfig, device: str | None = None) -> M
     reference the pipeline's results match. The label names are on `model.streamseg_labels`.
     """
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
+    state, labels = _weights_and_labels(cfg)
+    model = build_from_config(cfg, num_classes=len(labels))
+    if state is not None:
+        _load_state(model, state, cfg.weights, cfg.path)
+    model.streamseg_labels = labels  # type: ignore[attr-defined]
+    device_ = resolve_device(device or cfg.device)
+    return prepare_for_inference(model.eval(), device_).to(device_)
+
+
+def _weights_and_labels(
+    cfg: ModelConfig, *, mmap: bool = False
+) -> tuple[dict[str, torch.Tensor] | None, tuple[str, ...]]:
+    """The state_dict `cfg.weights` names (None: "random") and the label names to use."""
     labels: tuple[str, ...] = tuple(cfg.labels)
+    where = cfg.path or "the config"
     state: dict[str, torch.Tensor] | None = None
     if cfg.weights == "coco":
-        state = _coco_state_dict(cfg.arch)
+        state = _coco_state_dict(cfg.arch, cfg.path)
     elif cfg.weights != "random":
-        ckpt = read_checkpoint(cfg.weights)
+        ckpt = read_checkpoint(cfg.weights, mmap=mmap)
         if ckpt["arch"] not in (None, cfg.arch):
             raise WeightsError(
-                f"{cfg.weights} holds a {ckpt['arch']} model, config says {cfg.arch}"
+                f"{cfg.weights} holds a {ckpt['arch']} model, but `arch` in [model] of {where} "
+                f'is {cfg.arch}; set arch = "{ckpt["arch"]}" there'
             )
         state = ckpt["model"]
         stored = tuple(ckpt["labels"] or ())
         if labels and stored and labels != stored:  # load_config refuses this for files
             raise WeightsError(
-                f"{cfg.weights} was trained for the labels {list(stored)}, not {list(labels)}"
+                f"{cfg.weights} was trained for the labels {list(stored)}, not {list(labels)}; "
+                f"delete `labels` from [model] of {where}"
             )
         labels = labels or stored
     if not labels:
-        raise WeightsError(f"{cfg.path}: set `labels` in [model] (names by id, 0 = background)")
-    model = build_from_config(cfg, num_classes=len(labels))
-    if state is not None:
-        _load_state(model, state, cfg.weights)
-    model.streamseg_labels = labels  # type: ignore[attr-defined]
-    device_ = resolve_device(device or cfg.device)
-    return prepare_for_inference(model.eval(), device_).to(device_)
+        raise WeightsError(f"{where}: set `labels` in [model] (names by id, 0 = background)")
+    return state, labels
+
+
+def check_weights(cfg: ModelConfig) -> str | None:
+    """Why the model `cfg` describes cannot be had (weights missing, unreadable, or not fitting
+    the architecture and label count), as one line naming the config; None when it can.
+
+    Cheap: the checkpoint is memory-mapped and the model built on the meta device (shapes
+    only, no memory, no initialisation), so an R50-FPN checkpoint is judged in well under a
+    second once torch is imported. COCO weights are downloaded here when not cached.
+    """
+    try:
+        state, labels = _weights_and_labels(cfg, mmap=True)
+    except WeightsError as e:
+        return str(e)
+    if state is None:
+        return None
+    with torch.device("meta"):
+        model = build_from_config(cfg, num_classes=len(labels))
+    return fit_problem(shapes_of(model.state_dict()), shapes_of(state), cfg.weights, cfg.path)
 
 
 # -- inference, made fast -------------------------------------------------------------------------

@@ -1,17 +1,27 @@
-"""Check every output path before any stage starts, so a bad one costs a second, not a model load.
+"""Check every output path and the model's weights before any stage starts, so a bad one costs
+a second, not a model load in every worker.
 
-The supervisor side runs this: it imports neither PyAV nor torch. Each problem is one line that
-names the path and says how to fix it; an empty list means the outputs look writable.
+The supervisor side runs this: it imports neither PyAV nor torch (the weights are loaded in a
+child process). Each problem is one line that names the path and says how to fix it; an empty
+list means all looks usable.
 `output_path` (which file each stream writes) lives here, so the stages and the check agree.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
+
+from streamseg import shipped
+from streamseg.config import COCO_URLS, ModelConfig, coco_fix, to_dict
 
 MIN_FREE_BYTES = 100 * 2**20
 """Free space an output filesystem needs at the start (a few minutes of annotated video)."""
@@ -171,3 +181,69 @@ def check_outputs(
                 )
     # one line per problem, in order, even when several streams share a folder's problem
     return list(dict.fromkeys(problems))
+
+
+# -- weights --------------------------------------------------------------------------------------
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch: $TORCH_HOME/hub, else
+    $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub."""
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))) / "hub"
+
+
+def _reachable(url: str, timeout_s: float) -> str | None:
+    """None when `url`'s host accepts a TCP connection within `timeout_s`, else why not."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"{parts.hostname} cannot be reached ({e.strerror or e})"
+    return None
+
+
+def check_weights(
+    model: ModelConfig, *, network_timeout_s: float = 3.0, python: str = sys.executable
+) -> list[str]:
+    """Problems with the model's weights, one line each naming the config to edit (empty: the
+    weights exist, load with weights_only and fit the architecture and label count).
+
+    What needs no torch is judged here at once (a missing file; COCO weights neither cached nor
+    downloadable); the rest by `python -m streamseg.inference.weights_check`, which loads the
+    file and builds the model on the meta device (a few seconds, mostly importing torch) and
+    downloads COCO weights when they are not cached but the network is there. Weights shipped
+    in the package and "random" are not checked: the test suite does.
+    """
+    weights = model.weights
+    where = f"[model] of {model.path}" if model.path else "the config's [model]"
+    if weights == "random" or Path(weights).parent == shipped.DATA:
+        return []
+    if weights == "coco":
+        url = COCO_URLS.get(model.arch)
+        if url is None:
+            return [
+                f"there are no COCO weights for arch {model.arch}: set `weights` (a checkpoint "
+                f"file) in {where}, or pass --weights FILE"
+            ]
+        cached = torch_hub_dir() / "checkpoints" / url.rsplit("/", 1)[1]
+        if not cached.is_file():
+            why = _reachable(url, network_timeout_s)
+            if why is not None:
+                return [coco_fix(model.arch, cached, url, model.path, why)]
+    elif not Path(weights).is_file():
+        return [
+            f"weights file not found: {weights} (set `weights` in {where}, or pass --weights FILE)"
+        ]
+    proc = subprocess.run(
+        [python, "-m", "streamseg.inference.weights_check"],
+        input=json.dumps(to_dict(model)),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )  # stderr passes through: a download's progress, or a bug's traceback
+    if proc.returncode == 0:
+        return []
+    line = proc.stdout.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    return [line[0] if proc.returncode == 2 else f"checking the weights failed: {line[0]}"]
