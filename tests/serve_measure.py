@@ -30,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from harness import Collector  # noqa: E402
 from rtspfixture import RtspServer, free_port  # noqa: E402
-from test_live import Collector  # noqa: E402
 
 from streamseg.serve.http import BOUNDARY  # noqa: E402
 from streamseg.tools import synth  # noqa: E402

@@ -269,8 +269,7 @@ def test_exact_values_reproduce_interpolate(out_h, out_w):
     torch.testing.assert_close(values, ref[0, 0], rtol=0, atol=1e-6)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # skipped without a GPU (tests/conftest.py)
 def test_cuda_matches_torchvision_on_cuda():
     rng = np.random.default_rng(7)
     size = (1080, 1920)

@@ -11,15 +11,9 @@ import av
 import av.error
 import numpy as np
 import pytest
-from rtspfixture import RtspServer, free_port, rtsp_available
+from rtspfixture import RtspServer, free_port
 
-pytestmark = [
-    pytest.mark.rtsp,
-    pytest.mark.skipif(
-        not rtsp_available(),
-        reason="GStreamer RTSP server missing: apt-get install $(cat .ci/apt-packages.txt)",
-    ),
-]
+pytestmark = pytest.mark.rtsp
 
 RTSP_OPTIONS = {"rtsp_transport": "tcp"}
 OPEN_TIMEOUT_S = 10.0

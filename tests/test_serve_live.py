@@ -9,11 +9,8 @@ said is checked against the run's --report, and the video's length against the c
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,20 +20,13 @@ import av
 import cv2
 import numpy as np
 import pytest
+from harness import Collector, Run
 from prometheus_client.parser import text_string_to_metric_families
-from rtspfixture import RtspServer, free_port, rtsp_available
-from test_live import Collector
+from rtspfixture import RtspServer, free_port
 
 from streamseg.postprocess.render import track_color
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.rtsp,
-    pytest.mark.skipif(
-        not rtsp_available(),
-        reason="GStreamer RTSP server missing: apt-get install $(cat .ci/apt-packages.txt)",
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.rtsp]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STALL_S = 2.0
 
@@ -51,7 +41,7 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-class ServedWatch:
+class ServedWatch(Run):
     """`streamseg watch cam=RTSP --serve PORT -o ... --report ...` on a live test pattern (a
     white ball on black: any colour in the live view was drawn by streamseg)."""
 
@@ -62,44 +52,31 @@ class ServedWatch:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.video, self.report = tmp / "watch.mp4", tmp / "report.json"
         self.collector = Collector(self.endpoint)
-        cmd = [sys.executable, "-m", "streamseg.cli", "watch", "-q", f"cam={self.server.url}"]
-        cmd += ["--config", str(config), "--serve", f"127.0.0.1:{self.port}"]
-        cmd += ["--publish", self.endpoint, "-o", str(self.video), "--report", str(self.report)]
-        cmd += ["--stall-s", str(STALL_S), "--retry-max-s", "1"]
-        self.log = tmp / "watch.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, stderr=log, start_new_session=True)
+        super().__init__(
+            tmp, "watch", "-q", f"cam={self.server.url}", "--config", config,
+            "--serve", f"127.0.0.1:{self.port}", "--publish", self.endpoint,
+            "-o", self.video, "--report", self.report,
+            "--stall-s", str(STALL_S), "--retry-max-s", "1",
+        )  # fmt: skip
         self.returncode: int | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_for(self, what, timeout: float, why: str):
-        deadline = time.monotonic() + timeout
-        while not (got := what()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                tail = "\n".join(self.log.read_text().splitlines()[-20:])
-                raise AssertionError(f"gave up after {timeout:.0f} s waiting for {why}:\n{tail}")
-            time.sleep(0.2)
-        return got
 
     def health(self) -> tuple[int, str]:
         code, body = get(self.url("/healthz"))
         return code, body.decode()
 
     def stop(self) -> str:
+        """Ctrl-C; then the camera goes too. Returns stderr."""
         if self.returncode is None:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGINT)
-                try:
-                    self.proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
-            self.returncode = self.proc.returncode
-            self.collector.close()
-            self.server.stop()
-        return self.log.read_text()
+            try:
+                self.interrupt(timeout=60)  # (what is left is killed if it does not end)
+            finally:
+                self.returncode = self.proc.returncode
+                self.collector.close()
+                self.server.stop()
+        return self.stderr()
 
 
 @pytest.fixture(scope="module")

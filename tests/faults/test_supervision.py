@@ -13,7 +13,7 @@ import time
 
 import pytest
 from faultkit import Collector, Run, lines_so_far, results_lines, stage_pids, video_frames
-from rtspfixture import RtspServer, free_port, rtsp_available
+from rtspfixture import free_port
 
 from streamseg.tools import synth
 
@@ -90,17 +90,6 @@ def test_sigterm_stops_a_file_run_like_ctrl_c(long_clip, random_config, tmp_path
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     lines = results_lines(tmp_path / "r.jsonl")
     assert video_frames(tmp_path / "out.mp4") == len(lines) >= 5
-
-
-@pytest.fixture
-def camera(tmp_path):
-    if not rtsp_available():
-        pytest.skip("GStreamer RTSP server missing: apt-get install $(cat .ci/apt-packages.txt)")
-    clip = tmp_path / "cam.mp4"
-    synth.write_clip(clip, tmp_path / "cam.json", seed=3, frames=25, size=(160, 120), fps=25)
-    server = RtspServer(clip, loop=True, port=free_port()).start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.rtsp

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from faultkit import Collector, Run, lines_so_far, results_lines, stage_pids
-from rtspfixture import RtspServer, free_port, rtsp_available
+from rtspfixture import free_port
 
 from streamseg.tools import synth
 
@@ -159,17 +159,6 @@ def test_a_killed_fork_server_costs_only_speed(long_clip, random_config, tmp_pat
     lines = results_lines(tmp_path / "r.jsonl")
     assert [r["frame"] for r in lines] == list(range(300))
     assert stage_pids(run.proc.pid, "") == []
-
-
-@pytest.fixture
-def camera(tmp_path):
-    if not rtsp_available():
-        pytest.skip("GStreamer RTSP server missing: apt-get install $(cat .ci/apt-packages.txt)")
-    clip = tmp_path / "cam.mp4"
-    synth.write_clip(clip, tmp_path / "cam.json", seed=3, frames=25, size=(160, 120), fps=25)
-    server = RtspServer(clip, loop=True, port=free_port()).start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.rtsp
