@@ -1,11 +1,16 @@
+"""The processes that stand for the inference stage (streamseg.pipeline.plan): one inference
+process, or a dispatcher and its workers; and stages started by hand from a pipeline file."""
+
 import os
+from dataclasses import replace
 
 import pytest
 
+from streamseg import threads
 from streamseg.config import ConfigError, load_config
-from streamseg.pipeline.scaleout import inference_processes, worker_names
+from streamseg.pipeline.plan import Outputs, plan, stage_plan, worker_names
 from streamseg.pipeline.spec import load_pipeline, resolve_workers
-from streamseg.pipeline.standalone import stage_processes
+from streamseg.source.spec import parse_sources
 
 ENDPOINTS = (
     "[endpoints]\n"
@@ -22,32 +27,36 @@ def pipeline(tmp_path, text: str, endpoints: str = ENDPOINTS):
     return load_pipeline(path)
 
 
-def single_kwargs():
-    model = {"device": "cpu", "max_batch": 2, "max_wait_ms": 5.0, "threads": 1}
-    return {
-        "model": model,
-        "frames_endpoint": "F",
-        "detections_endpoint": "D",
-        "streams": 3,
-        "live": True,
-        "depth": 1,
-        "forward_images": False,
-    }
+def inference(p, model):
+    """(stage, name, args) of the inference stage's processes in a run of 3 live streams."""
+    budget = threads.plan(1, cores=4, cuda=False, workers=max(1, len(worker_names(p))))
+    run = plan(
+        replace(p, live=True),
+        model,
+        parse_sources(["a=x.mp4", "b=y.mp4", "c=z.mp4"]),
+        Outputs(results="r.jsonl"),
+        rundir="/run",
+        budget=budget,
+        cuda=False,
+    )
+    return [
+        (q.stage, q.name, q.args) for q in run.processes if q.stage not in ("source", "postprocess")
+    ]
 
 
-def test_one_worker_is_the_inference_process_itself(tmp_path):
+def test_one_worker_is_the_inference_process_itself(tmp_path, random_config):
     p = pipeline(tmp_path, "")
-    assert p.workers == 1 and worker_names(p) == []
-    ((stage, name, kwargs),) = inference_processes(single_kwargs(), p, work_endpoint="W")
-    assert (stage, name, kwargs["weights"]) == ("inference", "inference", None)
+    assert p.workers == 1 and worker_names(p) == ()
+    ((stage, name, args),) = inference(p, load_config(random_config))
+    assert (stage, name, args.weights, args.streams) == ("inference", "inference", None, 3)
 
 
-def test_workers_get_a_dispatcher_and_devices_in_turn(tmp_path):
+def test_workers_get_a_dispatcher_and_devices_in_turn(tmp_path, random_config):
     p = pipeline(
         tmp_path,
         '[inference]\nworkers = 3\ndevices = ["cuda:0", "cuda:1"]\nweights = { cam1 = 2 }\n',
     )
-    procs = inference_processes(single_kwargs(), p, work_endpoint="W")
+    procs = inference(p, load_config(random_config))
     assert [(s, n) for s, n, _ in procs] == [
         ("dispatcher", "inference"),
         ("worker", "inference[0]"),
@@ -55,20 +64,20 @@ def test_workers_get_a_dispatcher_and_devices_in_turn(tmp_path):
         ("worker", "inference[2]"),
     ]
     d = procs[0][2]
-    assert (d["work_endpoint"], d["max_batch"], d["weights"], d["lost_s"]) == (
-        "W",
+    assert (d.work_endpoint, d.max_batch, d.weights, d.lost_s) == (
+        "tcp://10.0.0.2:5602",
         2,
         {"cam1": 2.0},
         2.0,
     )
-    assert [kw["model"]["device"] for _, _, kw in procs[1:]] == ["cuda:0", "cuda:1", "cuda:0"]
-    assert all(kw["share_cpu"] == 1 for _, _, kw in procs[1:])  # none on the CPU: no split
+    assert [a.model.device for _, _, a in procs[1:]] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert all(a.share_cpu == 1 for _, _, a in procs[1:])  # none on the CPU: no split
 
 
-def test_cpu_workers_share_the_cores(tmp_path):
+def test_cpu_workers_share_the_cores(tmp_path, random_config):
     p = pipeline(tmp_path, "[inference]\nworkers = 2\n")
-    procs = inference_processes(single_kwargs(), p, work_endpoint="W")
-    assert [kw["share_cpu"] for _, _, kw in procs[1:]] == [2, 2]
+    procs = inference(p, load_config(random_config))
+    assert [a.share_cpu for _, _, a in procs[1:]] == [2, 2]
 
 
 def test_auto_workers_resolve_where_the_run_starts(tmp_path):
@@ -86,8 +95,8 @@ def test_stages_started_by_hand_need_a_number_of_workers(tmp_path, random_config
     model = load_config(random_config)
     for name in ("inference", "worker"):
         with pytest.raises(ConfigError, match="the same on every host"):
-            stage_processes(name, p, model)
-    assert stage_processes("postprocess", p, model)[0] == "postprocess"
+            stage_plan(name, p, model)
+    assert stage_plan("postprocess", p, model).stage == "postprocess"
 
 
 @pytest.mark.parametrize(
@@ -104,24 +113,26 @@ def test_bad_settings_are_one_clear_error(tmp_path, text):
 def test_a_lone_stage_takes_its_endpoints_from_the_file(tmp_path, random_config):
     p = pipeline(tmp_path, "[inference]\nworkers = 2\n")
     model = load_config(random_config)
-    stage, kw = stage_processes("inference", p, model, streams=2)
-    assert (stage, kw["frames_endpoint"], kw["work_endpoint"], kw["streams"]) == (
+    spec = stage_plan("inference", p, model, streams=2)
+    kw = spec.args
+    assert (spec.stage, kw.frames_endpoint, kw.work_endpoint, kw.streams) == (
         "dispatcher", "tcp://10.0.0.2:5601", "tcp://10.0.0.2:5602", 2,
     )  # fmt: skip
-    assert kw["stats_endpoint"] == "tcp://10.0.0.9:5604"
-    stage, kw = stage_processes("worker", p, model, worker=1)
-    assert (stage, kw["name"], kw["detections_endpoint"]) == (
+    assert kw.stats_endpoint == "tcp://10.0.0.9:5604"
+    spec = stage_plan("worker", p, model, worker=1)
+    assert (spec.stage, spec.args.name, spec.args.detections_endpoint) == (
         "worker", "inference[1]", "tcp://10.0.0.4:5603",
     )  # fmt: skip
-    stage, kw = stage_processes("postprocess", p, model, streams=2, results="r.jsonl")
-    assert (stage, kw["detections_endpoint"], kw["results"], kw["n_outputs"]) == (
+    spec = stage_plan("postprocess", p, model, streams=2, results="r.jsonl")
+    kw = spec.args
+    assert (spec.stage, kw.detections_endpoint, kw.results, kw.n_outputs) == (
         "postprocess", "tcp://10.0.0.4:5603", "r.jsonl", 2,
     )  # fmt: skip
     with pytest.raises(ConfigError, match="worker 2"):
-        stage_processes("worker", p, model, worker=2)
+        stage_plan("worker", p, model, worker=2)
 
 
 def test_a_lone_stage_refuses_endpoints_private_to_a_run(tmp_path, random_config):
     p = load_pipeline("annotate")
     with pytest.raises(ConfigError, match="private to one supervised run"):
-        stage_processes("postprocess", p, load_config(random_config))
+        stage_plan("postprocess", p, load_config(random_config))

@@ -24,6 +24,7 @@ from typing import Any
 from streamseg.accounting import Counters
 from streamseg.inference.batching import Batch, Batcher
 from streamseg.inference.dispatch import Workers
+from streamseg.stage.args import DispatcherArgs
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_sources, from_workers
 from streamseg.wire import transport
@@ -215,37 +216,21 @@ def serve(
     return run_stage_loop(loop, reporter)
 
 
-def main(
-    *,
-    frames_endpoint: str,
-    work_endpoint: str,
-    detections_endpoint: str,
-    stats_endpoint: str | None = None,
-    streams: int = 1,
-    live: bool = False,
-    depth: int = 1,
-    max_batch: int = 4,
-    max_wait_ms: float = 10.0,
-    weights: dict[str, float] | None = None,
-    lost_s: float = 2.0,
-    restarted: bool = False,
-    link_keys: str | None = None,
-    verbose: bool = False,
-) -> int:
-    setup_process("dispatcher", verbose=verbose)
-    if restarted:
+def main(args: DispatcherArgs) -> int:
+    setup_process("dispatcher", verbose=args.verbose)
+    if args.restarted:
         log.info("restarted")
     return serve(
-        frames_endpoint=frames_endpoint,
-        work_endpoint=work_endpoint,
-        detections_endpoint=detections_endpoint,
-        stats_endpoint=stats_endpoint,
-        streams=streams,
-        live=live,
-        depth=depth,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        weights=weights,
-        lost_s=lost_s,
-        link_keys=link_keys,
+        frames_endpoint=args.frames_endpoint,
+        work_endpoint=args.work_endpoint,
+        detections_endpoint=args.detections_endpoint,
+        stats_endpoint=args.stats_endpoint,
+        streams=args.streams,
+        live=args.live,
+        depth=args.depth,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        weights=args.weights,
+        lost_s=args.lost_s,
+        link_keys=args.link_keys,
     )

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import numpy as np
 import torch
 
 from streamseg.accounting import Counters
-from streamseg.config import ModelConfig, from_dict
+from streamseg.config import ModelConfig
 from streamseg.inference.batching import Batch, Batcher
 from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
+from streamseg.stage.args import InferenceArgs
 from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_sources
 from streamseg.threads import model_threads
@@ -192,40 +192,26 @@ def serve(
     return run_stage_loop(loop, reporter, cleanup=cleanup)
 
 
-def main(
-    *,
-    model: dict[str, Any],
-    frames_endpoint: str,
-    detections_endpoint: str,
-    stats_endpoint: str | None = None,
-    streams: int = 1,
-    live: bool = False,
-    depth: int = 1,
-    forward_images: bool = True,
-    restarted: bool = False,
-    link_keys: str | None = None,
-    weights: dict[str, float] | None = None,
-    verbose: bool = False,
-) -> int:
-    """`model`: every field of a ModelConfig (config.to_dict), as the runner resolved it.
-    `restarted`: a new life after the last one died (frames it held are lost, and counted)."""
-    setup_process("inference", verbose=verbose)
-    if restarted:
+def main(args: InferenceArgs) -> int:
+    """`args.model`: the ModelConfig as the runner resolved it. `args.restarted`: a new life
+    after the last one died (frames it held are lost, and counted)."""
+    setup_process("inference", verbose=args.verbose)
+    if args.restarted:
         logging.getLogger(__name__).info("restarted")
-    cfg = from_dict(model)
+    cfg = args.model
     torch.set_grad_enabled(False)
     threads = model_threads(cfg.threads, device=cfg.device)
     if threads > 0:
         torch.set_num_threads(threads)
     return serve(
         cfg,
-        frames_endpoint=frames_endpoint,
-        detections_endpoint=detections_endpoint,
-        stats_endpoint=stats_endpoint,
-        streams=streams,
-        live=live,
-        depth=depth,
-        forward_images=forward_images,
-        link_keys=link_keys,
-        weights=weights,
+        frames_endpoint=args.frames_endpoint,
+        detections_endpoint=args.detections_endpoint,
+        stats_endpoint=args.stats_endpoint,
+        streams=args.streams,
+        live=args.live,
+        depth=args.depth,
+        forward_images=args.forward_images,
+        link_keys=args.link_keys,
+        weights=args.weights,
     )

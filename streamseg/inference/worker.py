@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import numpy as np
 import torch
 
 from streamseg.accounting import Counters
-from streamseg.config import ModelConfig, from_dict
+from streamseg.config import ModelConfig
 from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
+from streamseg.stage.args import WorkerArgs
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, from_dispatcher
 from streamseg.threads import model_threads
@@ -155,36 +155,24 @@ def serve(
     return run_stage_loop(loop, reporter, cleanup=cleanup)
 
 
-def main(
-    *,
-    model: dict[str, Any],
-    name: str,
-    work_endpoint: str,
-    detections_endpoint: str,
-    stats_endpoint: str | None = None,
-    forward_images: bool = True,
-    share_cpu: int = 1,
-    restarted: bool = False,
-    link_keys: str | None = None,
-    verbose: bool = False,
-) -> int:
-    """`model`: every field of a ModelConfig (its device: this worker's; its threads: this
-    worker's share, from the supervisor's budget). `share_cpu`: workers sharing this host's
-    CPU, for a "auto" thread count resolved here (a worker started by hand)."""
-    setup_process(name, verbose=verbose)
-    if restarted:
+def main(args: WorkerArgs) -> int:
+    """`args.model`: its device: this worker's; its threads: this worker's share, from the
+    supervisor's budget. `args.share_cpu`: workers sharing this host's CPU, for a "auto" thread
+    count resolved here (a worker started by hand)."""
+    setup_process(args.name, verbose=args.verbose)
+    if args.restarted:
         log.info("restarted")
-    cfg = from_dict(model)
+    cfg = args.model
     torch.set_grad_enabled(False)
-    threads = model_threads(cfg.threads, device=cfg.device, workers=max(1, share_cpu))
+    threads = model_threads(cfg.threads, device=cfg.device, workers=max(1, args.share_cpu))
     if threads > 0:
         torch.set_num_threads(threads)
     return serve(
         cfg,
-        name=name,
-        work_endpoint=work_endpoint,
-        detections_endpoint=detections_endpoint,
-        stats_endpoint=stats_endpoint,
-        forward_images=forward_images,
-        link_keys=link_keys,
+        name=args.name,
+        work_endpoint=args.work_endpoint,
+        detections_endpoint=args.detections_endpoint,
+        stats_endpoint=args.stats_endpoint,
+        forward_images=args.forward_images,
+        link_keys=args.link_keys,
     )

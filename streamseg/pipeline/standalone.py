@@ -13,110 +13,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from typing import Any
 
-from streamseg.config import ConfigError, ModelConfig, to_dict
-from streamseg.pipeline.scaleout import inference_processes
-from streamseg.pipeline.spec import WORK_ENDPOINT, Pipeline, insecure_endpoints, load_pipeline
+from streamseg.config import ConfigError
+from streamseg.pipeline.spec import insecure_endpoints, load_pipeline
+from streamseg.stage.args import STAGES as PROCESS_STAGES
 
-STAGES = ("source", "inference", "worker", "postprocess", "monitor")
-
-
-def stage_processes(
-    name: str,
-    pipeline: Pipeline,
-    model: ModelConfig | None,
-    *,
-    source: Any = None,
-    streams: int = 1,
-    worker: int = 0,
-    video: str | None = None,
-    results: str | None = None,
-    publish: str | None = None,
-    verbose: bool = False,
-) -> tuple[str, dict[str, Any]]:
-    """(stage process, its kwargs) for stage `name` of `pipeline`. `source`: a SourceSpec
-    (source stage); `worker`: which worker (worker stage); `streams`: how many end-of-streams
-    end the run (0: live, never). ConfigError for what the file cannot give a lone stage."""
-    if type(pipeline.workers) is not int:  # "auto": each host would count its own cores
-        if name in ("inference", "worker"):
-            raise ConfigError(
-                f"{pipeline.path}: [inference] workers = {pipeline.workers!r}: stages started by "
-                "hand need a number there, the same on every host (1: no dispatcher, no workers)"
-            )
-        pipeline = replace(pipeline, workers=1)  # the other stages do not depend on it
-    ep = dict(pipeline.endpoints)
-    ep.setdefault("work", WORK_ENDPOINT)
-    need = {
-        "source": ("frames",),
-        "inference": ("frames", "detections") + (("work",) if pipeline.workers > 1 else ()),
-        "worker": ("work", "detections"),
-        "postprocess": ("detections",),
-    }[name]
-    local = [f"{k} = {ep[k]}" for k in need if "{run}" in ep[k]]
-    if local:
-        raise ConfigError(
-            f"{pipeline.path}: {', '.join(local)} is private to one supervised run; a stage run "
-            "by itself needs tcp://HOST:PORT (or an ipc:// path) endpoints"
-        )
-    stats = ep["stats"] if ep["stats"].startswith("tcp://") else None
-    common = {"stats_endpoint": stats, "verbose": verbose, "link_keys": pipeline.keys or None}
-    if name == "source":
-        return "source", {
-            **common,
-            "source": source.url,
-            "stream": source.stream,
-            "kind": source.kind,
-            "frames_endpoint": ep["frames"],
-            "live": pipeline.live,
-            "realtime": pipeline.realtime,
-            "hwdecode": pipeline.hwdecode,
-        }
-    assert model is not None
-    if name == "postprocess":
-        return "postprocess", {
-            **common,
-            "detections_endpoint": ep["detections"],
-            "streams": streams,
-            "mask_threshold": model.mask_threshold,
-            "mask_nms": model.mask_nms,
-            "mask_nms_cross_label": model.mask_nms_cross_label,
-            "score_threshold": model.score_threshold,
-            "label_names": list(model.labels),
-            "video": video,
-            "results": results,
-            "publish": publish or pipeline.publish or None,
-            "n_outputs": max(1, streams),
-            "track": pipeline.track,
-            "track_max_missed": pipeline.track_max_missed,
-            "live": pipeline.live,
-        }
-    single = {
-        **common,
-        "model": to_dict(model),
-        "frames_endpoint": ep["frames"],
-        "detections_endpoint": ep["detections"],
-        "streams": streams,
-        "live": pipeline.live,
-        "depth": pipeline.depth,
-        "forward_images": True,  # postprocess may render: it is on another host, ask nothing
-    }
-    procs = inference_processes(single, pipeline, work_endpoint=ep["work"])
-    if name == "inference":
-        stage, _, kwargs = procs[0]
-        return stage, {**common, **kwargs}
-    if pipeline.workers < 2 or not 0 <= worker < pipeline.workers:
-        raise ConfigError(
-            f"{pipeline.path}: worker {worker}: [inference] workers = {pipeline.workers} "
-            "(a worker stage needs workers >= 2, and --worker 0..workers-1)"
-        )
-    _, _, kwargs = procs[1 + worker]
-    return "worker", {**common, **kwargs}
+STAGES = (*(s for s in PROCESS_STAGES if s != "dispatcher"), "monitor")
+"""What `streamseg stage NAME` runs: a stage of a pipeline (streamseg.pipeline.plan.stage_plan;
+"inference" is the dispatcher where the file has several workers), or the monitor."""
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from streamseg.config import load_config
+    from streamseg.pipeline.plan import stage_plan
     from streamseg.source.spec import SourceError, parse_sources
     from streamseg.stage.__main__ import run_stage
 
@@ -138,7 +48,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
                 raise ConfigError("streamseg stage source: give the INPUT (a file or URL)")
             source = parse_sources([args.input])[0]
         model = None if args.name == "source" else load_config(args.config, device=args.device)
-        stage, kwargs = stage_processes(
+        spec = stage_plan(
             args.name,
             pipeline,
             model,
@@ -154,7 +64,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         print(f"streamseg stage: error: {e}", file=sys.stderr)
         return 2
     try:
-        return run_stage(stage, kwargs)
+        return run_stage(spec.args)
     except KeyboardInterrupt:
         return 130
 

@@ -41,6 +41,7 @@ from streamseg.postprocess.sinks import ResultsSink, VideoSink, output_path
 from streamseg.postprocess.streams import StreamBook
 from streamseg.postprocess.timeline import LiveTimeline
 from streamseg.postprocess.tracking import NO_TRACK, Tracker
+from streamseg.stage.args import PostprocessArgs
 from streamseg.stage.shell import (
     BusyTimer,
     StatsReporter,
@@ -368,63 +369,35 @@ def serve(
     return run_stage_loop(loop, reporter, cleanup=cleanup)
 
 
-def main(
-    *,
-    detections_endpoint: str,
-    stats_endpoint: str | None = None,
-    streams: int = 1,
-    mask_threshold: float = 0.5,
-    mask_nms: float = 0.0,
-    mask_nms_cross_label: float = 0.0,
-    score_threshold: float = 0.0,
-    label_names: list[str] | None = None,
-    video: str | None = None,
-    results: str | None = None,
-    publish: str | None = None,
-    publish_keys: dict[str, str] | None = None,
-    n_outputs: int = 1,
-    track: bool = True,
-    track_max_missed: int = 60,
-    restarted: bool = False,
-    part: int = 0,
-    link_keys: str | None = None,
-    preview_endpoint: str | None = None,
-    live: bool = False,
-    reorder_capacity: int = 128,
-    encoder_threads: int = 0,
-    verbose: bool = False,
-) -> int:
-    """`publish_keys`: {"keys": DIR/NAME, "allow": DIR}, the CURVE key files of the publisher
-    (paths, never keys, travel on the command line). `restarted`: a new life after the last one
-    died; it takes over the streams already running and writes its outputs to NAME.partN.EXT
-    (N = `part`), next to the last life's. `encoder_threads`: libx264's, from the run's thread
-    budget (streamseg.threads; 0: libx264's default)."""
+def main(args: PostprocessArgs) -> int:
+    """`args.publish_keys`: {"keys": DIR/NAME, "allow": DIR}, the CURVE key files of the
+    publisher (paths, never keys, travel on the command line). `args.restarted`: a new life
+    after the last one died; it takes over the streams already running and writes its outputs
+    to NAME.partN.EXT (N = `part`), next to the last life's. `args.encoder_threads`: libx264's,
+    from the run's thread budget (streamseg.threads; 0: libx264's default)."""
     global _encoder_threads
-    setup_process("postprocess", verbose=verbose)
+    setup_process("postprocess", verbose=args.verbose)
     torch.set_num_threads(1)  # the model stage needs the cores; paste work here is small
-    _encoder_threads = encoder_threads
+    _encoder_threads = args.encoder_threads
+    keys = args.publish_keys
     return serve(
-        detections_endpoint=detections_endpoint,
-        stats_endpoint=stats_endpoint,
-        streams=streams,
-        mask_threshold=mask_threshold,
-        mask_nms=mask_nms,
-        mask_nms_cross_label=mask_nms_cross_label,
-        score_threshold=score_threshold,
-        label_names=label_names or [],
-        video=video,
-        results=results,
-        publish=publish,
-        publish_security=(
-            curve.server_security(publish_keys["keys"], publish_keys["allow"])
-            if publish_keys
-            else None
-        ),
-        n_outputs=n_outputs,
-        track={"max_missed": track_max_missed} if track else None,
-        restarted=part if restarted else 0,
-        link_keys=link_keys,
-        preview_endpoint=preview_endpoint,
-        live=live,
-        reorder_capacity=reorder_capacity,
+        detections_endpoint=args.detections_endpoint,
+        stats_endpoint=args.stats_endpoint,
+        streams=args.streams,
+        mask_threshold=args.mask_threshold,
+        mask_nms=args.mask_nms,
+        mask_nms_cross_label=args.mask_nms_cross_label,
+        score_threshold=args.score_threshold,
+        label_names=list(args.label_names),
+        video=args.video,
+        results=args.results,
+        publish=args.publish,
+        publish_security=curve.server_security(keys["keys"], keys["allow"]) if keys else None,
+        n_outputs=args.n_outputs,
+        track={"max_missed": args.track_max_missed} if args.track else None,
+        restarted=args.part if args.restarted else 0,
+        link_keys=args.link_keys,
+        preview_endpoint=args.preview_endpoint,
+        live=args.live,
+        reorder_capacity=args.reorder_capacity,
     )

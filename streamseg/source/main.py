@@ -15,6 +15,7 @@ from streamseg.source import decode
 from streamseg.source.file import run_file
 from streamseg.source.live import run_live, send_live
 from streamseg.source.spec import SourceError, SourceSpec
+from streamseg.stage.args import SourceArgs
 from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
 from streamseg.stage.trust import Tokens, source_name
 from streamseg.wire import transport
@@ -24,30 +25,14 @@ from streamseg.wire.protocol import EndOfStream
 log = logging.getLogger(__name__)
 
 
-def main(
-    *,
-    source: str,
-    stream: str,
-    kind: str,
-    frames_endpoint: str,
-    stats_endpoint: str | None = None,
-    live: bool = False,
-    realtime: bool = False,
-    hwdecode: str = "off",
-    first_frame: int = 0,
-    first_pts: float = 0.0,
-    stay: bool = False,
-    link_keys: str | None = None,
-    decode_threads: int = 0,
-    verbose: bool = False,
-    **live_options: Any,
-) -> int:
+def main(args: SourceArgs) -> int:
     """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable.
-    `stay`: after the end-of-stream, wait to be stopped (SIGTERM) instead of exiting at once
-    (supervised runs: see below)."""
-    setup_process(f"source[{stream}]", verbose=verbose)
-    decode.set_threads(decode_threads)
-    spec = SourceSpec(stream, source, kind, hwdecode)
+    `args.stay`: after the end-of-stream, wait to be stopped (SIGTERM) instead of exiting at
+    once (supervised runs: see below)."""
+    stream, stats_endpoint, link_keys = args.stream, args.stats_endpoint, args.link_keys
+    setup_process(f"source[{stream}]", verbose=args.verbose)
+    decode.set_threads(args.decode_threads)
+    spec = SourceSpec(stream, args.source, args.kind, args.hwdecode)
     counters = Counters()
     counters[stream]  # report the stream even if it never yields a frame
     tokens = Tokens.from_env()
@@ -63,7 +48,9 @@ def main(
     reporter.ready()  # a source has nothing to load; its own watchdog handles slow streams
     # Short queues: enough to keep the model fed, few enough that a frame waits little
     sock = transport.push(
-        frames_endpoint, hwm=2, security=link_security(link_keys, frames_endpoint, bind=False)
+        args.frames_endpoint,
+        hwm=2,
+        security=link_security(link_keys, args.frames_endpoint, bind=False),
     )
 
     def send(msg: Any, block: bool = True) -> bool:
@@ -71,22 +58,24 @@ def main(
 
     def loop() -> int:
         try:
-            if kind != "file":
+            if args.kind != "file":
                 eos = run_live(
                     spec,
                     send,
                     counters,
                     reporter,
-                    first_frame=first_frame,
-                    first_pts=first_pts,
-                    **live_options,
+                    first_frame=args.first_frame,
+                    first_pts=args.first_pts,
+                    stall_s=args.stall_s,
+                    retry_max_s=args.retry_max_s,
+                    give_up_s=args.give_up_s,
                 )
-            elif live:  # a file standing in for a camera: paced, and frames never wait
+            elif args.live:  # a file standing in for a camera: paced, and frames never wait
                 eos = run_file(
                     spec, lambda m: send_live(send, m), counters, reporter, realtime=True
                 )
             else:
-                eos = run_file(spec, send, counters, reporter, realtime=realtime)
+                eos = run_file(spec, send, counters, reporter, realtime=args.realtime)
         except SourceError as e:
             log.error("%s", e)
             send(EndOfStream(stream, 0, str(e), True))
@@ -98,7 +87,7 @@ def main(
 
     def loop_then_stay() -> int:
         code = loop()
-        if stay:
+        if args.stay:
             # libzmq can lose the last messages of a PUSH socket that closes while its peer is
             # not reading (seen: the last frame and the end-of-stream of a 120-frame file, every
             # time, at HWM 4). So the source stays connected until the supervisor, which knows
@@ -112,4 +101,4 @@ def main(
                 pass
         return code
 
-    return run_stage_loop(loop_then_stay, reporter, abort=stay)
+    return run_stage_loop(loop_then_stay, reporter, abort=args.stay)

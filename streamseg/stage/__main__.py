@@ -1,12 +1,12 @@
-"""Entry point of a stage process: `python -m streamseg.stage STAGE JSON_KWARGS`.
+"""Entry point of a stage process: `python -m streamseg.stage STAGE JSON_ARGS`.
 
-The runner starts each stage this way. Arguments travel as JSON (never pickle), so a stage can
-also be started by hand, or on another host, with the same command line.
+The runner starts each stage this way. Arguments travel as JSON (never pickle): the stage's
+record (streamseg.stage.args), checked field by field, so a stage can also be started by hand,
+or on another host, with the same command line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -18,11 +18,12 @@ if __name__ == "__main__":  # first, before any import that takes time (torch: 2
 
 from streamseg.config import ConfigError, WeightsError
 from streamseg.source.spec import SourceError
+from streamseg.stage.args import STAGES, StageArgs, from_json, stage_of
 
-STAGES = ("source", "inference", "postprocess", "dispatcher", "worker")
 
-
-def run_stage(stage: str, kwargs: dict) -> int:
+def run_stage(args: StageArgs) -> int:
+    """Run the stage `args` are for, in this process; its exit code."""
+    stage = stage_of(args)
     if stage == "source":
         from streamseg.source.main import main
     elif stage == "inference":
@@ -31,12 +32,10 @@ def run_stage(stage: str, kwargs: dict) -> int:
         from streamseg.postprocess.main import main
     elif stage == "dispatcher":
         from streamseg.inference.dispatcher import main
-    elif stage == "worker":
-        from streamseg.inference.worker import main
     else:
-        raise SystemExit(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+        from streamseg.inference.worker import main
     try:
-        return main(**kwargs)
+        return main(args)
     except (ConfigError, WeightsError, SourceError, OSError) as e:
         print(f"streamseg {stage}: error: {e}", file=sys.stderr)
         return 2
@@ -44,15 +43,17 @@ def run_stage(stage: str, kwargs: dict) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m streamseg.stage STAGE JSON_KWARGS", file=sys.stderr)
+        print("usage: python -m streamseg.stage STAGE JSON_ARGS", file=sys.stderr)
+        return 2
+    if argv[0] not in STAGES:  # a bug of whoever started it, not bad input: exit 1
+        raise SystemExit(f"unknown stage {argv[0]!r}; one of {', '.join(STAGES)}")
+    try:
+        args = from_json(argv[0], argv[1])
+    except ConfigError as e:
+        print(f"streamseg stage: error: {e}", file=sys.stderr)
         return 2
     try:
-        kwargs = json.loads(argv[1])
-    except ValueError:
-        print("streamseg stage: error: JSON_KWARGS is not valid JSON", file=sys.stderr)
-        return 2
-    try:
-        return run_stage(argv[0], kwargs)
+        return run_stage(args)
     except KeyboardInterrupt:  # stopped (SIGTERM/Ctrl-C) before or after its loop: no traceback
         return 130
 
