@@ -11,6 +11,16 @@ from pathlib import Path
 DEFAULT_CONFIG = "shapes"
 """Shipped configs and pipelines are named by name (streamseg/data); paths work too."""
 
+OWN_MODEL = (
+    "Use your own model: --weights FILE runs your checkpoint (a torchvision state_dict or a "
+    "streamseg checkpoint of the config's arch, e.g. --config maskrcnn_resnet50_fpn --weights "
+    "my.pth), with the class names it carries or --labels a,b,c. Or write a config of your "
+    "own: `streamseg configs` lists the shipped ones, `streamseg configs show NAME > my.toml` "
+    "prints one to copy and edit, then --config my.toml. Fine-tune on your data with "
+    "`streamseg train --coco`. README: Use your own model."
+)
+"""The epilog of every command that runs or trains a model."""
+
 
 def _size(text: str) -> tuple[int, int]:
     """argparse type for WxH: a bad value is one usage line and exit 2, not a traceback."""
@@ -23,11 +33,24 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    p.epilog = OWN_MODEL
     p.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
         help="model config: a shipped one by name (shapes, maskrcnn_resnet50_fpn, "
         "maskrcnn_resnet50_fpn_v2) or a path to a .toml; default: %(default)s, the offline model",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="your own model: a checkpoint (torchvision state_dict .pth or streamseg's .pt) of "
+        "the config's arch, instead of the config's weights; also coco or random",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="NAMES|FILE",
+        help="class names of --weights, by label id without the background: a,b,c or a file "
+        "with one name a line (default: the names the checkpoint carries, else the config's)",
     )
     p.add_argument("--device", help="override the config's device: auto, cpu, cuda, cuda:N")
     p.add_argument("--score-threshold", type=float, help="override the config's score threshold")
@@ -77,10 +100,18 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model_config(args: argparse.Namespace):
-    from streamseg.config import load_config
+    from streamseg.config import ConfigError, load_config, parse_labels
 
+    labels = None
+    if getattr(args, "labels", None):
+        try:
+            labels = parse_labels(args.labels)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return load_config(
         args.config,
+        weights=getattr(args, "weights", None),
+        labels=labels,
         device=args.device,
         score_threshold=args.score_threshold,
         max_batch=args.max_batch,
@@ -89,7 +120,7 @@ def _load_model_config(args: argparse.Namespace):
 
 
 def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[str]) -> int:
-    from streamseg.pipeline.preflight import check_outputs
+    from streamseg.pipeline.preflight import check_outputs, check_weights
     from streamseg.pipeline.report import summary, to_json
     from streamseg.pipeline.spec import insecure_endpoints, load_pipeline
     from streamseg.pipeline.supervisor import run
@@ -143,6 +174,12 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
     # unusable outputs fail here too, before a model is loaded or a frame is decoded
     inputs = [s.url for s in specs if s.kind == "file"]
     problems = check_outputs(args.output, args.results, [s.stream for s in specs], inputs=inputs)
+    for problem in problems:
+        print(f"streamseg: error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    # the weights too, once, before any worker loads them (streamseg.pipeline.preflight)
+    problems = check_weights(model)
     for problem in problems:
         print(f"streamseg: error: {problem}", file=sys.stderr)
     if problems:
@@ -214,6 +251,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     return _run_pipeline(args, args.pipeline, args.sources)
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from streamseg import shipped
+
+    if args.action == "list":
+        if args.name:
+            print("streamseg configs: error: `configs` takes no name; did you mean "
+                  f"`streamseg configs show {args.name}`?", file=sys.stderr)  # fmt: skip
+            return 2
+        for name in shipped.names("config"):
+            print(f"{name:28s} {shipped.summary('config', name)}")
+        print("\nprint one to copy and edit: streamseg configs show NAME > my.toml")
+        return 0
+    if not args.name:
+        print("streamseg configs: error: show which? one of: "
+              f"{', '.join(shipped.names('config'))}", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        path = shipped.find("config", args.name)
+    except shipped.NotFound as e:
+        print(f"streamseg configs: error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(path.read_text(encoding="utf-8"))
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -331,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-frame instance masks (Mask R-CNN) for video files, RTSP cameras and "
         "webcams. Stages (decode, batched inference, postprocess/sinks) run as separate "
         "processes linked by ZeroMQ.",
+        epilog=OWN_MODEL,
     )
     from streamseg import __version__
 
@@ -458,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="override [train].batch_size")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.epilog = OWN_MODEL
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -495,7 +559,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default="640x480", help="WxH (default %(default)s)")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.epilog = OWN_MODEL
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "configs",
+        help="list the shipped model configs, or print one to copy and edit",
+        description="List the model configs shipped with streamseg (the names --config takes), "
+        "or print one: `streamseg configs show maskrcnn_resnet50_fpn > my.toml`, edit it (weights, "
+        "labels, thresholds, input size, batching; every field is commented) and run it with "
+        "--config my.toml. Paths inside a config are relative to its own folder.",
+    )
+    p.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    p.add_argument("name", nargs="?", help="show: the config to print")
+    p.epilog = OWN_MODEL
+    p.set_defaults(func=cmd_configs)
 
     from streamseg import client
     from streamseg.pipeline import standalone
