@@ -3,14 +3,10 @@ processes and ZeroMQ sockets."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import av
@@ -18,6 +14,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
+from harness import Run
 
 import streamseg
 from streamseg.tools import synth
@@ -160,51 +157,24 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def _wait_for_results(proc: subprocess.Popen, results: Path, n: int, timeout: float) -> None:
-    """Wait until `results` holds `n` lines; fail, saying why, when the run ends or time is up."""
-    deadline = time.monotonic() + timeout
-    while not results.exists() or len(results.read_text().splitlines()) < n:
-        got = len(results.read_text().splitlines()) if results.exists() else 0
-        if proc.poll() is not None:
-            pytest.fail(
-                f"precondition: annotate exited with {proc.returncode} after {got} results, "
-                f"before the {n} needed to interrupt it mid-run:\n{proc.stderr.read()}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"precondition: only {got} of {n} results after {timeout:.0f} s; "
-                "frames are not flowing, so Ctrl-C would not be tested mid-run"
-            )
-        time.sleep(0.2)
+def _lines(path: Path) -> int:
+    """Whole lines written to `path` so far."""
+    return path.read_text().count("\n") if path.exists() else 0
 
 
 def test_ctrl_c_stops_every_stage(random_config, tmp_path):
     video = tmp_path / "long.mp4"
     synth.write_clip(video, tmp_path / "long.json", seed=1, frames=300, size=(320, 240))
     results = tmp_path / "o.jsonl"
-    cmd = [sys.executable, "-m", "streamseg.cli", "annotate", "-q", str(video)]
-    cmd += [
-        "-o",
-        str(tmp_path / "o.mp4"),
-        "--results",
-        str(results),
-        "--config",
-        str(random_config),
-    ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for_results(proc, results, 30, timeout=120)  # frames flow through every stage
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the stages too: no orphans
-        proc.wait()
-        raise
-    stages = _children(proc.pid)
-    # postprocess, source, inference (with workers = "auto" on 2+ cores: a dispatcher and workers)
-    assert len(stages) >= 3
-    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    proc.wait(timeout=30)
-    assert proc.returncode == 130
+    args = ["-o", tmp_path / "o.mp4", "--results", results, "--config", random_config]
+    with Run(tmp_path, "annotate", "-q", video, *args) as run:  # (killed, stages too, on failure)
+        # precondition: frames flow through every stage, so Ctrl-C is tested mid-run
+        run.wait_for(lambda: _lines(results) >= 30, 120, "30 results (frames flowing)")
+        stages = _children(run.proc.pid)
+        # postprocess, source, inference (with workers = "auto" on 2+ cores: a dispatcher and
+        # workers)
+        assert len(stages) >= 3
+        assert run.interrupt(timeout=30) == 130  # SIGINT to the session: what Ctrl-C does
     for pid in stages:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     # the video written so far is a valid, playable file

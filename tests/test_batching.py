@@ -1,14 +1,7 @@
 import pytest
+from harness import Clock
 
 from streamseg.inference.batching import Batch, Batcher
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def frames(batch):

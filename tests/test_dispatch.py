@@ -1,14 +1,7 @@
 import pytest
+from harness import Clock
 
 from streamseg.inference.dispatch import Workers
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_no_workers():

@@ -1,12 +1,6 @@
+from harness import Clock
+
 from streamseg.postprocess.reorder import DUPLICATE, LATE, RELEASED, Reorder
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_empty():

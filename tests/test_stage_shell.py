@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import zmq
+from harness import Clock
 
 from streamseg.accounting import Counters
 from streamseg.stage.shell import BusyTimer, StatsReporter, process_age_s, run_stage_loop
@@ -18,14 +19,6 @@ WAIT_MS = 10_000  # only ever waited out when a test is about to fail
 
 
 NO_WAIT = {"wait_in_s": 0.0, "wait_out_s": 0.0}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -59,7 +52,7 @@ def test_tick_reports_once_per_interval(runner):
     clock, counters = Clock(), Counters()
     rep = StatsReporter(endpoint, "inference", counters, every_s=1.0, clock=clock)
     for now in (0.0, 0.5, 0.999, 1.0, 1.5, 1.999, 2.0):
-        clock.now = now
+        clock.t = now
         counters.count_in("a")  # each tick sees a different count: which one sent shows
         rep.tick()
     rep.final()
@@ -136,7 +129,7 @@ def test_no_endpoint_sends_nothing_and_does_not_fail():
     clock = Clock()
     rep = StatsReporter(None, "inference", Counters(), clock=clock)
     assert rep.sock is None
-    clock.now = 10.0
+    clock.t = 10.0
     rep.tick()
     rep.ready()
     rep.final()
