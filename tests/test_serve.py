@@ -18,6 +18,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+from harness import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamseg.accounting import LATENCY_BOUNDS_S, Histogram
@@ -338,6 +339,7 @@ class FakeRun:
         self.web.start(self.board, self.hub)
         self.stop = threading.Event()
         self.offered = {"a": 0, "b": 0}
+        self.rounds = 0  # turns of the loop: chances it had to offer a frame
         self.thread = threading.Thread(target=self._offer, daemon=True)
         self.thread.start()
 
@@ -350,7 +352,8 @@ class FakeRun:
                     self.previewer.offer(stream, frame, time.time(), _jpeg(color))
                     self.offered[stream] += 1
             frame += 1
-            time.sleep(0.02)
+            self.rounds += 1
+            time.sleep(0.02)  # (its pace, not a wait for anything)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -445,8 +448,14 @@ def test_endpoints_answer(fake_run):
     assert e.value.code == 503 and e.value.read() == b"postprocess: starting\n"
 
 
+def _rounds(run: FakeRun, n: int) -> None:
+    """Wait until postprocess's loop has turned `n` more times (each a chance to offer)."""
+    start = run.rounds
+    wait_until(lambda: run.rounds >= start + n, 10, f"{n} turns of the offering loop")
+
+
 def test_frames_are_made_only_while_watched_and_each_viewer_gets_its_stream(fake_run):
-    time.sleep(0.3)
+    _rounds(fake_run, 15)
     assert fake_run.offered == {"a": 0, "b": 0}  # nobody watches: nothing encoded
     with urllib.request.urlopen(fake_run.url("/view/a.jpg"), timeout=10) as r:
         img = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
@@ -464,12 +473,10 @@ def test_frames_are_made_only_while_watched_and_each_viewer_gets_its_stream(fake
     finally:
         for resp in viewers:
             resp.close()  # viewers leave mid-stream
-    deadline = time.monotonic() + 5
-    while fake_run.hub.viewers or fake_run.previewer.watched:
-        assert time.monotonic() < deadline, (fake_run.hub.viewers, fake_run.previewer.watched)
-        time.sleep(0.05)
+    run = fake_run
+    wait_until(lambda: not run.hub.viewers and not run.previewer.watched, 5, "viewers to be gone")
     before = dict(fake_run.offered)
-    time.sleep(0.3)
+    _rounds(fake_run, 15)
     assert fake_run.offered == before  # encoding stopped with the last viewer
 
 
@@ -478,7 +485,8 @@ def test_a_viewer_that_reads_nothing_slows_no_one(fake_run):
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.sendall(b"GET /view/a HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
     try:
-        time.sleep(1.0)  # its buffers fill up
+        # its buffers fill up: 50 frames offered for it (a second of the loop's pace)
+        wait_until(lambda: fake_run.offered["a"] >= 50, 10, "50 frames offered to it")
         start = fake_run.offered["a"]
         with urllib.request.urlopen(fake_run.url("/view/a"), timeout=10) as resp:
             t0 = time.monotonic()
