@@ -95,6 +95,12 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         help="inference processes (override the pipeline's [inference] workers): frames go to "
         "whichever is free; each on its own device from [inference] devices, or sharing the CPU",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the processes the run would start (stages, endpoints, hosts, threads) and "
+        "exit without starting them",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging from every stage")
 
@@ -171,6 +177,8 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
     except ValueError as e:
         print(f"streamseg: error: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "plan", False):  # what the run would start, and nothing started
+        return _print_plan(args, pipeline, model, specs, publish, security, serve=bool(serve))
     # unusable outputs fail here too, before a model is loaded or a frame is decoded
     inputs = [s.url for s in specs if s.kind == "file"]
     problems = check_outputs(args.output, args.results, [s.stream for s in specs], inputs=inputs)
@@ -220,6 +228,20 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
             print(f"streamseg: error: cannot write --report {args.report}: {e}", file=sys.stderr)
             return report.exit_code or 2
     return report.exit_code
+
+
+def _print_plan(args, pipeline, model, specs, publish, security, *, serve: bool) -> int:
+    """--plan: print the processes the run would start (streamseg.pipeline.plan); exit 0."""
+    from streamseg.pipeline.plan import Outputs, describe, plan, this_host
+
+    pipeline, budget, cuda = this_host(pipeline, model)
+    outputs = Outputs(args.output, args.results, publish, security, preview=serve)
+    keys = ("retry_max_s", "give_up_s", "stall_s")
+    live = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    run = plan(pipeline, model, specs, outputs, rundir="{run}", budget=budget, cuda=cuda,
+               live_options=live, verbose=args.verbose)  # fmt: skip
+    print(describe(run))
+    return 0
 
 
 def _publish_security(

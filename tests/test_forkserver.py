@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import wait_until
 
 from streamseg.pipeline.forkserver import ForkServer, make_subreaper
 from streamseg.stage.trust import ENV, Tokens, new_token
@@ -88,7 +89,8 @@ def test_a_forked_stage_is_our_child_like_a_spawned_one(server, tmp_path, sig):
     assert forked is not None
     spawned = _spawned("dispatcher", _dispatcher_kwargs(tmp_path / "s"))
     try:
-        time.sleep(1.0)  # both bound and waiting
+        bound = [tmp_path / d / e for d in "fs" for e in ("frames", "work")]  # ipc socket files
+        wait_until(lambda: all(p.exists() for p in bound), 60, "both to bind their endpoints")
         assert forked.poll() is None and spawned.poll() is None
         assert _ppid(forked.pid) == os.getpid()  # re-parented to us: we reap it
         assert _cmdline(forked.pid) == [
@@ -123,8 +125,11 @@ def test_stages_keep_running_when_the_server_ends(server, tmp_path):
     fs = server()
     forked = fs.spawn("dispatcher", _dispatcher_kwargs(tmp_path), _env())
     assert forked is not None
-    fs.close()
-    time.sleep(0.5)
+    # the kernel sends a death signal (PR_SET_PDEATHSIG) as a process ends, to its children
+    # only: ours, so the server's end below cannot reach it
+    assert _ppid(forked.pid) == os.getpid()
+    fs.close()  # returns once the server has ended
+    assert fs._popen.poll() is not None
     assert forked.poll() is None  # it was never the server's child
     forked.send_signal(signal.SIGTERM)
     assert forked.wait(timeout=30) is not None
