@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from streamseg.pipeline.report import Tally, add_counts
-from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, Action, StageWatch, describe_exit
+from streamseg.pipeline.watchdog import (
+    FAIL,
+    KILL,
+    RESTART,
+    Action,
+    Drain,
+    StageWatch,
+    describe_exit,
+)
 from streamseg.wire.protocol import Stats
 
 
@@ -126,3 +134,126 @@ def test_add_counts_adds_instances_merged_away():
     merged = add_counts(old, new)
     assert merged["duplicates"] == 3 and merged["fragments_joined"] == 4
     assert "duplicates" not in add_counts({}, {})
+
+
+def test_a_paused_supervisor_gives_every_stage_a_fresh_hang_s():
+    """Ctrl-Z / SIGSTOP of the supervisor: its own gap is no evidence against the stages."""
+    w = StageWatch(live=True, hang_s=2.0, pause_s=1.0)
+    w.started("inference", 0.0)
+    w.started("postprocess", 0.0)
+    w.seen("inference", 1.0, ready=True)
+    w.seen("postprocess", 1.0, ready=True)
+    assert w.check(1.2) == []
+    # stopped from 1.2 to 16.2; only postprocess's queued heartbeat is read before the check
+    w.seen("postprocess", 16.2)
+    assert w.check(16.2) == []
+    assert w.paused == [(16.2, pytest.approx(15.0))]
+    for t in (17.0, 17.8, 18.1):  # inference's fresh hang_s runs from 16.2
+        w.seen("postprocess", t)
+        assert w.check(t) == []
+    assert w.check(18.2) == [Action(KILL, "inference", "hung: no heartbeat for 2.0 s")]
+
+
+def test_without_pause_s_a_long_silence_is_a_hang():
+    w = StageWatch(live=True, hang_s=2.0)
+    w.started("inference", 0.0)
+    w.seen("inference", 1.0, ready=True)
+    assert w.check(1.2) == []
+    assert w.check(16.2) == [Action(KILL, "inference", "hung: no heartbeat for 15.2 s")]
+
+
+def test_a_pause_moves_start_up_timers_on():
+    w = StageWatch(live=False, hang_s=2.0, start_s=10.0, start_idle_s=5.0, pause_s=1.0)
+    w.started("inference", 0.0)
+    assert w.check(0.5) == []
+    assert w.check(30.5) == []  # the supervisor was stopped for 30 s
+    for t in (31.5, 32.5, 33.5, 34.5, 35.4):
+        assert w.check(t) == []
+    assert w.check(35.5) == [
+        Action(KILL, "inference", "frozen while starting: no sign of progress for 5.0 s")
+    ]
+
+
+def test_a_starting_stage_is_frozen_without_progress_not_after_start_s():
+    w = StageWatch(live=False, hang_s=2.0, start_s=300.0, start_idle_s=10.0)
+    w.started("postprocess", 0.0)
+    for t in range(1, 40):  # importing: CPU time used (no report before its reporter exists)
+        w.progress("postprocess", float(t))
+        assert w.check(float(t)) == []
+    w.seen("postprocess", 40.0)  # loading: heartbeats
+    assert w.check(49.9) == []
+    assert w.check(50.0) == [
+        Action(KILL, "postprocess", "frozen while starting: no sign of progress for 10.0 s")
+    ]
+    assert w.problem("postprocess") == "frozen while starting: no sign of progress for 10.0 s"
+
+
+def test_a_stage_dying_too_often_is_not_restarted_again():
+    """A full disk: every new life dies at its first write. Live runs give up, with why."""
+    w = StageWatch(live=True, retry_min_s=0.5, retry_max_s=1.0, max_deaths=3, deaths_window_s=60)
+    t = 0.0
+    actions: list[Action] = []
+    for _ in range(3):
+        w.started("postprocess", t)
+        w.seen("postprocess", t + 0.5, ready=True)
+        w.exited("postprocess", 2, t + 1.0)
+        t += 1.0
+        while not (actions := w.check(t)):
+            t += 0.25
+    assert [a.kind for a in actions] == [FAIL]
+    assert actions[0].reason.startswith("died 3 times in ")
+    assert actions[0].reason.endswith("(last: exited with 2); not restarted again")
+    assert w.restarts == {"postprocess": 2}
+    assert w.check(t + 100) == []  # said once
+
+
+def test_deaths_far_apart_are_restarted_for_ever():
+    w = StageWatch(live=True, retry_min_s=0.5, retry_max_s=1.0, max_deaths=3, deaths_window_s=10)
+    t = 0.0
+    for _ in range(6):
+        w.started("source[a]", t)
+        w.exited("source[a]", 1, t + 20.0)
+        t += 20.0
+        while not (actions := w.check(t)):
+            t += 0.25
+        assert actions == [Action(RESTART, "source[a]", "exited with 1")]
+    assert w.restarts == {"source[a]": 6}
+
+
+def test_a_restarted_stage_is_a_problem_until_it_settles():
+    """/healthz must not flip to 200 between the deaths of a stage restarting in a loop."""
+    w = StageWatch(live=True, retry_min_s=0.5, settle_s=10.0)
+    w.started("postprocess", 0.0)
+    w.seen("postprocess", 1.0, ready=True)
+    assert w.problem("postprocess", 2.0) is None  # never died: healthy once ready
+    w.exited("postprocess", 2, 3.0)
+    assert w.problem("postprocess", 3.0) == "exited with 2, restarting"
+    w.check(3.5)
+    w.started("postprocess", 3.5)
+    assert w.problem("postprocess", 4.0) == "starting"
+    w.seen("postprocess", 5.0, ready=True)
+    assert w.problem("postprocess", 6.0) == "restarted 1 times, up for 1 s"
+    assert w.problem("postprocess", 15.0) is None
+    assert w.problem("postprocess") is None  # (no time given: no settling)
+
+
+def test_drain_waits_while_a_stage_is_busy():
+    d = Drain(30.0)
+    assert not d.stuck(False, 0, False, 0.0)
+    assert not d.stuck(True, 5, False, 0.5)  # every source ended; 5 frames done
+    t = 0.5
+    while t < 100.0:  # one batch takes 100 s: busy all along, nothing finished
+        t += 0.2
+        assert not d.stuck(True, 5, True, t)
+    assert not d.stuck(True, 6, False, 100.2)  # done: a frame finished
+    assert not d.stuck(True, 6, False, 130.0)
+    assert d.stuck(True, 6, False, 130.5)  # idle, frames missing: stuck after wait_s
+
+
+def test_drain_does_not_count_its_own_pause():
+    d = Drain(5.0, pause_s=1.0)
+    for t in range(9):
+        assert not d.stuck(True, 5, False, t / 2)
+    assert not d.stuck(True, 5, False, 60.0)  # stopped for 56 s: not waiting
+    assert not d.stuck(True, 5, False, 60.9)
+    assert d.stuck(True, 5, False, 61.0)
