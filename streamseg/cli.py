@@ -21,6 +21,13 @@ OWN_MODEL = (
 )
 """The epilog of every command that runs or trains a model."""
 
+WAIT_HELP = (
+    "keep trying a camera or RTSP URL that cannot work at start-up (no such device, "
+    "401/403/404, not a video) instead of exiting with code 2, e.g. a camera not plugged in yet; "
+    "refused connections and timeouts are retried either way, and so is a source lost after it "
+    "worked"
+)
+
 
 def _size(text: str) -> tuple[int, int]:
     """argparse type for WxH: a bad value is one usage line and exit 2, not a traceback."""
@@ -163,6 +170,22 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
             except SourceError as e:
                 print(f"streamseg: error: {e}", file=sys.stderr)
                 return 2
+    live = [s for s in specs if s.kind != "file"]
+    if live and not getattr(args, "wait_for_source", False):  # so do sources that never can
+        from concurrent.futures import ThreadPoolExecutor
+
+        from streamseg.source.decode import startup_problem
+
+        with ThreadPoolExecutor(len(live)) as pool:
+            found = [p for p in pool.map(startup_problem, live) if p]
+        for problem in found:
+            print(
+                f"streamseg: error: {problem}; fix the source, or pass --wait-for-source to "
+                "keep trying until it works",
+                file=sys.stderr,
+            )
+        if found:
+            return 2
     serve = getattr(args, "serve", None) or pipeline.serve or None
     if not (args.output or args.results or args.publish or pipeline.publish or serve):
         print(
@@ -446,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", help="pipeline: a shipped name (annotate, watch) or a .toml path")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="[NAME=]file, rtsp:// URL, camera")
     p.add_argument("--realtime", action="store_true", help="play files at their frame rate")
+    p.add_argument("--wait-for-source", action="store_true", help=WAIT_HELP)
     _model_args(p)
     _output_args(p)
     p.set_defaults(func=cmd_run)
@@ -470,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--give-up-s", type=float, help="end a stream that stays down this long (default: never)"
     )
     p.add_argument("--stall-s", type=float, help="watchdog: no frame for this long = stalled")
+    p.add_argument("--wait-for-source", action="store_true", help=WAIT_HELP)
     _model_args(p)
     _output_args(p)
     p.set_defaults(func=cmd_watch)

@@ -116,3 +116,25 @@ def test_no_sources():
 def test_unusable_stream_ids_are_refused_up_front(arg):
     with pytest.raises(SourceError, match="stream id"):
         parse_source(arg)
+
+
+@pytest.mark.parametrize(
+    ("arg", "hint"),
+    [
+        ("rtps://cam.local/live", "did you mean rtsp://?"),
+        ("rstp://cam.local/live", "did you mean rtsp://?"),
+        ("door=rtps://cam.local/live", "did you mean rtsp://?"),
+        ("http://cam.local/video.mp4", "sources are rtsp:// or rtsps:// URLs"),
+    ],
+)
+def test_unknown_schemes_are_refused_for_good(arg, hint):
+    with pytest.raises(SourceError, match="unknown scheme") as e:
+        parse_source(arg)
+    assert hint in str(e.value) and e.value.permanent
+    assert "no such file" not in str(e.value)
+
+
+def test_a_password_is_never_shown():
+    with pytest.raises(SourceError) as e:
+        parse_source("rtps://admin:s3cret@cam.local/live")
+    assert "s3cret" not in str(e.value) and "admin:***@cam.local" in str(e.value)

@@ -14,7 +14,7 @@ from typing import Any
 import av
 import numpy as np
 
-from streamseg.source.spec import SourceError, SourceSpec
+from streamseg.source.spec import SourceError, SourceSpec, shown
 from streamseg.wire.protocol import StreamStart
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,35 @@ def _hwaccel(mode: str) -> Any:
     return HWAccel(device_type="cuda", allow_software_fallback=True)
 
 
+_PERMANENT = (
+    av.error.FileNotFoundError,  # no such file or device
+    av.error.PermissionError,
+    av.error.IsADirectoryError,
+    av.error.NotADirectoryError,
+    av.error.HTTPClientError,  # RTSP 400, 401, 403, 404, ... (FFmpeg maps RTSP codes to these)
+    av.error.InvalidDataError,  # not a video (or not an RTSP server)
+    av.error.ProtocolNotFoundError,
+    av.error.DemuxerNotFoundError,
+    av.error.DecoderNotFoundError,
+)
+"""FFmpeg errors that trying again cannot mend. Everything else (a refused connection, a
+timeout, a reset, a 5xx, a busy device) may pass."""
+
+
+def is_permanent(error: av.error.FFmpegError) -> bool:
+    """Whether opening again can never succeed where this error came from."""
+    return isinstance(error, _PERMANENT) and not isinstance(
+        error, av.error.HTTPTooManyRequestsError
+    )
+
+
 def open_input(spec: SourceSpec, *, timeout_s: float = 10.0) -> Any:
-    """Open a PyAV input container, turning every failure into a one-line SourceError."""
+    """Open a PyAV input container, turning every failure into a one-line SourceError
+    (`permanent` where trying again cannot help)."""
     if spec.kind == "file" and not os.path.exists(spec.url):
-        raise SourceError(f"no such file: {spec.url}")
+        raise SourceError(f"no such file: {spec.url}", permanent=True)
+    if spec.kind == "camera" and not os.path.exists(spec.url):
+        raise SourceError(f"{spec.url}: no such camera device", permanent=True)
     kwargs: dict[str, Any] = {}
     if spec.kind == "rtsp":
         # fpsprobesize 0: the first frame ~0.3 s after open instead of ~1 s (fps from the SDP)
@@ -76,11 +101,26 @@ def open_input(spec: SourceSpec, *, timeout_s: float = 10.0) -> Any:
             container = av.open(spec.url, **kwargs)
     except av.error.FFmpegError as e:
         what = "not a video file PyAV can read" if spec.kind == "file" else "cannot open"
-        raise SourceError(f"{spec.url}: {what} ({e.strerror or e})") from None
+        raise SourceError(
+            f"{shown(spec.url)}: {what} ({e.strerror or e})", permanent=is_permanent(e)
+        ) from None
     if not container.streams.video:
         container.close()
-        raise SourceError(f"{spec.url}: has no video stream")
+        raise SourceError(f"{shown(spec.url)}: has no video stream", permanent=True)
     return container
+
+
+def startup_problem(spec: SourceSpec, *, timeout_s: float = 5.0) -> str | None:
+    """Why `spec` can never work, found by opening it once now (one line naming the source);
+    None when it opened, or failed in a way that may pass (the source stage then retries).
+    Nothing is decoded; the connection is closed at once."""
+    try:
+        open_input(spec, timeout_s=timeout_s).close()
+    except SourceError as e:
+        if e.permanent:
+            return str(e)
+        log.debug("%s: %s (may pass: the source will retry)", spec.stream, e)
+    return None
 
 
 def stream_info(

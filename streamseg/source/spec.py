@@ -5,6 +5,7 @@ The supervisor and the CLI parse sources with this; only the source stage decode
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,20 @@ from streamseg.wire.protocol import ProtocolError, check_name
 
 
 class SourceError(RuntimeError):
-    """A source that cannot be opened or read; the message is one line for the user."""
+    """A source that cannot be opened or read; the message is one line for the user.
+
+    permanent: trying again cannot help (no such file or device, an unknown scheme, the server
+    refusing the URL: 401/403/404, not a video); False for what may pass (a refused connection,
+    a timeout, a server error).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+SCHEMES = ("rtsp", "rtsps")
+"""URL schemes a source may have; anything else with `scheme://` is refused at once."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +53,27 @@ def _derive_id(url: str, kind: str) -> str:
     return Path(url).stem or "video"
 
 
+def shown(url: str) -> str:
+    """`url` fit to print: a password in it replaced by ***."""
+    return re.sub(r"^([a-z]+://[^/:@]*:)[^/]*@", r"\1***@", url)
+
+
 def parse_source(arg: str) -> SourceSpec:
-    """ "[NAME=]URL" -> SourceSpec. URL: rtsp://..., /dev/videoN, a camera index, or a file path."""
+    """ "[NAME=]URL" -> SourceSpec. URL: rtsp://..., /dev/videoN, a camera index, or a file path.
+    SourceError (permanent) for a URL of another scheme, e.g. a typo like rtps://."""
     name, given = "", arg
-    if "=" in arg and not arg.startswith(("rtsp://", "rtsps://", "/", ".")):
+    if "=" in arg and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|[/.]", arg):
         name, arg = arg.split("=", 1)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", arg)
+    if scheme and scheme.group(1).lower() not in SCHEMES:
+        typed = scheme.group(1).lower()
+        close = [v for v in SCHEMES if difflib.SequenceMatcher(None, typed, v).ratio() >= 0.7]
+        hint = f"did you mean {close[0]}://? " if close else ""  # the plainer one first
+        raise SourceError(
+            f"{shown(arg)}: unknown scheme {scheme.group(1)}://; {hint}sources are rtsp:// or "
+            "rtsps:// URLs, cameras (/dev/videoN or an index) and video files",
+            permanent=True,
+        )
     if arg.startswith(("rtsp://", "rtsps://")):
         kind = "rtsp"
     elif arg.isdigit() or re.fullmatch(r"/dev/video\d+", arg):
