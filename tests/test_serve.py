@@ -270,6 +270,23 @@ def test_metrics_are_the_reports_in_prometheus_text():
     assert m["streamseg_inference_seconds_count", lab(stream="a")] == 4
 
 
+def test_metrics_tell_the_dispatcher_and_its_workers_apart():
+    """With workers, `sum by (stage)` counts each frame once per stage: the dispatcher is the
+    inference stage, the worker that ran a frame counts it as inference_worker."""
+    reports = _reports()
+    reports["inference[0]"] = Stats("inference", {"a": {"in": 3, "out": 3}}, busy_s=1.0)
+    reports["inference[1]"] = Stats("inference", {"a": {"in": 2, "out": 2}}, busy_s=0.5)
+    m = _parse(metrics.render(_board_snapshot(reports))[0].decode())
+    by_stage: dict[str, float] = {}
+    for (name, labels), v in m.items():
+        if name == "streamseg_frames_out_total":
+            stage = dict(labels)["stage"]
+            by_stage[stage] = by_stage.get(stage, 0) + v
+    assert by_stage == {"source": 9, "inference": 5, "inference_worker": 5, "postprocess": 4}
+    lab = {"stage": "inference_worker", "process": "inference[1]"}
+    assert m["streamseg_stage_busy_seconds_total", tuple(sorted(lab.items()))] == 0.5
+
+
 def test_metrics_skip_what_is_malformed_and_cover_the_empty_run():
     reports = _reports()
     bad = {"latency_s": {"bounds": [0.2, 0.1], "counts": [1, 1, 1], "sum": 1.0}, "x": 3}

@@ -60,6 +60,18 @@ def _buckets(hist: Any) -> tuple[list[tuple[str, float]], float] | None:
     return out, total
 
 
+WORKER_STAGE = "inference_worker"
+"""The `stage` label of an inference worker's figures when a pipeline has several: the
+dispatcher (process "inference") counts each frame as the inference stage, the worker that ran
+it once more under this name, so `sum by (stage)` counts each frame once per stage."""
+
+
+def stage_label(stage: str, process: str) -> str:
+    """The `stage` label of a process's figures: its stage, WORKER_STAGE for the workers of
+    a dispatcher (processes "inference[N]")."""
+    return WORKER_STAGE if stage == "inference" and process != "inference" else stage
+
+
 def families(snap: Snapshot) -> list[Metric]:
     """Every metric family of the run at `snap`."""
     m = {
@@ -91,7 +103,7 @@ def families(snap: Snapshot) -> list[Metric]:
         ),
     }
     for name, report in sorted(snap.reports.items()):
-        stage = report.stage
+        stage = stage_label(report.stage, name)
         for stream, rec in sorted(report.counters.items()):
             if not isinstance(rec, Mapping):
                 continue
