@@ -396,12 +396,20 @@ def test_bench_end_to_end_json(random_config, capsys, spied):
     # inference is the dispatcher when workers = "auto" gives several: each worker is a row too
     workers = {k for k in r["stages"] if k.startswith("inference[")}
     assert set(r["stages"]) - workers == {"inference", "postprocess", "source"}
+    # (other_s is defined as the rest of the wall time: what is checked is that the measured
+    # phases fit in it, so that the five add up to it, each rounded to 1 ms)
+    wall = r["pipeline_wall_s"]
     for stage, t in r["stages"].items():
         assert t["startup_s"] > 0, stage
         assert min(t.values()) >= 0, stage
-        assert sum(t.values()) == pytest.approx(r["pipeline_wall_s"], abs=0.01) or (
-            t["other_s"] == 0
-        ), stage
+        own = t["startup_s"] + t["wait_in_s"] + t["wait_out_s"]
+        if stage == "inference" and workers:
+            # the dispatcher's busy_s is its workers' model time added up, and they run side by
+            # side: that may pass the wall time; its own phases fit
+            assert own <= wall + 0.005, (stage, t, wall)
+        else:
+            assert own + t["busy_s"] <= wall + 0.005, (stage, t, wall)
+            assert sum(t.values()) == pytest.approx(wall, abs=0.005), (stage, t, wall)
     assert r["stages"]["inference"]["busy_s"] == pytest.approx(r["busy_s"]["inference"], abs=1e-3)
     if workers:  # the stage's model time is its workers'
         total = sum(r["stages"][w]["busy_s"] for w in workers)
