@@ -272,7 +272,7 @@ def _publish_security(
 ) -> tuple[str | None, dict[str, str] | None]:
     """The publish endpoint (shortcuts expanded) and its key files, checked now; ValueError
     with one line for the user (a network bind without keys, a bad key file)."""
-    from streamseg.wire import curve, transport
+    from streamseg.wire import curve, security
 
     if (keys is None) != (allow is None):
         raise ValueError("give both --keys DIR/NAME and --allow-keys DIR, or neither")
@@ -280,9 +280,8 @@ def _publish_security(
         if keys:
             raise ValueError("--keys and --allow-keys secure --publish: give an endpoint")
         return None, None
-    publish = transport.publish_endpoint(publish)
-    security = curve.server_security(keys, allow) if keys and allow else None
-    transport.check_bind(publish, security)
+    publish = security.publish_endpoint(publish)
+    security.check_bind(publish, curve.server_security(keys, allow) if keys and allow else None)
     return publish, ({"keys": keys, "allow": allow} if keys and allow else None)
 
 
@@ -622,16 +621,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = OWN_MODEL
     p.set_defaults(func=cmd_configs)
 
-    from streamseg import client
+    from streamseg.commands import keys, subscribe
     from streamseg.pipeline import standalone
     from streamseg.tools import bench, export
-    from streamseg.wire import curve
 
     standalone.register(sub)
     export.register(sub)
     bench.register(sub)
-    client.register(sub)
-    curve.register(sub)
+    subscribe.register(sub)
+    keys.register(sub)
     return parser
 
 

@@ -15,9 +15,7 @@ the message format in docs/protocol.md.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -26,14 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from streamseg.wire import curve, transport
-from streamseg.wire.protocol import (
-    Instance,
-    ProtocolError,
-    check_int,
-    check_number,
-    decode_published,
-)
+from streamseg.wire import sockets
+from streamseg.wire.codec import decode_published
+from streamseg.wire.fields import ProtocolError, check_int, check_number
+from streamseg.wire.results import Instance
+from streamseg.wire.security import Security
+from streamseg.wire.sockets import HandshakeError
 
 __all__ = ["FrameResult", "Instance", "Subscriber", "parse", "to_supervision"]
 
@@ -41,6 +37,10 @@ log = logging.getLogger(__name__)
 
 _CHECK_S = 0.25
 """While waiting for results, a subscriber looks this often whether its handshake failed."""
+
+NOTICE_S = 5.0
+"""A subscriber no publisher answered for this long says so (a warning, once): an endpoint
+without a publisher is otherwise silent forever, as ZeroMQ retries quietly."""
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ class Subscriber:
         *,
         timeout_s: float | None = None,
         hwm: int = 1000,
-        security: transport.Security | None = None,
-        max_msg_bytes: int = transport.DEFAULT_MAX_MSG_BYTES,
+        security: Security | None = None,
+        max_msg_bytes: int = sockets.DEFAULT_MAX_MSG_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = endpoint
@@ -161,7 +161,7 @@ class Subscriber:
         self.timeout_s = timeout_s
         self.clock = clock
         # ZeroMQ topics match by prefix ("cam1" also gets "cam10"): filter exactly below too.
-        self.sock, self.handshakes = transport.watched_subscriber(
+        self.sock, self.handshakes = sockets.watched_subscriber(
             endpoint,
             sorted(self.streams or [""]),
             hwm=hwm,
@@ -171,25 +171,47 @@ class Subscriber:
         self.gaps = GapCounter()
         self.received: dict[str, int] = {}
         self.rejected = 0
+        self.started = time.monotonic()
+        self._noticed = False
 
     @property
     def missed(self) -> dict[str, int]:
         return self.gaps.missed
 
+    @property
+    def connected(self) -> bool:
+        """Whether a publisher ever answered at the endpoint (a handshake succeeded)."""
+        self.handshakes.failure()  # takes in the socket's events so far
+        return self.handshakes.connected
+
+    def _notice(self) -> None:
+        """Warn once when no publisher answered for NOTICE_S."""
+        if self._noticed or self.handshakes.connected:
+            return
+        if time.monotonic() - self.started >= NOTICE_S:
+            self._noticed = True
+            log.warning(
+                "%s: no publisher answers there after %.0f s; still trying (is a pipeline "
+                "running with --publish on this endpoint?)",
+                self.endpoint,
+                NOTICE_S,
+            )
+
     def recv(self, timeout_s: float | None = None) -> FrameResult | None:
         """The next result of a wanted stream, or None when none came within `timeout_s`.
 
-        Raises transport.HandshakeError when the publisher refuses this subscriber's keys (or
+        Raises sockets.HandshakeError when the publisher refuses this subscriber's keys (or
         they disagree on CURVE): nothing would ever arrive.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             left = _CHECK_S if deadline is None else max(0.0, deadline - time.monotonic())
-            parts = transport.recv_raw(self.sock, min(left, _CHECK_S) * 1000.0)
+            parts = sockets.recv_raw(self.sock, min(left, _CHECK_S) * 1000.0)
             if parts is None:
                 error = self.handshakes.failure()
                 if error is not None:
-                    raise transport.HandshakeError(error)
+                    raise HandshakeError(error)
+                self._notice()
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
@@ -221,82 +243,3 @@ class Subscriber:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def format_line(r: FrameResult) -> str:
-    """`cam1 frame 42 latency 85 ms: 2 circle, 1 square` (instances by label, most first)."""
-    counts = Counter(i.label_name for i in r.instances).most_common()
-    what = ", ".join(f"{n} {name}" for name, n in counts) or "nothing"
-    return f"{r.stream} frame {r.frame} latency {r.latency * 1000:.0f} ms: {what}"
-
-
-def _security(args: argparse.Namespace) -> transport.Security | None:
-    """CURVE keys from --server-key and --keys (both or neither); KeyFileError if unusable."""
-    if not (args.server_key or args.keys):
-        return None
-    if not (args.server_key and args.keys):
-        raise curve.KeyFileError(
-            "CURVE needs both --server-key (the publisher's NAME.key) and --keys DIR/NAME (this "
-            "subscriber's keypair, from `streamseg keys`, allowed by the publisher)"
-        )
-    return curve.client_security(args.keys, args.server_key)
-
-
-def cmd_subscribe(args: argparse.Namespace) -> int:
-    try:
-        security = _security(args)
-    except curve.KeyFileError as e:
-        print(f"streamseg subscribe: error: {e}", file=sys.stderr)
-        return 2
-    sub = Subscriber(args.endpoint, args.streams, timeout_s=args.timeout, security=security)
-    n = 0
-    try:
-        for result in sub:
-            print(format_line(result), flush=True)
-            n += 1
-            if args.count and n >= args.count:
-                break
-    except KeyboardInterrupt:
-        pass
-    except transport.HandshakeError as e:
-        print(f"streamseg subscribe: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        sub.close()
-        transport.close_all(abort=True)
-    missed = sum(sub.missed.values())
-    print(
-        f"received {n} results, missed {missed}, rejected {sub.rejected} malformed",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def register(sub: Any) -> None:
-    """Add the `subscribe` command to the CLI's subparsers."""
-    p = sub.add_parser(
-        "subscribe",
-        help="print the results a pipeline publishes (one line per frame)",
-        description="Subscribe to a pipeline's --publish endpoint and print one line per frame: "
-        "stream, frame, latency (capture to receive) and instances by label. Results missed "
-        "because this subscriber was too slow are counted from gaps in the publish sequence.",
-    )
-    p.add_argument(
-        "endpoint", help="ZeroMQ endpoint the pipeline publishes on, e.g. tcp://HOST:5555"
-    )
-    p.add_argument("--streams", nargs="+", metavar="STREAM", help="only these stream ids")
-    p.add_argument("--count", type=int, help="stop after N results")
-    p.add_argument("--timeout", type=float, help="stop when nothing came for this many seconds")
-    p.add_argument(
-        "--server-key",
-        metavar="FILE",
-        help="the publisher's public key (its NAME.key): connect with CURVE, encrypted and "
-        "authenticated (a publisher bound on the network requires it)",
-    )
-    p.add_argument(
-        "--keys",
-        metavar="DIR/NAME",
-        help="this subscriber's keypair from `streamseg keys DIR --name NAME`; the publisher "
-        "must have its NAME.key among its allowed keys",
-    )
-    p.set_defaults(func=cmd_subscribe)

@@ -13,9 +13,13 @@ import pycocotools.mask as mask_utils
 import pytest
 from rtspfixture import free_port
 
-from streamseg.client import FrameResult, GapCounter, Subscriber, format_line, parse
-from streamseg.wire import transport
-from streamseg.wire.protocol import PROTOCOL_VERSION, ProtocolError, Result, encode_published
+from streamseg.client import FrameResult, GapCounter, Subscriber, parse
+from streamseg.commands.subscribe import format_line
+from streamseg.wire import sockets
+from streamseg.wire.codec import encode_published
+from streamseg.wire.fields import ProtocolError
+from streamseg.wire.messages import PROTOCOL_VERSION
+from streamseg.wire.results import Result
 
 
 def rle_of(mask: np.ndarray) -> dict:
@@ -122,7 +126,7 @@ def _connected(pub, sub: Subscriber, stream: str) -> None:
     """Publish seq 0 until the subscriber gets it (ZeroMQ subscriptions take a moment)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        transport.publish(pub, make_result(stream, frame=0, seq=0, wall_time=time.time()))
+        sockets.publish(pub, make_result(stream, frame=0, seq=0, wall_time=time.time()))
         if sub.recv(0.05) is not None:
             while sub.recv(0.2) is not None:  # drain the extra copies
                 pass
@@ -132,15 +136,15 @@ def _connected(pub, sub: Subscriber, stream: str) -> None:
 
 def test_subscriber_filters_streams_counts_misses_and_rejects_malformed():
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    pub = transport.publisher(endpoint)
+    pub = sockets.publisher(endpoint)
     with Subscriber(endpoint, streams=["cam1"], timeout_s=0.5) as sub:
         _connected(pub, sub, "cam1")
         for seq in (1, 2, 5):
-            transport.publish(pub, make_result(frame=10 * seq, seq=seq, wall_time=time.time()))
-            transport.publish(pub, make_result("cam10", seq=seq))  # same prefix, other stream
+            sockets.publish(pub, make_result(frame=10 * seq, seq=seq, wall_time=time.time()))
+            sockets.publish(pub, make_result("cam10", seq=seq))  # same prefix, other stream
         pub.send_multipart([b"cam1", b"garbage"])
         pub.send_multipart([b"cam1", _header(inst_box="x")])
-        transport.publish(pub, make_result(frame=60, seq=6, wall_time=time.time()))
+        sockets.publish(pub, make_result(frame=60, seq=6, wall_time=time.time()))
         got = list(sub)  # ends after 0.5 s without results
         assert [r.frame for r in got] == [10, 20, 50, 60]
         assert all(r.stream == "cam1" and 0 <= r.latency < 5 for r in got)
@@ -153,13 +157,13 @@ def test_dead_subscriber_misses_results_and_counts_them():
     """A subscriber that stops reading loses results at the publisher (which never waits);
     reading again, it counts exactly what it missed from the seq gaps."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    pub = transport.publisher(endpoint)
+    pub = sockets.publisher(endpoint)
     total = 20000
     with Subscriber(endpoint, timeout_s=0.5, hwm=10) as sub:
         _connected(pub, sub, "s")
         t0 = time.monotonic()
         for seq in range(1, total + 1):  # far more than the queues hold
-            transport.publish(pub, make_result("s", frame=seq, seq=seq))
+            sockets.publish(pub, make_result("s", frame=seq, seq=seq))
         assert time.monotonic() - t0 < 10, "publishing must not wait for the subscriber"
         got = [r.seq for r in sub]
         assert got == sorted(got) and 0 < len(got) < total
@@ -170,7 +174,7 @@ def test_dead_subscriber_misses_results_and_counts_them():
 
 def test_subscribe_command_prints_one_line_per_frame():
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    pub = transport.publisher(endpoint)
+    pub = sockets.publisher(endpoint)
     square, _ = square_instance()
     cmd = [sys.executable, "-m", "streamseg.cli", "subscribe", endpoint, "--count", "3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -178,7 +182,7 @@ def test_subscribe_command_prints_one_line_per_frame():
         seq = 0
         while proc.poll() is None and seq < 2000:  # until it has 3 and exits
             r = make_result(frame=seq, seq=seq, wall_time=time.time(), instances=[square] * 2)
-            transport.publish(pub, r)
+            sockets.publish(pub, r)
             seq += 1
             time.sleep(0.02)
         out, err = proc.communicate(timeout=30)

@@ -25,11 +25,12 @@ from streamseg.accounting import Counters
 from streamseg.inference.batching import Batch, Batcher
 from streamseg.inference.dispatch import Workers
 from streamseg.stage.args import DispatcherArgs
-from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
-from streamseg.stage.trust import Tokens, from_sources, from_workers
-from streamseg.wire import transport
-from streamseg.wire.curve import link_security
-from streamseg.wire.protocol import Assign, Credit, EndOfStream, Frame, StreamStart
+from streamseg.stage.links import Links
+from streamseg.stage.shell import run_stage_loop, setup_process
+from streamseg.stage.trust import from_sources, from_workers
+from streamseg.wire import sockets
+from streamseg.wire.messages import Assign, Credit, EndOfStream, Frame, StreamStart
+from streamseg.wire.receiver import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -52,33 +53,22 @@ def serve(
     """Run until `streams` end-of-streams were passed on and every frame is done (0: until
     interrupted)."""
     counters = Counters()
-    tokens = Tokens.from_env()
-    reporter = StatsReporter(
-        stats_endpoint,
-        "inference",
-        counters,
-        auth=tokens.own,
-        security=link_security(link_keys, stats_endpoint, bind=False),
-    )
+    links = Links.from_env("inference", link_keys=link_keys, stats_endpoint=stats_endpoint)
+    reporter = links.reporter(counters)
     reporter.start_heartbeat()
     hwm = max(4, max_batch)
-    pull = transport.pull(
-        frames_endpoint,
-        bind=True,
-        hwm=hwm,
-        security=link_security(link_keys, frames_endpoint, bind=True),
+    pull = sockets.pull(
+        frames_endpoint, bind=True, hwm=hwm, security=links.security(frames_endpoint, bind=True)
     )
-    work = transport.router(
-        work_endpoint, security=link_security(link_keys, work_endpoint, bind=True)
-    )
-    push = transport.push(
+    work = sockets.router(work_endpoint, security=links.security(work_endpoint, bind=True))
+    push = sockets.push(
         detections_endpoint,
         bind=False,
         hwm=hwm,
-        security=link_security(link_keys, detections_endpoint, bind=False),
+        security=links.security(detections_endpoint, bind=False),
     )
-    frames_in = transport.Receiver(pull, name="dispatcher", accept=from_sources(tokens.peers))
-    work_in = transport.Receiver(work, name="dispatcher", accept=from_workers(tokens.peers))
+    frames_in = Receiver(pull, name="dispatcher", accept=from_sources(links.peers))
+    work_in = Receiver(work, name="dispatcher", accept=from_workers(links.peers))
     clock = time.monotonic
     batcher = Batcher(
         max_batch=max_batch,
@@ -115,7 +105,7 @@ def serve(
     def pass_on(controls: list[Any]) -> None:
         nonlocal ended
         for ctl in controls:
-            transport.send(push, ctl, auth=tokens.own)
+            links.send(push, ctl)
             ended += isinstance(ctl, EndOfStream)
 
     def stamp(f: Frame) -> Frame:
@@ -146,9 +136,9 @@ def serve(
                 for f in reversed(batch.frames[want:]):
                     batcher.requeue(f.stream, [f])
             batch_id = next(batch_ids)
-            sent = transport.send_to(work, peer, Assign(len(frames), batch_id), auth=tokens.own)
+            sent = links.send_to(work, peer, Assign(len(frames), batch_id))
             for f in frames:
-                sent = sent and transport.send_to(work, peer, f, auth=tokens.own)
+                sent = sent and links.send_to(work, peer, f)
             pool.assign(name, frames, batch_id)
             stats["batches"] += 1
             batched += len(frames)
@@ -193,7 +183,7 @@ def serve(
         wait_s = 0.0
         while not finished():
             socks = [work] if batcher.full() else [pull, work]
-            transport.readable(socks, 1000.0 * min(max(wait_s, 0.0), 0.05))
+            sockets.readable(socks, 1000.0 * min(max(wait_s, 0.0), 0.05))
             receive()
             hear_workers()
             for name, frames in pool.lost():
@@ -210,7 +200,7 @@ def serve(
             )
             reporter.tick()
         for peer in pool.peers():  # no more work: the workers may go
-            transport.send_to(work, peer, Assign(0), auth=tokens.own)
+            links.send_to(work, peer, Assign(0))
         return 0
 
     return run_stage_loop(loop, reporter)

@@ -18,9 +18,10 @@ from typing import Any
 
 from streamseg.pipeline.report import Tally, add_counts, total_dropped
 from streamseg.pipeline.spec import Pipeline
-from streamseg.wire import transport
-from streamseg.wire.curve import link_security
-from streamseg.wire.protocol import Stats
+from streamseg.stage.links import Links
+from streamseg.wire import sockets
+from streamseg.wire.messages import Stats
+from streamseg.wire.receiver import Receiver
 
 FINALS_WAIT_S = 5.0
 """After postprocess's final report, how long the others' may take: inference workers end only
@@ -54,10 +55,9 @@ def monitor(
     if not ep.startswith("tcp://"):
         print(f"streamseg stage monitor: error: stats = {ep}: needs tcp://", file=sys.stderr)
         return 2
-    sock = transport.pull(
-        ep, bind=True, hwm=1000, security=link_security(pipeline.keys or None, ep, bind=True)
-    )
-    receiver = transport.Receiver(sock, name="monitor")
+    links = Links("monitor", keys=pipeline.keys or None)
+    sock = sockets.pull(ep, bind=True, hwm=1000, security=links.security(ep, bind=True))
+    receiver = Receiver(sock, name="monitor")
     tally = Tally()
     t0 = time.monotonic()
     next_line = t0 + every_s
@@ -94,5 +94,5 @@ def monitor(
     finally:
         if report:
             Path(report).write_text(json.dumps(figures(tally), indent=1))
-        transport.close_all(abort=True)
+        sockets.close_all(abort=True)
     return 0

@@ -16,10 +16,10 @@ from streamseg.source.file import run_file
 from streamseg.source.live import run_live, send_live
 from streamseg.source.spec import SourceError, SourceSpec
 from streamseg.stage.args import SourceArgs
-from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
-from streamseg.stage.trust import Tokens, source_name
-from streamseg.wire import transport
-from streamseg.wire.curve import link_security
+from streamseg.stage.links import Links
+from streamseg.stage.shell import run_stage_loop, setup_process
+from streamseg.stage.trust import source_name
+from streamseg.wire import sockets
 from streamseg.wire.protocol import EndOfStream
 
 log = logging.getLogger(__name__)
@@ -29,32 +29,25 @@ def main(args: SourceArgs) -> int:
     """Source process: 0 when every frame was sent, 3 when frames were lost, 2 when unreadable.
     `args.stay`: after the end-of-stream, wait to be stopped (SIGTERM) instead of exiting at
     once (supervised runs: see below)."""
-    stream, stats_endpoint, link_keys = args.stream, args.stats_endpoint, args.link_keys
+    stream = args.stream
     setup_process(f"source[{stream}]", verbose=args.verbose)
     decode.set_threads(args.decode_threads)
     spec = SourceSpec(stream, args.source, args.kind, args.hwdecode)
     counters = Counters()
     counters[stream]  # report the stream even if it never yields a frame
-    tokens = Tokens.from_env()
-    reporter = StatsReporter(
-        stats_endpoint,
-        "source",
-        counters,
-        name=source_name(stream),
-        auth=tokens.own,
-        security=link_security(link_keys, stats_endpoint, bind=False),
+    links = Links.from_env(
+        source_name(stream), link_keys=args.link_keys, stats_endpoint=args.stats_endpoint
     )
+    reporter = links.reporter(counters)
     reporter.start_heartbeat()
     reporter.ready()  # a source has nothing to load; its own watchdog handles slow streams
     # Short queues: enough to keep the model fed, few enough that a frame waits little
-    sock = transport.push(
-        args.frames_endpoint,
-        hwm=2,
-        security=link_security(link_keys, args.frames_endpoint, bind=False),
+    sock = sockets.push(
+        args.frames_endpoint, hwm=2, security=links.security(args.frames_endpoint, bind=False)
     )
 
     def send(msg: Any, block: bool = True) -> bool:
-        return transport.send(sock, msg, block=block, auth=tokens.own)
+        return links.send(sock, msg, block=block)
 
     def loop() -> int:
         try:

@@ -1,4 +1,4 @@
-"""CURVE key files: `streamseg keys DIR --name NAME`, and `transport.Security` from key files.
+"""CURVE key files (`streamseg keys DIR --name NAME` writes them), and `Security` from them.
 
 The files are ZeroMQ certificates, the format czmq and pyzmq's `zmq.auth` write and read:
 
@@ -9,22 +9,17 @@ The files are ZeroMQ certificates, the format czmq and pyzmq's `zmq.auth` write 
 A server admits exactly the clients whose NAME.key files are in its allowed-keys folder, read
 when its socket is made (restart it after adding or removing a key). Reading a key file checks
 everything: a bad file is one error line naming the file, never a server that silently admits
-no one. No zmq here: the keypair itself comes from `transport.curve_keypair`.
+no one. No zmq here: the keypair itself comes from `security.curve_keypair`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import stat
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from streamseg.wire import transport
-from streamseg.wire.transport import Security
+from streamseg.wire.security import Security, curve_keypair, curve_public_key
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +53,7 @@ def write_keypair(directory: str | Path, name: str = "streamseg") -> tuple[Path,
         if path.exists():
             raise KeyFileError(f"{path} exists: remove it, or choose another --name")
     directory.mkdir(parents=True, exist_ok=True)
-    public, secret = transport.curve_keypair()
+    public, secret = curve_keypair()
     body = f'metadata\ncurve\n    public-key = "{public}"\n'
     # The secret file is created 0600 (O_EXCL: never through an existing file or link), so it is
     # never readable by others, not even for a moment as with open() then chmod().
@@ -122,7 +117,7 @@ def read_keypair(keys: str | Path) -> tuple[str, str]:
         raise KeyFileError(
             f"{path} has no secret key: give the keypair DIR/NAME of `streamseg keys`"
         )
-    if transport.curve_public_key(secret) != public:
+    if curve_public_key(secret) != public:
         raise KeyFileError(f"{path}: the public and secret key do not belong together")
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s: others can read this secret key; `chmod 600 %s`", path, path)
@@ -154,60 +149,10 @@ def client_security(keys: str | Path, server_key: str | Path) -> Security:
 
 
 def link_security(keys: str | Path | None, endpoint: str | None, *, bind: bool) -> Security | None:
-    """CURVE for a tcp link between the stages of one pipeline, which all hold the pipeline's
-    keypair DIR/NAME (`[security] keys` in the pipeline file): the binding side admits only
-    that key, the connecting side expects it. None for ipc:// and inproc:// (the kernel keeps
-    those on the host) or when the pipeline has no keys."""
+    """Temporary, until every stage builds its links with `stage.links.Links.security`."""
     if not keys or not endpoint or not endpoint.startswith("tcp://"):
         return None
     public, secret = read_keypair(keys)
     if bind:
         return Security(public, secret, allowed_keys=frozenset({public}))
     return Security(public, secret, server_key=public)
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    try:
-        public_path, secret_file = write_keypair(args.dir, args.name)
-    except (KeyFileError, OSError) as e:
-        print(f"streamseg keys: error: {e}", file=sys.stderr)
-        return 2
-    print(f"public key {read_public_key(public_path)}")
-    print(f"wrote {public_path} (public: give it to peers) and {secret_file} (secret, mode 0600)")
-    return 0
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", help="folder for the key files (made if missing)")
-    p.add_argument(
-        "--name", default="streamseg", help="file name: NAME.key, NAME.key_secret (%(default)s)"
-    )
-    p.set_defaults(func=cmd_keys)
-
-
-_DESCRIPTION = (
-    "Make a CURVE keypair for ZeroMQ endpoints on the network: DIR/NAME.key (the public key, "
-    "for peers: a publisher's allowed-keys folder holds one per subscriber, a subscriber needs "
-    "the publisher's) and DIR/NAME.key_secret (mode 0600, stays on this host). "
-    "See README, Security."
-)
-
-
-def register(sub: Any) -> None:
-    """Add the `keys` command to the CLI's subparsers."""
-    p = sub.add_parser(
-        "keys", help="make a CURVE keypair (tcp endpoints)", description=_DESCRIPTION
-    )
-    _add_arguments(p)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m streamseg.wire.curve DIR [--name NAME]`, the same as `streamseg keys`."""
-    parser = argparse.ArgumentParser(prog="streamseg keys", description=_DESCRIPTION)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
