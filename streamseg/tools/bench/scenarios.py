@@ -36,8 +36,8 @@ def model_only(
     """Frames per second of `model(batch_of_tensors)` alone over `total` frames of `clip`.
 
     Frames are decoded, converted to float and placed on the device first; a pool of at most
-    POOL_BYTES is cycled. Precision and memory format as the pipeline's inference stage (fp16
-    autocast and channels-last on CUDA when the config says fp16). `warmup` batches (default 3
+    POOL_BYTES is cycled. Precision and memory format as the pipeline's inference stage (on CUDA
+    channels-last, and mixed precision when the config says fp16). `warmup` batches (default 3
     on CUDA, 1 on CPU) run untimed first.
     Returns fps, seconds, frames (= total), instances_per_frame and device.
     """
@@ -60,18 +60,19 @@ def model_only(
         ]
         warmup = warmup if warmup is not None else (3 if cuda else 1)
         instances = 0
-        with torch.autocast("cuda", dtype=torch.float16, enabled=runner.fp16):
-            for b in batches[:warmup]:
-                model(b)
-            if cuda:
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            for b in batches:
-                for det in model(b):
-                    instances += int(det["boxes"].shape[0])  # shape: no device sync
-            if cuda:
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t0
+        # no autocast here: the Executor made the model mixed-precision (networks in fp16,
+        # geometry in fp32; streamseg.inference.precision) as the inference stage runs it
+        for b in batches[:warmup]:
+            model(b)
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for b in batches:
+            for det in model(b):
+                instances += int(det["boxes"].shape[0])  # shape: no device sync
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
     del model, runner, pool, batches
     gc.collect()
     if cuda:
