@@ -6,10 +6,17 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from streamseg.postprocess.instances import duplicates, join_boxes, join_masks, select
-from streamseg.postprocess.results import select_instances, with_joined
-from streamseg.postprocess.tracking import local_masks
-from streamseg.wire.protocol import Result
+from streamseg.postprocess.instances import (
+    Instances,
+    duplicates,
+    join_boxes,
+    join_masks,
+    select,
+    with_tracks,
+)
+from streamseg.postprocess.results import to_result
+from streamseg.postprocess.tracking import Update, local_masks
+from streamseg.wire.protocol import Detections
 
 H, W = 40, 60
 
@@ -100,22 +107,29 @@ def test_select_and_join_match_full_masks() -> None:
 
 
 def test_joined_results_carry_the_joined_mask() -> None:
-    """The instance a fragment joins gets the union's RLE (as pycocotools encodes it) and the
-    grown box; select_instances then drops the fragment."""
+    """The instance a fragment joins gets the union's mask, RLE-encoded once (as pycocotools
+    encodes it), and the grown box; the fragment is gone; the others are untouched."""
     left, right, other = rect(10, 5, 22, 25), rect(22, 5, 30, 25), rect(40, 10, 50, 20)
-    local = local_masks(np.array([left, right, other]))
     boxes = np.array([[10, 5, 22, 25], [22, 5, 30, 25], [40, 10, 50, 20]], np.float32)
-    records = [
-        {"label": 1, "label_name": "a", "score": 0.9, "box": list(map(float, b)), "rle": {}}
-        for b in boxes
-    ]
-    result = Result("cam", 7, 0.2, 0.0, W, H, records)
-    joins = np.array([-1, 0, -1])
-    joined = join_masks(local, joins)
-    out = select_instances(with_joined(result, joined, join_boxes(boxes, joins), joins), [0, 2])
-    assert len(out.instances) == 2
-    assert out.instances[0]["box"] == [10.0, 5.0, 30.0, 25.0]
+    inst = Instances(
+        masks=local_masks(np.array([left, right, other])),
+        boxes=boxes,
+        labels=np.ones(3, np.int64),
+        scores=np.array([0.9, 0.6, 0.8], np.float32),
+        colors=np.full((3, 3), np.nan),
+        track_ids=np.full(3, -1, np.int64),
+    )
+    update = Update(ids=np.array([4, -1, 5]), joins=np.array([-1, 0, -1]))
+    out, joined = with_tracks(inst, update)
+    assert joined == 1 and out.track_id_list() == [4, 5]
+    det = Detections("cam", 7, 0.2, 0.0, W, H, boxes, inst.scores, inst.labels, np.ones((3, 1, 1)))
+    records = to_result(det, out, label_names=["bg", "a"]).instances
+    assert len(records) == 2
+    assert records[0]["box"] == [10.0, 5.0, 30.0, 25.0]
     union = np.asfortranarray((left | right).astype(np.uint8))
-    assert out.instances[0]["rle"]["counts"] == mask_utils.encode(union)["counts"].decode()
-    assert out.instances[1] == records[2]  # untouched
-    assert with_joined(result, local, boxes, np.full(3, -1)) is result
+    assert records[0]["rle"]["counts"] == mask_utils.encode(union)["counts"].decode()
+    alone = mask_utils.encode(np.asfortranarray(other.astype(np.uint8)))["counts"].decode()
+    assert records[1]["rle"]["counts"] == alone and records[1]["box"] == [40.0, 10.0, 50.0, 20.0]
+    assert [r["track_id"] for r in records] == [4, 5] and records[1]["score"] == 0.8
+    none = Update(ids=np.array([4, 6, 5]), joins=np.full(3, -1))
+    assert with_tracks(inst, none)[0].masks is inst.masks

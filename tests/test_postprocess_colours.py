@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamseg.postprocess.main import _Frame, _track
-from streamseg.postprocess.results import make_result
+from streamseg.postprocess.frame import Rules, survivors
+from streamseg.postprocess.tracking import Tracker
 from streamseg.wire.protocol import Detections, decode, encode
 
 H, W = 120, 160
@@ -30,12 +30,11 @@ def detections(frame: int, colour: tuple[float, float, float] | None) -> Detecti
 
 
 def ids(colours: list[tuple[float, float, float] | None]) -> list[int | None]:
-    trackers: dict = {}
+    tracker = Tracker(max_missed=60)
     out = []
     for frame, colour in enumerate(colours):
-        det = detections(frame, colour)
-        result, local = make_result(det, mask_threshold=0.5, label_names=["bg", "a", "b"])
-        (track_id,) = _track(trackers, det, _Frame(det, result, local), {"max_missed": 60})
+        inst, _ = survivors(detections(frame, colour), Rules(mask_threshold=0.5), tracker)
+        (track_id,) = inst.track_id_list()
         out.append(track_id)
     return out
 

@@ -1,4 +1,4 @@
-"""postprocess.sinks: video timing (constant and variable rate), fragments that survive a cut,
+"""postprocess.sinks.files: video timing (constant and variable rate), fragments that survive a cut,
 results files of whole lines only, and one clear error on a full disk."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import av
 import numpy as np
 import pytest
 
-from streamseg.pipeline.preflight import VIDEO_EXTENSIONS
-from streamseg.postprocess import sinks
-from streamseg.postprocess.sinks import OutputError, ResultsSink, VideoSink, output_path
+from streamseg.outputs import VIDEO_EXTENSIONS, output_path
+from streamseg.postprocess.sinks import files
+from streamseg.postprocess.sinks.files import OutputError, ResultsSink, VideoSink
 from streamseg.tools.synth import World
 
 TICK = Fraction(1, 90000)
@@ -254,7 +254,7 @@ def test_a_full_disk_cuts_back_to_the_last_whole_line_and_names_the_file(tmp_pat
         room[0] -= n
         return n
 
-    monkeypatch.setattr(sinks.os, "write", full_disk)
+    monkeypatch.setattr(files.os, "write", full_disk)
     for i in range(1, 6):
         sink.write({"frame": i})
     clock.t += 1.0

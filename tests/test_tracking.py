@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamseg.postprocess.tracking import NO_TRACK, Tracker, box_iou, local_masks
+from streamseg.postprocess.tracking import NO_TRACK, Tracker, Update, box_iou, local_masks
 from streamseg.tools import synth
 from streamseg.tools.mot import MotAccumulator
 
@@ -27,7 +27,19 @@ def step(
     scores: list[float] | None = None,
     colors: list[tuple[float, float, float]] | None = None,
 ) -> list[int]:
-    """One update with full-frame masks; boxes are the masks' boxes."""
+    """One update with full-frame masks; boxes are the masks' boxes. The track ids."""
+    return decide(tracker, frame, masks, labels, scores, colors).ids.tolist()
+
+
+def decide(
+    tracker: Tracker,
+    frame: int,
+    masks: list[np.ndarray],
+    labels: list[int] | None = None,
+    scores: list[float] | None = None,
+    colors: list[tuple[float, float, float]] | None = None,
+) -> Update:
+    """One update as `step`; what the tracker decided (ids and joins)."""
     full = np.array(masks, bool).reshape(-1, H, W)
     boxes = np.zeros((len(full), 4), np.float32)
     for i, m in enumerate(full):
@@ -38,9 +50,10 @@ def step(
     labels_a = np.array(labels if labels is not None else [SQUARE] * n, np.int64)
     scores_a = np.array(scores if scores is not None else [0.9] * n, np.float32)
     colors_a = None if colors is None else np.array(colors, np.float64).reshape(n, 3)
-    ids = tracker.update(frame, local_masks(full), boxes, labels_a, scores_a, colors_a)
-    assert ids.dtype == np.int64 and ids.shape == (n,)
-    return ids.tolist()
+    update = tracker.update(frame, local_masks(full), boxes, labels_a, scores_a, colors_a)
+    assert update.ids.dtype == update.joins.dtype == np.int64
+    assert update.ids.shape == update.joins.shape == (n,)
+    return update
 
 
 def test_empty_frames() -> None:
@@ -131,8 +144,8 @@ def test_new_track_score_and_empty_masks() -> None:
     # An empty mask (all below the mask threshold) is matched by its box.
     full = np.zeros((1, H, W), bool)
     box = np.array([[10, 10, 20, 20]], np.float32)
-    ids = t.update(2, local_masks(full), box, np.array([SQUARE]), np.array([0.9], np.float32))
-    assert ids.tolist() == [1]
+    update = t.update(2, local_masks(full), box, np.array([SQUARE]), np.array([0.9], np.float32))
+    assert update.ids.tolist() == [1]
     assert step(t, 3, [square(10, 10)]) == [1]
 
 
@@ -216,7 +229,7 @@ def track_synth_clip(
             sample.boxes[keep],
             sample.labels[keep],
             np.ones(int(keep.sum()), np.float32),
-        )
+        ).ids
         iou = np.zeros((len(gt_ids), len(ids)))
         iou[np.flatnonzero(keep), np.arange(len(ids))] = 1.0
         acc.update(gt_ids, ids.tolist(), iou)
@@ -251,10 +264,9 @@ def test_takes_paste_masks_crops() -> None:
         probs = rng.uniform(0.3, 1.0, (2, 1, 28, 28)).astype(np.float32)
         local = paste_masks(torch.from_numpy(probs), torch.from_numpy(boxes), (H, W))
         labels, scores = np.array([SQUARE, CIRCLE]), np.array([0.9, 0.8], np.float32)
-        ids = a.update(f, local, boxes, labels, scores)
-        assert (
-            ids.tolist() == b.update(f, local_masks(local.full()), boxes, labels, scores).tolist()
-        )
+        ids = a.update(f, local, boxes, labels, scores).ids
+        again = b.update(f, local_masks(local.full()), boxes, labels, scores).ids
+        assert ids.tolist() == again.tolist()
         assert ids.tolist() == [1, 2]
 
 
@@ -425,12 +437,12 @@ def test_an_object_seen_as_two_pieces_keeps_one_id() -> None:
     track takes the joined mask, so the whole square next frame is still the same track."""
     t = Tracker()
     for f in range(4):
-        assert step(t, f, [rect(10 + f, 20, 30 + f, 40)]) == [1]
-        assert t.joins.tolist() == [-1]
+        update = decide(t, f, [rect(10 + f, 20, 30 + f, 40)])
+        assert update.ids.tolist() == [1] and update.joins.tolist() == [-1]
     # frame 4: the square, at x 14..34, as two pieces (the larger one first)
     left, right = rect(14, 20, 26, 40), rect(26, 20, 34, 40)
-    assert step(t, 4, [left, right], scores=[0.9, 0.6]) == [1, NO_TRACK]
-    assert t.joins.tolist() == [-1, 0]
+    update = decide(t, 4, [left, right], scores=[0.9, 0.6])
+    assert update.ids.tolist() == [1, NO_TRACK] and update.joins.tolist() == [-1, 0]
     assert np.array_equal(t._tracks[0].crop.mask, np.ones((20, 20), bool))  # the joined mask
     assert step(t, 5, [rect(15, 20, 35, 40)]) == [1]
     assert len(t) == 1  # no track was started for the piece
@@ -438,8 +450,8 @@ def test_an_object_seen_as_two_pieces_keeps_one_id() -> None:
     t = Tracker(fragment_coverage=0.0)
     for f in range(4):
         step(t, f, [rect(10 + f, 20, 30 + f, 40)])
-    assert step(t, 4, [left, right], scores=[0.9, 0.6]) == [1, 2]
-    assert t.joins.tolist() == [-1, -1]
+    update = decide(t, 4, [left, right], scores=[0.9, 0.6])
+    assert update.ids.tolist() == [1, 2] and update.joins.tolist() == [-1, -1]
 
 
 def test_what_is_not_a_fragment() -> None:
@@ -455,8 +467,8 @@ def test_what_is_not_a_fragment() -> None:
     t = Tracker()
     for f in range(4):
         assert step(t, f, [rect(10, 20, 30, 40), rect(40, 20, 50, 40)]) == [1, 2]
-    assert step(t, 4, [rect(10, 20, 30, 40), rect(40, 20, 50, 40)]) == [1, 2]
-    assert t.joins.tolist() == [-1, -1]
+    update = decide(t, 4, [rect(10, 20, 30, 40), rect(40, 20, 50, 40)])
+    assert update.ids.tolist() == [1, 2] and update.joins.tolist() == [-1, -1]
     # A piece of another label.
     t = Tracker()
     track_whole(t)
@@ -464,8 +476,8 @@ def test_what_is_not_a_fragment() -> None:
     # A piece of another colour.
     t = Tracker()
     track_whole(t, colors=True)
-    assert step(t, 4, [left, right], colors=[RED, BLUE]) == [1, 2]
-    assert t.joins.tolist() == [-1, -1]
+    update = decide(t, 4, [left, right], colors=[RED, BLUE])
+    assert update.ids.tolist() == [1, 2] and update.joins.tolist() == [-1, -1]
     # A piece mostly outside the object's last complete mask: a new object beside it.
     t = Tracker()
     track_whole(t)

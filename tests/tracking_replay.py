@@ -25,7 +25,6 @@ clip), so figures found here hold through `streamseg annotate`; measure there be
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -42,8 +41,9 @@ from streamseg.config import ModelConfig, load_config
 from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
-from streamseg.postprocess.main import _Frame, _track
-from streamseg.postprocess.results import make_result, with_track_ids
+from streamseg.postprocess.instances import Instances, deduplicate, drop_low, with_tracks
+from streamseg.postprocess.results import paste, to_result
+from streamseg.postprocess.tracking import Tracker
 from streamseg.tools import evaluate
 from streamseg.wire.protocol import Detections
 
@@ -71,10 +71,11 @@ def cache_clip(cfg: ModelConfig, executor: Executor, clip: Path, out: Path) -> i
     return len(counts)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CachedFrame:
     det: Detections
-    frame: _Frame  # after paste and duplicates; copied before tracking (the tracker joins)
+    instances: Instances  # after paste and duplicates (each replay tracks them anew)
+    label_names: Sequence[str]
 
 
 def load_frames(
@@ -100,10 +101,9 @@ def load_frames(
             arrays["boxes"][s], arrays["scores"][s], arrays["labels"][s],
             arrays["masks"][s].astype(np.float32), colors=arrays["colors"][s],
         )  # fmt: skip
-        result, local = make_result(det, mask_threshold=cfg.mask_threshold, label_names=cfg.labels)
-        frame = _Frame(det, result, local)
-        frame.drop_duplicates(mask_nms, mask_nms_cross_label)
-        out.append(CachedFrame(det, frame))
+        inst = paste(det, mask_threshold=cfg.mask_threshold)
+        inst, _ = deduplicate(inst, mask_nms, mask_nms_cross_label)
+        out.append(CachedFrame(det, inst, cfg.labels))
     return out
 
 
@@ -113,13 +113,15 @@ def replay(
     """The results records (as results.jsonl holds them) of tracking ``frames`` anew;
     ``score_threshold``: the least score of a result (below it: only where an instance
     continues a track), as postprocess has it from the model config."""
-    trackers: dict[str, Any] = {}
     records = []
-    track = {**PIPELINE_TRACK, **settings, "new_track_score": score_threshold}
+    tracker = Tracker(**{**PIPELINE_TRACK, **settings, "new_track_score": score_threshold})
     for cached in frames:
-        frame = copy.copy(cached.frame)  # _Frame replaces its parts, never mutates them
-        ids = frame.drop_low(score_threshold, _track(trackers, cached.det, frame, track))
-        records.append(with_track_ids(frame.result, ids).to_json())
+        det, inst = cached.det, cached.instances
+        update = tracker.update(
+            det.frame, inst.masks, inst.boxes, inst.labels, inst.scores, inst.colors
+        )
+        inst = drop_low(with_tracks(inst, update)[0], score_threshold)
+        records.append(to_result(det, inst, label_names=cached.label_names).to_json())
     return records
 
 

@@ -1,4 +1,11 @@
-"""What postprocess does to a frame's pasted masks before they become results. Pure: no I/O.
+"""What postprocess does to a frame's instances before they become results. Pure: no I/O.
+
+A frame's instances travel as one frozen :class:`Instances` record of arrays, through steps
+that each return a new record (never a patched results record):
+
+    deduplicate -> with_tracks (the tracker's ids and joins) -> drop_low
+
+and only the survivors are encoded (``results.to_result``).
 
 Two model mistakes that a tracker turns into new ids (docs/tracking.md):
 
@@ -6,7 +13,7 @@ Two model mistakes that a tracker turns into new ids (docs/tracking.md):
   overlap), which box NMS missed because their boxes differ, or which have two labels (box
   NMS is per label): :func:`duplicates`;
 - a fragment: one object seen as two pieces of one label, which the tracker recognises
-  against the object's last complete mask (``Tracker.joins``): :func:`join_masks` and
+  against the object's last complete mask (``Update.joins``): :func:`join_masks` and
   :func:`join_boxes` make the two one instance.
 
 Masks stay box-local crops (:class:`LocalMasks`) throughout.
@@ -14,9 +21,93 @@ Masks stay box-local crops (:class:`LocalMasks`) throughout.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from streamseg.postprocess.masks import LocalMasks
+from streamseg.postprocess.tracking import NO_TRACK, Update
+
+
+@dataclass(frozen=True, eq=False)
+class Instances:
+    """One frame's N instances, in one order across every array.
+
+    Attributes:
+        masks: the binary masks as box-local crops (:class:`LocalMasks`, frame pixels).
+        boxes: float32[N, 4], xyxy, frame pixels.
+        labels: int64[N], label ids.
+        scores: float32[N], in [0, 1].
+        colors: float[N, 3], each instance's colour (RGB, 0-255) as inference measured it;
+            NaN where not measured.
+        track_ids: int64[N], each instance's track id (>= 1), or ``NO_TRACK`` (-1): untracked.
+    """
+
+    masks: LocalMasks
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    colors: np.ndarray
+    track_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, index: np.ndarray) -> Instances:
+        """Only the instances in ``index`` (int[K]), in that order."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        return Instances(
+            masks=select(self.masks, index),
+            boxes=self.boxes[index],
+            labels=self.labels[index],
+            scores=self.scores[index],
+            colors=self.colors[index],
+            track_ids=self.track_ids[index],
+        )
+
+    def track_id_list(self) -> list[int | None]:
+        """Each instance's track id, None where untracked (as results records hold them)."""
+        return [None if t == NO_TRACK else int(t) for t in self.track_ids.tolist()]
+
+
+def deduplicate(
+    inst: Instances, min_iou: float, cross_label_iou: float = 0.0, counted_from: float = 0.0
+) -> tuple[Instances, int]:
+    """``inst`` without its duplicates (:func:`duplicates`), and how many of those scored
+    >= ``counted_from`` (the score bar of results: a copy below it would not have been a
+    result anyway). Both IoUs 0: nothing is a duplicate."""
+    if (min_iou <= 0.0 and cross_label_iou <= 0.0) or len(inst) < 2:
+        return inst, 0
+    dup = duplicates(inst.masks, inst.labels, inst.scores, min_iou, cross_label_iou)
+    if not dup.any():
+        return inst, 0
+    counted = int((dup & (inst.scores >= counted_from)).sum())
+    return inst.take(np.flatnonzero(~dup)), counted
+
+
+def with_tracks(inst: Instances, update: Update) -> tuple[Instances, int]:
+    """``inst`` as the tracker decided (``Tracker.update`` on these instances): each takes
+    its track id, and each fragment is joined to the instance it is a piece of (mask and box
+    grown, the fragment gone); and how many fragments were joined."""
+    inst = replace(inst, track_ids=np.asarray(update.ids, np.int64).reshape(-1))
+    fragment = update.joins >= 0
+    if not fragment.any():
+        return inst, 0
+    joined = replace(
+        inst,
+        masks=join_masks(inst.masks, update.joins),
+        boxes=join_boxes(inst.boxes, update.joins).astype(np.float32),
+    )
+    return joined.take(np.flatnonzero(~fragment)), int(fragment.sum())
+
+
+def drop_low(inst: Instances, score_threshold: float) -> Instances:
+    """``inst`` without those scoring below ``score_threshold``, except those that continue a
+    track (a track id: the tracker let them, see ``Tracker.new_track_score``)."""
+    low = (inst.scores < score_threshold) & (inst.track_ids == NO_TRACK)
+    if not low.any():
+        return inst
+    return inst.take(np.flatnonzero(~low))
 
 
 def _crop(local: LocalMasks, i: int) -> tuple[np.ndarray, int, int]:
@@ -113,8 +204,8 @@ def _check_joins(joins: np.ndarray, n: int) -> np.ndarray:
 
 def join_masks(local: LocalMasks, joins: np.ndarray) -> LocalMasks:
     """Each instance's mask joined with its fragments' (``joins[f] = i``: f is a fragment of
-    i; -1: none; as ``Tracker.joins`` gives it). Fragments keep their own masks: drop them
-    after (:func:`select`).
+    i; -1: none; as ``Tracker.update`` gives it in ``Update.joins``). Fragments keep their own
+    masks: drop them after (:func:`select`).
 
     Returns:
         N masks; an instance with fragments covers the pixels of all of them.

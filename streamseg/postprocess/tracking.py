@@ -2,7 +2,8 @@
 
 One :class:`Tracker` per stream. Each call to :meth:`Tracker.update` takes one frame's instances
 (masks as box-local crops, as the postprocess stage has them) and returns a track id per
-instance. No sockets, no clock, no randomness: the frame number is the only notion of time, so
+instance (and which instances are fragments of others: :class:`Update`). No sockets, no
+clock, no randomness: the frame number is the only notion of time, so
 the ids depend only on the sequence of frames given, never on how they were batched.
 
 A new track is *tentative* until it has been matched in ``min_hits`` frames, then
@@ -37,7 +38,7 @@ Algorithm, per frame:
 4. Fragments: an instance left over that has the label of a confirmed track's match, lies
    mostly inside the track's last complete mask, and joined to the match comes closer to that
    mask is a piece of the same object (the model saw it as two): it gets no id, and
-   ``Tracker.joins`` tells the caller to join it to the match.
+   ``Update.joins`` tells the caller to join it to the match.
    Instances scoring below ``new_track_score`` take part only in pass a, offered after the
    others to the confirmed tracks matched in the previous frame (ByteTrack's second
    association): an object partly hidden scores lower, and its track should not lose it for
@@ -65,6 +66,22 @@ NO_TRACK = -1  # id of an instance that neither continues a track nor may start 
 # than the prediction: a new object where a fast one was last seen must not take its id.
 _STILL_WEIGHT = 0.5
 _NEAR = 1e-9  # least nearness of a third-pass match (any distance within the radius)
+
+
+@dataclass(frozen=True, eq=False)
+class Update:
+    """What :meth:`Tracker.update` decided for a frame's N instances.
+
+    Attributes:
+        ids: int64[N], each instance's track id (>= 1), or -1 (``NO_TRACK``) for an unmatched
+            instance below ``new_track_score`` and for a fragment.
+        joins: int64[N], for each fragment the index of the instance whose object it is a
+            piece of (see ``fragment_coverage``), -1 for every other instance: the caller
+            joins the two masks into one instance (``instances.with_tracks``).
+    """
+
+    ids: np.ndarray
+    joins: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -207,8 +224,8 @@ class Tracker:
             match (the model saw one object as two pieces) when both have the track's label,
             at least this share of its pixels lies inside the track's last complete mask
             moved as predicted (and within the colour gate), and joined to the match it makes
-            a mask closer (IoU) to that complete mask. It gets no id; :attr:`joins` names its
-            match, whose pixels it should join (the track takes the joined mask). 0: never.
+            a mask closer (IoU) to that complete mask. It gets no id; ``Update.joins`` names
+            its match, whose pixels it should join (the track takes the joined mask). 0: never.
         cross_label_weight: similarities of a track and an instance of different labels are
             multiplied by this (the track takes the new label); 0 (default): never match.
         max_color_distance: where :meth:`update` is given colours, a track and an instance
@@ -314,8 +331,6 @@ class Tracker:
         self._tracks: list[_Track] = []  # in id order
         self._next_id = 1
         self._last_frame: int | None = None
-        # after update: per instance, the instance it is a fragment of (-1: none); see update
-        self.joins = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         """Tracks alive after the last update, tentative ones included."""
@@ -329,8 +344,8 @@ class Tracker:
         labels: np.ndarray,
         scores: np.ndarray,
         colors: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Link one frame's instances to the tracks; return their track ids.
+    ) -> Update:
+        """Link one frame's instances to the tracks; return their track ids and fragments.
 
         Args:
             frame: the frame number, greater than the previous call's (gaps are skipped
@@ -345,11 +360,8 @@ class Tracker:
                 association by shape and motion only.
 
         Returns:
-            int64[N], each instance's track id (>= 1), or -1 (``NO_TRACK``) for an unmatched
-            instance below ``new_track_score`` and for a fragment. After the call,
-            :attr:`joins` (int64[N]) gives for each fragment the index of the instance whose
-            object it is a piece of (see fragment_coverage), -1 for every other instance:
-            the caller joins the two masks into one instance.
+            :class:`Update`: each instance's track id, and which instances are fragments of
+            which (the caller joins them).
         """
         n = len(masks)
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -414,23 +426,23 @@ class Tracker:
                 taken[cols[confirmed[rows]]] = True
                 pairs += zip(rows.tolist(), cols.tolist(), strict=True)
         duplicate = overlapping[:, taken].any(1) & ~taken
-        self.joins = self._fragments(frame, pairs, dets, labels, coverage, det_free, masks)
+        joins = self._fragments(frame, pairs, dets, labels, coverage, det_free, masks)
         ids = np.full(n, NO_TRACK, np.int64)
         for t, d in pairs:
             track = self._tracks[t]
             det, box = dets[d], boxes[d]
-            for f in np.flatnonzero(self.joins == d):  # the track sees its whole object
+            for f in np.flatnonzero(joins == d):  # the track sees its whole object
                 det, box = _union(det, dets[f]), _box_union(box, boxes[f])
             self._continue(track, frame, det, box, int(labels[d]), not duplicate[d])
             self._see_color(track, colors[d])
             ids[d] = track.id
         for d in range(n):
-            if self.joins[d] >= 0:
+            if joins[d] >= 0:
                 continue
             if ids[d] == NO_TRACK and scores[d] >= self.new_track_score:
                 ids[d] = self._start(frame, dets[d], boxes[d], int(labels[d]), not duplicate[d])
                 self._see_color(self._tracks[-1], colors[d])
-        return ids
+        return Update(ids, joins)
 
     def _fragments(
         self,

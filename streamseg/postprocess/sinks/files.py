@@ -1,9 +1,8 @@
-"""Where results go: annotated video files and results (.jsonl) files.
+"""The file writers under the file sinks: annotated video files and results (.jsonl) files.
 
 Both survive the process being killed at any moment: a fragmented MP4 plays up to its last
 complete fragment, and a results file only ever holds whole lines. A full disk is one OSError
 that names the file (`OutputError`), not a traceback.
-Publishing to subscribers is `transport.publish`; the message format is in `protocol`.
 """
 
 from __future__ import annotations
@@ -22,11 +21,11 @@ from typing import Any
 import av
 import numpy as np
 
-from streamseg.pipeline.preflight import output_path, video_format_problem
+from streamseg.outputs import video_format_problem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OutputError", "ResultsSink", "VideoSink", "output_path"]
+__all__ = ["OutputError", "ResultsSink", "VideoSink"]
 
 FRAGMENTED_MOVFLAGS = "frag_keyframe+empty_moov+delay_moov+default_base_moof"
 """A fragment (moof + mdat) per keyframe; delay_moov writes the header with the first fragment so
@@ -229,6 +228,11 @@ class ResultsSink:
         self._pending: list[bytes] = []
         self._last_flush = clock() - flush_s  # the first line goes out at once
         self._failed = False
+
+    @property
+    def pending(self) -> int:
+        """Lines written here and not yet to the file."""
+        return len(self._pending)
 
     def write(self, record: dict[str, Any]) -> None:
         """Add one frame's line; written out at once if the last write is `flush_s` old."""
