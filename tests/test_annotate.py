@@ -19,7 +19,7 @@ from harness import Run
 import streamseg
 from streamseg.tools import synth
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # each annotate may take 300 s
 
 
 def annotate(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:

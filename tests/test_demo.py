@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the demo may take 300 s
 
 
 def test_demo_runs_offline_and_reports_fps_and_mask_ap(tmp_path):

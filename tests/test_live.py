@@ -255,6 +255,7 @@ def two_cameras(tmp_path, random_config):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a pipeline on two cameras: waits of 120 s
 @pytest.mark.rtsp
 def test_results_are_published_per_stream_in_order(two_cameras):
     w = two_cameras
@@ -283,6 +284,7 @@ def test_results_are_published_per_stream_in_order(two_cameras):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a pipeline on two cameras: waits of 120 s
 @pytest.mark.rtsp
 def test_restarted_server_resumes_its_stream_and_spares_the_other(two_cameras):
     w = two_cameras
@@ -313,6 +315,7 @@ def test_restarted_server_resumes_its_stream_and_spares_the_other(two_cameras):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a pipeline on two cameras: waits of 120 s
 @pytest.mark.rtsp
 def test_frozen_server_is_caught_by_the_watchdog(two_cameras):
     w = two_cameras
@@ -336,6 +339,7 @@ def test_frozen_server_is_caught_by_the_watchdog(two_cameras):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a pipeline on two cameras: waits of 120 s
 @pytest.mark.rtsp
 def test_stopping_a_watch_prints_per_stream_lines(two_cameras):
     w = two_cameras
@@ -350,6 +354,7 @@ def test_stopping_a_watch_prints_per_stream_lines(two_cameras):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a pipeline on two cameras: waits of 120 s
 def test_live_files_are_batched_together_and_a_dead_stream_is_reported(tmp_path, random_config):
     """Files play in real time as cameras; both streams share batches; an RTSP stream that never
     comes up is given up on (--give-up-s) and reported, while the others run on."""
@@ -391,6 +396,7 @@ def test_live_files_are_batched_together_and_a_dead_stream_is_reported(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a pipeline on two cameras: waits of 120 s
 @pytest.mark.rtsp
 def test_overload_and_dead_subscriber_keep_memory_and_latency_bounded(tmp_path, random_config):
     """Sources far faster than inference, a subscriber that never reads: drops are counted, the

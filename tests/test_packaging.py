@@ -15,7 +15,7 @@ import pytest
 
 from streamseg import shipped
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # build, install: 300 s each
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,8 @@ from rtspfixture import RtspServer, free_port
 
 from streamseg.postprocess.render import track_color
 
-pytestmark = [pytest.mark.slow, pytest.mark.rtsp]
+# the one run serving every test starts within 180 s; chromium has 90 s
+pytestmark = [pytest.mark.slow, pytest.mark.rtsp, pytest.mark.timeout(600)]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STALL_S = 2.0
 

@@ -16,7 +16,7 @@ import pytest
 from streamseg.tools import synth
 from streamseg.tools.evaluate import evaluate_tracks, load_results
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # one run may take 600 s
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from streamseg.config import load_config
 from streamseg.tools import evaluate, synth
 from tests import tracking_replay
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the replay may take 300 s
 
 SEED, FRAMES = 4321, 40
 # Only a mask identical to the track's last one continues it: moving objects get new ids.

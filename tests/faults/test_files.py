@@ -26,7 +26,7 @@ from streamseg.pipeline.preflight import check_outputs
 from streamseg.source.decode import DecodeErrors, decode_frames
 from streamseg.tools import synth
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a corrupt file's run may take 600 s
 
 TICK = Fraction(1, 90000)
 

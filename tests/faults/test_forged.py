@@ -15,7 +15,7 @@ from faultkit import Run, lines_so_far, results_lines
 from streamseg.tools import synth
 from streamseg.wire.protocol import Detections, EndOfStream, Stats, encode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # 180 s for results, 300 s for the end
 
 EMPTY = {
     "boxes": np.zeros((0, 4), np.float32),

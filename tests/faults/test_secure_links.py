@@ -17,7 +17,7 @@ from rtspfixture import free_port
 from streamseg.wire import curve
 from streamseg.wire.protocol import EndOfStream, encode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the run may take 300 s to end
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from rtspfixture import free_port
 
 from streamseg.tools import synth
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # waits of 180 s and 120 s
 
 
 @pytest.fixture(scope="module")

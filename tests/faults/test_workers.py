@@ -20,7 +20,7 @@ from rtspfixture import free_port
 
 from streamseg.tools import synth
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a reference run: up to 600 s
 
 
 @pytest.fixture(scope="module")
