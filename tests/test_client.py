@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from harness import wait_until
 from rtspfixture import free_port
 
 from streamseg.client import FrameResult, GapCounter, Subscriber, parse
@@ -226,3 +227,30 @@ def test_an_old_record_without_track_id_still_reads():
     bad = {**square, "track_id": 0}
     with pytest.raises(ProtocolError, match="track_id"):
         parse(encode_published(make_result(instances=[bad])), 1000.0)
+
+
+def test_subscriber_knows_whether_a_publisher_ever_answered():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with Subscriber(endpoint, timeout_s=0.2) as sub:
+        assert list(sub) == [] and not sub.connected
+        pub = sockets.publisher(endpoint)
+        try:
+            wait_until(lambda: sub.connected, 10.0, "the subscriber sees the publisher")
+        finally:
+            pub.close(0)
+
+
+def test_subscribe_says_when_no_publisher_answers():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "streamseg.cli", "subscribe", endpoint, "--timeout", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"no publisher answered at {endpoint} within 1 s" in proc.stderr
+
+    pub = sockets.publisher(endpoint)  # there, but silent: a timeout, not an error
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        pub.close(0)
+    assert proc.returncode == 0, proc.stderr
+    assert "received 0 results" in proc.stderr and "no publisher" not in proc.stderr

@@ -39,20 +39,31 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         return 2
     sub = Subscriber(args.endpoint, args.streams, timeout_s=args.timeout, security=security)
     n = 0
+    timed_out = False
     try:
         for result in sub:
             print(format_line(result), flush=True)
             n += 1
             if args.count and n >= args.count:
                 break
+        else:
+            timed_out = True
+        connected = sub.connected
     except KeyboardInterrupt:
-        pass
+        connected = True  # the user stopped it: nothing to report
     except sockets.HandshakeError as e:
         print(f"streamseg subscribe: error: {e}", file=sys.stderr)
         return 2
     finally:
         sub.close()
         sockets.close_all(abort=True)
+    if timed_out and not connected:
+        print(
+            f"streamseg subscribe: error: no publisher answered at {args.endpoint} within "
+            f"{args.timeout:g} s; is a pipeline running with --publish {args.endpoint}?",
+            file=sys.stderr,
+        )
+        return 1
     missed = sum(sub.missed.values())
     print(
         f"received {n} results, missed {missed}, rejected {sub.rejected} malformed",

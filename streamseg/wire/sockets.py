@@ -234,11 +234,14 @@ class Handshakes:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILURES)
         )
         self.error: str | None = None
+        self.connected = False
+        """A handshake succeeded at some time: a peer answered (set by `failure`)."""
 
     def failure(self) -> str | None:
         """Why the latest handshake failed (None: none failed, or a later one succeeded)."""
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
+            self.connected |= event == zmq.EVENT_HANDSHAKE_SUCCEEDED
             reason = _HANDSHAKE_FAILURES.get(event)
             self.error = None if reason is None else f"{self.endpoint}: {reason}"
         return self.error
