@@ -173,12 +173,3 @@ class Batcher:
         for msg in reversed(msgs):
             q.appendleft(_Item(msg, now, True))
         self.n_frames += len(msgs)
-
-    def drop_stream(self, stream: str) -> list[Any]:
-        """Forget a stream's queued frames (e.g. its source restarted); returns them."""
-        q = self.queues.pop(stream, deque())
-        self.vtime.pop(stream, None)
-        self.served.pop(stream, None)
-        frames = [it.msg for it in q if it.is_frame]
-        self.n_frames -= len(frames)
-        return frames

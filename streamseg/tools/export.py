@@ -187,26 +187,6 @@ def mask_polygons(mask: np.ndarray) -> list[dict[str, Any]]:
     return parts
 
 
-def rasterize_polygons(parts: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
-    """The mask back from :func:`mask_polygons` (what a reader of --polygons does).
-
-    Per part: fill the exterior, clear each hole, then draw each hole ring back (its pixels
-    are in the mask). Returns bool[height, width].
-    """
-    out = np.zeros((height, width), bool)
-    for part in parts:
-        canvas = np.zeros((height, width), np.uint8)
-        ring = np.array(part["exterior"], np.int32).reshape(-1, 1, 2)
-        cv2.fillPoly(canvas, [ring], 1)
-        cv2.polylines(canvas, [ring], True, 1)
-        holes = [np.array(h, np.int32).reshape(-1, 1, 2) for h in part["holes"]]
-        if holes:
-            cv2.fillPoly(canvas, holes, 0)
-            cv2.polylines(canvas, holes, True, 1)
-        out |= canvas.astype(bool)
-    return out
-
-
 def polygon_lines(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """One record per instance: stream, frame, index (in the frame's instances), label,
     label_name, score, track_id (when present), box, polygons (:func:`mask_polygons`)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -49,9 +49,6 @@ class MotSummary:
     idf1: float
     idp: float  # IDTP / predicted instances
     idr: float  # IDTP / ground-truth instances
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 class MotAccumulator:
