@@ -106,7 +106,7 @@ class Threaded:
                 self._stop = True
                 return
             deadline = self.clock() + self.drain_s
-            while (self._queued or self._busy) and self._thread.is_alive():
+            while (self._events or self._busy) and self._thread.is_alive():
                 left = deadline - self.clock()
                 if left <= 0:
                     break
@@ -218,7 +218,8 @@ class Threaded:
                 self.on_close()
             finally:
                 with self._cond:
-                    self._dropped["closed"] += self._queued + self._busy
+                    if self._queued + self._busy:
+                        self._dropped["closed"] += self._queued + self._busy
                     self._queued = self._busy = 0
                     self._events.clear()
                     self._cond.notify_all()
