@@ -4,7 +4,8 @@ a second, not a model load in every worker.
 The supervisor side runs this: it imports neither PyAV nor torch (the weights are loaded in a
 child process). Each problem is one line that names the path and says how to fix it; an empty
 list means all looks usable.
-`output_path` (which file each stream writes) lives here, so the stages and the check agree.
+`output_path` (which file each stream writes) lives in `streamseg.outputs`, shared with the
+sinks that write the files, so the stages and the check agree.
 """
 
 from __future__ import annotations
@@ -22,42 +23,12 @@ from pathlib import Path
 
 from streamseg import shipped
 from streamseg.config import COCO_URLS, ModelConfig, coco_fix, to_dict
+from streamseg.outputs import output_path, video_format_problem
 
 MIN_FREE_BYTES = 100 * 2**20
 """Free space an output filesystem needs at the start (a few minutes of annotated video)."""
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".ts", ".flv")
-"""Containers PyAV (FFmpeg) muxes H.264 into, by extension; .mp4 and .mov are written fragmented,
-.mkv and .ts are streamable by nature (see postprocess.sinks.VideoSink)."""
-
 KERNEL_FILESYSTEMS = ("/proc", "/sys")
-
-
-def output_path(template: str, stream: str, n_streams: int) -> Path:
-    """The file for `stream`: `template` with {stream} filled in; several streams and no
-    placeholder -> NAME.STREAM.EXT, so no two streams ever write the same file."""
-    if "{stream}" in template:
-        return Path(template.replace("{stream}", stream))
-    if n_streams > 1:
-        p = Path(template)
-        return p.with_name(f"{p.stem}.{stream}{p.suffix}")
-    return Path(template)
-
-
-def video_format_problem(path: Path) -> str | None:
-    """Why `path` cannot take an H.264 video (by its extension), or None. Pure."""
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
-        return None
-    if not suffix:
-        return (
-            f"{path}: no video file extension, so no container to write; "
-            f"add one, e.g. -o {path}.mp4"
-        )
-    others = ", ".join(VIDEO_EXTENSIONS[1:])
-    return (
-        f"{path}: {suffix} is not a container streamseg writes H.264 into; use .mp4 (or {others})"
-    )
 
 
 def kernel_path_problem(path: Path) -> str | None:
