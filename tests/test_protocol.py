@@ -3,20 +3,17 @@ import json
 import numpy as np
 import pytest
 
-from streamseg.wire.protocol import (
+from streamseg.wire.codec import decode, decode_published, encode, encode_published
+from streamseg.wire.fields import ProtocolError
+from streamseg.wire.messages import (
     PROTOCOL_VERSION,
     Detections,
     EndOfStream,
     Frame,
-    ProtocolError,
-    Result,
     Stats,
     StreamStart,
-    decode,
-    decode_published,
-    encode,
-    encode_published,
 )
+from streamseg.wire.results import Result
 
 INSTANCE = {
     "label": 1,

@@ -12,8 +12,9 @@ from harness import Clock
 
 from streamseg.accounting import Counters
 from streamseg.stage.shell import BusyTimer, StatsReporter, process_age_s, run_stage_loop
-from streamseg.wire import transport
-from streamseg.wire.protocol import Stats
+from streamseg.wire import sockets
+from streamseg.wire.messages import Stats
+from streamseg.wire.receiver import Receiver
 
 WAIT_MS = 10_000  # only ever waited out when a test is about to fail
 
@@ -25,7 +26,7 @@ NO_WAIT = {"wait_in_s": 0.0, "wait_out_s": 0.0}
 def runner(tmp_path):
     """(endpoint, receiver): the runner's PULL end, bound on an ipc endpoint.
 
-    It lives in a zmq.Context of its own: run_stage_loop ends with transport.close_all, which
+    It lives in a zmq.Context of its own: run_stage_loop ends with sockets.close_all, which
     destroys the stage's (shared) context and would take this socket with it.
     """
     endpoint = f"ipc://{tmp_path}/stats"
@@ -34,14 +35,14 @@ def runner(tmp_path):
     sock = ctx.socket(zmq.PULL)
     sock.bind(endpoint)
     try:
-        yield endpoint, transport.Receiver(sock, name="runner")
+        yield endpoint, Receiver(sock, name="runner")
     finally:
-        transport.close_all(abort=True)  # the reporters' sockets
+        sockets.close_all(abort=True)  # the reporters' sockets
         sock.close(0)
         ctx.term()
 
 
-def next_stats(receiver: transport.Receiver) -> Stats:
+def next_stats(receiver: Receiver) -> Stats:
     msg = receiver.recv(WAIT_MS)
     assert isinstance(msg, Stats), f"expected a Stats report, got {msg!r}"
     return msg
@@ -139,7 +140,7 @@ def test_no_endpoint_sends_nothing_and_does_not_fail():
 # --- run_stage_loop ----------------------------------------------------------------------------
 
 
-def connected_reporter(endpoint: str, rx: transport.Receiver) -> StatsReporter:
+def connected_reporter(endpoint: str, rx: Receiver) -> StatsReporter:
     """A reporter that already reached the runner, as a stage has once it said it is ready."""
     counters = Counters()
     counters.count_in("a", 2)

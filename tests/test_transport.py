@@ -1,4 +1,5 @@
-"""streamseg.wire.transport: publish endpoints, which binds need keys, MAXMSGSIZE, the accept hook.
+"""wire.sockets, wire.security and wire.receiver: publish endpoints, which binds need keys,
+MAXMSGSIZE, the accept hook.
 
 Real sockets (ipc:// in a temporary folder), no mocks.
 """
@@ -11,8 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from streamseg.wire import transport
-from streamseg.wire.protocol import EndOfStream, Frame, Message
+from streamseg.wire import security, sockets
+from streamseg.wire.messages import EndOfStream, Frame, Message
+from streamseg.wire.receiver import Receiver
 
 
 @pytest.mark.parametrize(
@@ -33,13 +35,13 @@ from streamseg.wire.protocol import EndOfStream, Frame, Message
     ],
 )
 def test_publish_endpoint_binds_loopback_unless_an_address_is_given(text, endpoint):
-    assert transport.publish_endpoint(text) == endpoint
+    assert security.publish_endpoint(text) == endpoint
 
 
 @pytest.mark.parametrize("text", ["", "tcp://", "tcp://*:", "tcp://*:*", "0", "70000", "cam:x"])
 def test_publish_endpoint_without_a_port_is_one_clear_error(text):
     with pytest.raises(ValueError, match="port number 1-65535") as e:
-        transport.publish_endpoint(text)
+        security.publish_endpoint(text)
     assert "\n" not in str(e.value)
 
 
@@ -61,26 +63,26 @@ def test_publish_endpoint_without_a_port_is_one_clear_error(text):
     ],
 )
 def test_needs_keys_for_every_bind_other_hosts_can_reach(endpoint, needs):
-    assert transport.needs_keys(endpoint) is needs
+    assert security.needs_keys(endpoint) is needs
 
 
 def test_check_bind_refuses_network_without_keys_unless_insecure():
-    with pytest.raises(transport.InsecureEndpointError, match="streamseg keys"):
-        transport.check_bind("tcp://*:5555", None)
-    transport.check_bind("tcp://*:5555", None, insecure=True)
-    transport.check_bind("tcp://127.0.0.1:5555", None)
-    public, secret = transport.curve_keypair()
-    security = transport.Security(public, secret, allowed_keys=frozenset({public}))
-    transport.check_bind("tcp://*:5555", security)
+    with pytest.raises(security.InsecureEndpointError, match="streamseg keys"):
+        security.check_bind("tcp://*:5555", None)
+    security.check_bind("tcp://*:5555", None, insecure=True)
+    security.check_bind("tcp://127.0.0.1:5555", None)
+    public, secret = security.curve_keypair()
+    keys = security.Security(public, secret, allowed_keys=frozenset({public}))
+    security.check_bind("tcp://*:5555", keys)
 
 
 def test_security_repr_hides_the_secret_key():
-    public, secret = transport.curve_keypair()
-    text = repr(transport.Security(public, secret))
+    public, secret = security.curve_keypair()
+    text = repr(security.Security(public, secret))
     assert public in text and secret not in text
-    assert transport.curve_public_key(secret) == public
+    assert security.curve_public_key(secret) == public
     with pytest.raises(ValueError, match="CURVE secret key"):
-        transport.curve_public_key("too short")
+        security.curve_public_key("too short")
 
 
 def frame(nbytes: int, index: int = 0) -> Frame:
@@ -93,16 +95,16 @@ def endpoint(tmp_path) -> str:
 
 
 def test_maxmsgsize_drops_a_larger_message_and_keeps_the_connection_usable(endpoint):
-    pull = transport.pull(endpoint, max_msg_bytes=30_000)
-    push = transport.push(endpoint)
-    receiver = transport.Receiver(pull)
+    pull = sockets.pull(endpoint, max_msg_bytes=30_000)
+    push = sockets.push(endpoint)
+    receiver = Receiver(pull)
     try:
-        transport.send(push, frame(3_000, 0))
+        sockets.send(push, frame(3_000, 0))
         got = receiver.recv(5000)
         assert isinstance(got, Frame) and got.frame == 0
-        transport.send(push, frame(60_000, 1))  # libzmq disconnects this peer: never delivered
+        sockets.send(push, frame(60_000, 1))  # libzmq disconnects this peer: never delivered
         assert receiver.recv(300) is None
-        transport.send(push, frame(3_000, 2))  # the peer reconnected
+        sockets.send(push, frame(3_000, 2))  # the peer reconnected
         got = receiver.recv(5000)
         assert isinstance(got, Frame) and got.frame == 2
         assert receiver.rejected == 0  # dropped by ZeroMQ, never seen here
@@ -112,7 +114,7 @@ def test_maxmsgsize_drops_a_larger_message_and_keeps_the_connection_usable(endpo
 
 
 def test_receivers_default_to_a_bounded_size_that_takes_a_4k_frame():
-    assert 3840 * 2160 * 3 < transport.DEFAULT_MAX_MSG_BYTES <= 256 << 20
+    assert 3840 * 2160 * 3 < sockets.DEFAULT_MAX_MSG_BYTES <= 256 << 20
 
 
 def owner_check(msg: Message, auth: str) -> str | None:
@@ -123,17 +125,17 @@ def owner_check(msg: Message, auth: str) -> str | None:
 
 
 def test_receiver_accept_hook_counts_rejections_by_reason(endpoint):
-    pull = transport.pull(endpoint)
-    push = transport.push(endpoint)
-    receiver = transport.Receiver(pull, name="postprocess", accept=owner_check)
+    pull = sockets.pull(endpoint)
+    push = sockets.push(endpoint)
+    receiver = Receiver(pull, name="postprocess", accept=owner_check)
     try:
         assert receiver.recv(50) is None  # nothing sent: nothing received, nothing counted
         assert (receiver.rejected, receiver.rejected_by) == (0, {})
-        transport.send(push, EndOfStream("cam1", 3), auth="source:cam2")
+        sockets.send(push, EndOfStream("cam1", 3), auth="source:cam2")
         push.send_multipart([b"not json"])
-        transport.send(push, EndOfStream("cam1", 3))
-        transport.send(push, frame(3, 7), auth="source:cam1")
-        transport.send(push, EndOfStream("cam1", 8), auth="source:cam1")
+        sockets.send(push, EndOfStream("cam1", 3))
+        sockets.send(push, frame(3, 7), auth="source:cam1")
+        sockets.send(push, EndOfStream("cam1", 8), auth="source:cam1")
         got = [receiver.recv(5000), receiver.recv(5000)]
         assert [type(m).__name__ for m in got] == ["Frame", "EndOfStream"]
         assert got[1] == EndOfStream("cam1", 8)
@@ -147,9 +149,9 @@ def test_receiver_accept_hook_counts_rejections_by_reason(endpoint):
 
 def test_rejections_are_logged_once_per_reason_per_10_s(endpoint, caplog):
     now = [100.0]
-    pull = transport.pull(endpoint)
-    push = transport.push(endpoint)
-    receiver = transport.Receiver(pull, name="inference", accept=owner_check, clock=lambda: now[0])
+    pull = sockets.pull(endpoint)
+    push = sockets.push(endpoint)
+    receiver = Receiver(pull, name="inference", accept=owner_check, clock=lambda: now[0])
 
     def reject(n: int, malformed: bool = False) -> None:
         """Send `n` messages that are rejected; return once the receiver has seen them all."""
@@ -158,13 +160,13 @@ def test_rejections_are_logged_once_per_reason_per_10_s(endpoint, caplog):
             if malformed:
                 push.send_multipart([b"{}"])
             else:
-                transport.send(push, EndOfStream("cam1", 1), auth="intruder")
+                sockets.send(push, EndOfStream("cam1", 1), auth="intruder")
         deadline = time.monotonic() + 5
         while receiver.rejected < target:
             assert receiver.recv(100) is None and time.monotonic() < deadline
 
     try:
-        with caplog.at_level(logging.WARNING, logger="streamseg.wire.transport"):
+        with caplog.at_level(logging.WARNING, logger="streamseg.wire.receiver"):
             reject(50)
             reject(5, malformed=True)
             now[0] += 9.9

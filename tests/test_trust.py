@@ -13,7 +13,7 @@ from streamseg.stage.trust import (
     new_token,
     source_name,
 )
-from streamseg.wire.protocol import Detections, EndOfStream, Frame, Stats, StreamStart
+from streamseg.wire.messages import Detections, EndOfStream, Frame, Stats, StreamStart
 
 IMAGE = np.zeros((4, 4, 3), np.uint8)
 

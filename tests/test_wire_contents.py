@@ -22,23 +22,18 @@ from streamseg.inference.colors import instance_colors
 from streamseg.postprocess.render import draw_instances
 from streamseg.postprocess.results import make_result
 from streamseg.postprocess.streams import StreamBook
-from streamseg.wire.protocol import (
+from streamseg.wire.codec import decode, decode_envelope, decode_published, encode, encode_published
+from streamseg.wire.fields import ProtocolError, check_name
+from streamseg.wire.messages import (
     PROTOCOL_VERSION,
     Detections,
     EndOfStream,
     Frame,
     Message,
-    ProtocolError,
-    Result,
     Stats,
     StreamStart,
-    check_name,
-    decode,
-    decode_envelope,
-    decode_published,
-    encode,
-    encode_published,
 )
+from streamseg.wire.results import Result
 
 # --- messages as the stages build them ------------------------------------------------------------
 

@@ -22,20 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamseg.wire.protocol import (
-    Detections,
-    EndOfStream,
-    Frame,
-    ProtocolError,
-    Result,
-    Stats,
-    StreamStart,
-    decode,
-    decode_envelope,
-    decode_published,
-    encode,
-    encode_published,
-)
+from streamseg.wire.codec import decode, decode_envelope, decode_published, encode, encode_published
+from streamseg.wire.fields import ProtocolError
+from streamseg.wire.messages import Detections, EndOfStream, Frame, Stats, StreamStart
+from streamseg.wire.results import Result
 
 DECODERS: list[Callable[[Any], Any]] = [decode, decode_envelope, decode_published]
 TYPES = {"start": StreamStart, "frame": Frame, "detections": Detections, "eos": EndOfStream,
