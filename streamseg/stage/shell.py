@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamseg.accounting import Counters
-from streamseg.wire import transport
-from streamseg.wire.protocol import Stats
+from streamseg.wire import sockets
+from streamseg.wire.messages import Stats
+from streamseg.wire.security import Security
 
 _PR_SET_PDEATHSIG = 1
 _STOPS = (signal.SIGINT, signal.SIGTERM)  # what asks a stage to stop (see setup_process)
@@ -127,13 +128,13 @@ class StatsReporter:
         *,
         name: str | None = None,
         auth: str = "",
-        security: transport.Security | None = None,
+        security: Security | None = None,
         every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
         self.security = security
-        self.sock = transport.stats_push(endpoint, security=security) if endpoint else None
+        self.sock = sockets.stats_push(endpoint, security=security) if endpoint else None
         self.stage = stage
         self.name = name or stage
         self.auth = auth
@@ -164,11 +165,11 @@ class StatsReporter:
         auth = self.auth
 
         def beat() -> None:
-            sock = transport.stats_push(endpoint, security=self.security)
+            sock = sockets.stats_push(endpoint, security=self.security)
             try:
                 while not stop.wait(every_s):
                     alive = Stats(stage, {}, name=name, ready=self.is_ready, heartbeat=True)
-                    transport.send(sock, alive, block=False, auth=auth)
+                    sockets.send(sock, alive, block=False, auth=auth)
             finally:
                 sock.close(0)
 
@@ -227,7 +228,7 @@ class StatsReporter:
             ready=self.is_ready,
             ended=self.ended,
         )
-        transport.send(self.sock, msg, block=final, auth=self.auth)
+        sockets.send(self.sock, msg, block=final, auth=self.auth)
 
 
 def run_stage_loop(
@@ -256,7 +257,7 @@ def run_stage_loop(
                 cleanup()
         finally:
             reporter.final()
-            transport.close_all(abort=interrupted or abort)
+            sockets.close_all(abort=interrupted or abort)
 
 
 class BusyTimer:

@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from streamseg.wire.protocol import (
+from streamseg.wire.messages import (
     Assign,
     Credit,
     Detections,
