@@ -16,7 +16,7 @@ from streamseg.postprocess.instances import (
 )
 from streamseg.postprocess.results import to_result
 from streamseg.postprocess.tracking import Update, local_masks
-from streamseg.wire.protocol import Detections
+from streamseg.wire.messages import Detections
 
 H, W = 40, 60
 

@@ -38,7 +38,7 @@ from streamseg.source.link import (
 )
 from streamseg.source.spec import SourceSpec
 from streamseg.tools import synth
-from streamseg.wire.protocol import PROTOCOL_VERSION
+from streamseg.wire.messages import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCH = ROOT / "pipelines" / "watch.toml"

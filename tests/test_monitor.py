@@ -14,8 +14,8 @@ from rtspfixture import free_port
 
 from streamseg.pipeline.monitor import FINALS_WAIT_S, monitor
 from streamseg.pipeline.spec import load_pipeline
-from streamseg.wire import transport
-from streamseg.wire.protocol import Stats
+from streamseg.wire import sockets
+from streamseg.wire.messages import Stats
 
 
 def _run_monitor(tmp_path, sends):
@@ -30,11 +30,11 @@ def _run_monitor(tmp_path, sends):
     t = threading.Thread(target=monitor, args=(pipeline,), kwargs={"streams": 1, "report": report})
     t0 = time.monotonic()
     t.start()
-    sock = transport.push(f"tcp://127.0.0.1:{port}", hwm=100)
+    sock = sockets.push(f"tcp://127.0.0.1:{port}", hwm=100)
     try:
         for delay, msg in sends:
             time.sleep(delay)
-            transport.send(sock, msg)
+            sockets.send(sock, msg)
         t.join(timeout=30)
     finally:
         sock.close(0)

@@ -6,7 +6,8 @@ import numpy as np
 
 from streamseg.postprocess.frame import Rules, survivors
 from streamseg.postprocess.tracking import Tracker
-from streamseg.wire.protocol import Detections, decode, encode
+from streamseg.wire.codec import decode, encode
+from streamseg.wire.messages import Detections
 
 H, W = 120, 160
 

@@ -11,7 +11,8 @@ from streamseg.postprocess.frame import Rules, survivors
 from streamseg.postprocess.instances import Instances, deduplicate, drop_low, with_tracks
 from streamseg.postprocess.results import paste, to_result
 from streamseg.postprocess.tracking import NO_TRACK, Tracker, Update
-from streamseg.wire.protocol import Detections, decode, encode
+from streamseg.wire.codec import decode, encode
+from streamseg.wire.messages import Detections
 
 H, W = 120, 160
 NAMES = ["bg", "a", "b"]

@@ -6,7 +6,7 @@ import numpy as np
 
 from streamseg.accounting import Counters
 from streamseg.postprocess.streams import StreamBook
-from streamseg.wire.protocol import Detections, EndOfStream, StreamStart
+from streamseg.wire.messages import Detections, EndOfStream, StreamStart
 
 
 def det(stream: str, frame: int) -> Detections:

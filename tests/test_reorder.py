@@ -77,7 +77,7 @@ def test_flush_gives_everything_in_order_and_forgets():
 def _det(stream, frame, prev):
     import numpy as np
 
-    from streamseg.wire.protocol import Detections
+    from streamseg.wire.messages import Detections
 
     z = np.zeros((0, 4), np.float32)
     return Detections(
@@ -89,7 +89,7 @@ def _det(stream, frame, prev):
 def test_end_of_stream_waits_for_results_of_other_workers():
     from streamseg.accounting import Counters
     from streamseg.postprocess.reorder import OrderedInput
-    from streamseg.wire.protocol import EndOfStream
+    from streamseg.wire.messages import EndOfStream
 
     clock, counters = Clock(), Counters()
     o = OrderedInput(counters, live=False, clock=clock)
@@ -108,7 +108,7 @@ def test_end_of_stream_waits_for_results_of_other_workers():
 def test_end_of_stream_of_a_single_worker_passes_at_once():
     from streamseg.accounting import Counters
     from streamseg.postprocess.reorder import OrderedInput
-    from streamseg.wire.protocol import EndOfStream
+    from streamseg.wire.messages import EndOfStream
 
     o = OrderedInput(Counters(), live=True, clock=Clock())
     o.start("a")
@@ -120,7 +120,7 @@ def test_end_of_stream_of_a_single_worker_passes_at_once():
 def test_live_end_of_stream_waits_at_most_its_limit():
     from streamseg.accounting import Counters
     from streamseg.postprocess.reorder import END_WAIT_S, OrderedInput
-    from streamseg.wire.protocol import EndOfStream
+    from streamseg.wire.messages import EndOfStream
 
     clock = Clock()
     o = OrderedInput(Counters(), live=True, clock=clock)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamseg.pipeline.report import RunReport, exit_code, stream_lines, summary
-from streamseg.wire.protocol import Stats
+from streamseg.wire.messages import Stats
 
 ALL_OK = {"source": 0, "inference": 0, "postprocess": 0}
 

@@ -47,7 +47,9 @@ from streamseg.serve.window import (
     quantile,
     window_lines,
 )
-from streamseg.wire.protocol import Preview, ProtocolError, Stats, decode_preview, encode_preview
+from streamseg.wire.fields import ProtocolError
+from streamseg.wire.messages import Stats
+from streamseg.wire.previews import Preview, decode_preview, encode_preview
 
 # --- histograms and windows ---------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from streamseg.postprocess.sinks.results import ResultsFiles
 from streamseg.postprocess.sinks.threaded import Dropped, Threaded
 from streamseg.postprocess.sinks.video import VideoFiles
 from streamseg.postprocess.tracking import local_masks
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire.messages import StreamStart
 from streamseg.wire.results import Result
 
 H, W = 24, 32

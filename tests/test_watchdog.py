@@ -15,7 +15,7 @@ from streamseg.pipeline.watchdog import (
     StageWatch,
     describe_exit,
 )
-from streamseg.wire.protocol import Stats
+from streamseg.wire.messages import Stats
 
 
 def test_silent_ready_stage_is_killed_after_hang_s():

@@ -45,7 +45,7 @@ from streamseg.postprocess.instances import Instances, deduplicate, drop_low, wi
 from streamseg.postprocess.results import paste, to_result
 from streamseg.postprocess.tracking import Tracker
 from streamseg.tools import evaluate
-from streamseg.wire.protocol import Detections
+from streamseg.wire.messages import Detections
 
 PIPELINE_TRACK = {"max_missed": 60}  # the pipeline files' track_max_missed
 _KEYS = ("boxes", "scores", "labels", "masks", "colors")

@@ -19,7 +19,7 @@ from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor, Pending
 from streamseg.inference.model import load_model
 from streamseg.stage.shell import StatsReporter
-from streamseg.wire.protocol import Detections, Frame
+from streamseg.wire.messages import Detections, Frame
 
 
 def start_executor(cfg: ModelConfig) -> Executor:

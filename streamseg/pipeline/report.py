@@ -16,7 +16,7 @@ from typing import Any
 
 from streamseg.accounting import total_dropped
 from streamseg.pipeline.watchdog import describe_exit
-from streamseg.wire.protocol import Stats
+from streamseg.wire.messages import Stats
 
 
 def to_json(report: RunReport) -> dict[str, Any]:

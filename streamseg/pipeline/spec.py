@@ -56,7 +56,7 @@ def _keys_path(pipeline: Path, keys: str) -> str:
 
 def insecure_endpoints(pipeline: Pipeline) -> list[str]:
     """The endpoints of `pipeline` that are reachable from other hosts but have no keys."""
-    from streamseg.wire.transport import needs_keys
+    from streamseg.wire.security import needs_keys
 
     if pipeline.keys:
         return []

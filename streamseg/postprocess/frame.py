@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from streamseg.postprocess.instances import Instances, deduplicate, drop_low, with_tracks
 from streamseg.postprocess.results import paste
 from streamseg.postprocess.tracking import Tracker
-from streamseg.wire.protocol import Detections
+from streamseg.wire.messages import Detections
 
 log = logging.getLogger(__name__)
 

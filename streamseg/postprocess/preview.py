@@ -12,8 +12,8 @@ import logging
 import cv2
 import numpy as np
 
-from streamseg.wire import transport
-from streamseg.wire.protocol import Preview, encode_preview, preview_topic
+from streamseg.wire import security, sockets
+from streamseg.wire.previews import Preview, encode_preview, preview_topic
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,11 @@ class Previewer:
         self,
         endpoint: str,
         *,
-        security: transport.Security | None = None,
+        security: security.Security | None = None,
         auth: str = "",
         quality: int = 80,
     ) -> None:
-        self.sock = transport.preview_publisher(endpoint, security=security)
+        self.sock = sockets.preview_publisher(endpoint, security=security)
         self.auth = auth
         self.quality = quality
         self.watched: set[bytes] = set()
@@ -37,7 +37,7 @@ class Previewer:
 
     def poll(self) -> None:
         """Take in subscribe/unsubscribe messages (never blocks; call once per loop)."""
-        for topic, on in transport.subscription_changes(self.sock):
+        for topic, on in sockets.subscription_changes(self.sock):
             (self.watched.add if on else self.watched.discard)(topic)
             log.debug("preview of %r %s", topic, "watched" if on else "no longer watched")
 
@@ -52,7 +52,7 @@ class Previewer:
         if not ok:  # (OpenCV fails only on impossible images)
             return
         msg = Preview(stream, frame, wall_time, jpeg.tobytes())
-        if transport.offer(self.sock, encode_preview(msg, auth=self.auth)):
+        if sockets.offer(self.sock, encode_preview(msg, auth=self.auth)):
             self.sent += 1
         else:
             self.dropped += 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from streamseg.accounting import Counters
-from streamseg.wire.protocol import Detections, EndOfStream
+from streamseg.wire.messages import Detections, EndOfStream
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from streamseg.config import label_name
 from streamseg.postprocess.instances import Instances
 from streamseg.postprocess.masks import LocalMasks, paste_masks, rle_encode
 from streamseg.postprocess.tracking import NO_TRACK
-from streamseg.wire.protocol import Detections
+from streamseg.wire.messages import Detections
 from streamseg.wire.results import Instance, Result
 
 

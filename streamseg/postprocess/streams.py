@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from streamseg.accounting import Counters, LatencyWindow
-from streamseg.wire.protocol import Detections, EndOfStream, StreamStart
+from streamseg.wire.messages import Detections, EndOfStream, StreamStart
 
 
 @dataclass

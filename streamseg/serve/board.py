@@ -14,7 +14,7 @@ from typing import Any
 from streamseg.accounting import total_dropped
 from streamseg.serve.health import FrameClock, StreamHealth, problems, stream_state
 from streamseg.serve.window import StreamTotals, Window, WindowFigures
-from streamseg.wire.protocol import Stats
+from streamseg.wire.messages import Stats
 
 
 @dataclass(frozen=True)

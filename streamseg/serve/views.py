@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from streamseg.wire import transport
-from streamseg.wire.protocol import Preview, ProtocolError, decode_preview, preview_topic
+from streamseg.wire import security, sockets
+from streamseg.wire.fields import ProtocolError
+from streamseg.wire.previews import Preview, decode_preview, preview_topic
 
 log = logging.getLogger("streamseg")
 
@@ -40,7 +41,7 @@ class PreviewHub:
         self,
         endpoint: str,
         *,
-        security: transport.Security | None = None,
+        security: security.Security | None = None,
         expect_auth: str = "",
         poll_ms: int = 50,
     ) -> None:
@@ -100,7 +101,7 @@ class PreviewHub:
         return None
 
     def _run(self) -> None:
-        sock = transport.preview_subscriber(self.endpoint, security=self.security)
+        sock = sockets.preview_subscriber(self.endpoint, security=self.security)
         subscribed: set[str] = set()
         try:
             while not self._stop.is_set():
@@ -108,12 +109,12 @@ class PreviewHub:
                     wanted = set(self.viewers)
                 for stream in wanted ^ subscribed:
                     on = stream in wanted
-                    transport.set_subscribed(sock, preview_topic(stream), on)
+                    sockets.set_subscribed(sock, preview_topic(stream), on)
                     if not on:
                         with self._cond:  # a viewer that comes later gets no stale frame
                             self.shots.pop(stream, None)
                 subscribed = wanted
-                parts = transport.recv_raw(sock, self.poll_ms)
+                parts = sockets.recv_raw(sock, self.poll_ms)
                 if parts is not None:
                     self._take(parts)
         finally:

@@ -15,7 +15,7 @@ import av
 import numpy as np
 
 from streamseg.source.spec import SourceError, SourceSpec, shown
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire.messages import StreamStart
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from streamseg.accounting import Counters
 from streamseg.source.decode import DecodeErrors, decode_frames, open_input, stream_info
 from streamseg.source.spec import SourceSpec
 from streamseg.stage.shell import BusyTimer, StatsReporter
-from streamseg.wire.protocol import EndOfStream, Frame
+from streamseg.wire.messages import EndOfStream, Frame
 
 
 def run_file(

@@ -27,7 +27,7 @@ from streamseg.source.decode import decode_frames, open_input, stream_info
 from streamseg.source.link import CONNECT, DROP, GIVE_UP, NONE, LinkWatch, PtsMapper, Sample
 from streamseg.source.spec import SourceError, SourceSpec
 from streamseg.stage.shell import StatsReporter
-from streamseg.wire.protocol import EndOfStream, Frame, Message, StreamStart
+from streamseg.wire.messages import EndOfStream, Frame, Message, StreamStart
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from streamseg.stage.links import Links
 from streamseg.stage.shell import run_stage_loop, setup_process
 from streamseg.stage.trust import source_name
 from streamseg.wire import sockets
-from streamseg.wire.protocol import EndOfStream
+from streamseg.wire.messages import EndOfStream
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamseg.wire.protocol import ProtocolError, check_name
+from streamseg.wire.fields import ProtocolError, check_name
 
 
 class SourceError(RuntimeError):

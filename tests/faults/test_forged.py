@@ -13,7 +13,8 @@ import zmq
 from faultkit import Run, lines_so_far, results_lines
 
 from streamseg.tools import synth
-from streamseg.wire.protocol import Detections, EndOfStream, Stats, encode
+from streamseg.wire.codec import encode
+from streamseg.wire.messages import Detections, EndOfStream, Stats
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # 180 s for results, 300 s for the end
 

@@ -15,7 +15,8 @@ from faultkit import Run, results_lines
 from rtspfixture import free_port
 
 from streamseg.wire import curve
-from streamseg.wire.protocol import EndOfStream, encode
+from streamseg.wire.codec import encode
+from streamseg.wire.messages import EndOfStream
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the run may take 300 s to end
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamseg.postprocess.instances import Instances
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire.messages import StreamStart
 from streamseg.wire.results import Result
 
 

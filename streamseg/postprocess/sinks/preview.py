@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streamseg.postprocess.preview import Previewer
 from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire.messages import StreamStart
 
 
 class Preview:

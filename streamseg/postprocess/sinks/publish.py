@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
-from streamseg.wire import transport
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire import security, sockets
+from streamseg.wire.messages import StreamStart
 
 
 class Publish:
@@ -14,15 +14,15 @@ class Publish:
 
     name = "publish"
 
-    def __init__(self, endpoint: str, *, security: transport.Security | None = None) -> None:
-        self.sock = transport.publisher(endpoint, security=security)
+    def __init__(self, endpoint: str, *, security: security.Security | None = None) -> None:
+        self.sock = sockets.publisher(endpoint, security=security)
         self.sent = 0
 
     def open(self, info: StreamStart) -> None:
         """Nothing: subscribers filter by topic."""
 
     def write(self, frame: FrameOut) -> None:
-        transport.publish(self.sock, frame.result)
+        sockets.publish(self.sock, frame.result)
         self.sent += 1
 
     def end(self, stream: str) -> None:
@@ -32,7 +32,7 @@ class Publish:
         """Nothing to do while idle."""
 
     def close(self) -> None:
-        self.sock.close()  # linger 0 (transport.publisher): never waits for a subscriber
+        self.sock.close()  # linger 0 (sockets.publisher): never waits for a subscriber
 
     def counts(self) -> SinkCounts:
         return SinkCounts(delivered=self.sent)

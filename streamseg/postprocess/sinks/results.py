@@ -5,7 +5,7 @@ from __future__ import annotations
 from streamseg.outputs import output_path
 from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
 from streamseg.postprocess.sinks.files import ResultsSink
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire.messages import StreamStart
 
 
 class ResultsFiles:

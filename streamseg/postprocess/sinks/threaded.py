@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire.messages import StreamStart
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from streamseg.outputs import output_path
 from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
 from streamseg.postprocess.sinks.files import VideoSink
 from streamseg.postprocess.timeline import LiveTimeline
-from streamseg.wire.protocol import StreamStart
+from streamseg.wire.messages import StreamStart
 
 
 class VideoFiles:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from streamseg.config import ModelConfig, load_config, replace
-from streamseg.wire.protocol import Detections
+from streamseg.wire.messages import Detections
 
 DEFAULT_INSTANCES = 20
 """K: instances per frame of the micro paste+RLE figure and of a fixed detection load."""

@@ -59,7 +59,7 @@ def zmq_fps(
     (pyzmq drops the GIL). `clock`: seconds, monotonic, read once before the timed frames and
     once after. BenchError when a frame is late (10 s) or arrives damaged."""
     from streamseg.wire import transport  # here: only the transport module imports zmq
-    from streamseg.wire.protocol import Frame
+    from streamseg.wire.messages import Frame
 
     width, height = size
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)

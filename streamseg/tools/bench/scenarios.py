@@ -104,7 +104,7 @@ def naive_loop(*, config: dict[str, Any], clips: list[str], out_dir: str) -> dic
     from streamseg.postprocess.masks import LocalMasks
     from streamseg.postprocess.render import draw_instances
     from streamseg.postprocess.sinks import VideoSink
-    from streamseg.wire.protocol import Instance
+    from streamseg.wire.results import Instance
 
     cfg = from_dict(config)
     model = load_model(cfg)
