@@ -242,6 +242,7 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         quiet=args.quiet,
         verbose=args.verbose,
         serve=web,
+        claim=[args.report],  # one run per output file, the report included (pipeline.lock)
     )
     print(summary(report), file=sys.stderr)
     if args.report:
@@ -638,10 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="streamseg: %(message)s")
     from streamseg.config import ConfigError, WeightsError
+    from streamseg.pipeline.lock import OutputBusy
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, WeightsError) as e:
+    except (ConfigError, WeightsError, OutputBusy) as e:
         print(f"streamseg: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -161,7 +161,8 @@ def serve(
                 ended += isinstance(ctl, EndOfStream)
             if batch.frames:
                 t0 = time.perf_counter()
-                results = executor([f.image for f in batch.frames])
+                with reporter.busy():  # the heartbeat says so: a long batch is not a stall
+                    results = executor([f.image for f in batch.frames])
                 dt = time.perf_counter() - t0
                 reporter.busy_s += dt
                 batches += 1

@@ -99,7 +99,8 @@ def serve(
     def run_batch(frames: list[Frame]) -> None:
         nonlocal batches, batched
         t0 = time.perf_counter()
-        results = executor([f.image for f in frames])
+        with reporter.busy():  # the heartbeat says so: a long batch is not a stall
+            results = executor([f.image for f in frames])
         dt = time.perf_counter() - t0
         reporter.busy_s += dt
         batches += 1

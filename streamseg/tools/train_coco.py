@@ -38,7 +38,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from streamseg import shipped
-from streamseg.config import COCO_ARCHS, ModelConfig, replace
+from streamseg.config import COCO_ARCHS, ModelConfig, label_name, replace
 from streamseg.inference.model import (
     build_from_config,
     image_tensor,
@@ -51,6 +51,7 @@ from streamseg.pipeline.progress import Progress
 from streamseg.tools import coco_data, evaluate
 from streamseg.tools.coco_data import Dataset, DatasetError
 from streamseg.tools.train import TrainConfig, learning_rate
+from streamseg.wire.results import Instance
 
 EVAL_SCORE_THRESHOLD = 0.05  # held-out AP counts detections down to this score, as torchvision's
 # reference evaluation does; the config's own threshold applies when the model is used.
@@ -173,13 +174,13 @@ def predict(
                 strict=True,
             ):  # fmt: skip
                 instances.append(
-                    {
-                        "label": int(label),
-                        "label_name": names[label] if label < len(names) else str(label),
-                        "score": round(float(score), 5),
-                        "box": [round(float(v), 2) for v in box],
-                        "rle": {"size": list(rle["size"]), "counts": rle["counts"].decode()},
-                    }
+                    Instance(  # the results format's record, rounded there (wire.results)
+                        label=int(label),
+                        label_name=label_name(names, int(label)),
+                        score=float(score),
+                        box=tuple(float(v) for v in box),
+                        rle={"size": list(rle["size"]), "counts": rle["counts"].decode()},
+                    ).to_json()
                 )
             records.append(
                 {
