@@ -85,7 +85,7 @@ def test_a_forked_stage_is_our_child_like_a_spawned_one(server, tmp_path, sig):
     (tmp_path / "f").mkdir()
     (tmp_path / "s").mkdir()
     kwargs = _dispatcher_kwargs(tmp_path / "f")
-    forked = fs.spawn("dispatcher", kwargs, _env())
+    forked = fs.spawn("dispatcher", json.dumps(kwargs), _env())
     assert forked is not None
     spawned = _spawned("dispatcher", _dispatcher_kwargs(tmp_path / "s"))
     try:
@@ -110,7 +110,7 @@ def test_a_forked_stage_is_our_child_like_a_spawned_one(server, tmp_path, sig):
 
 def test_a_forked_stage_fails_as_a_spawned_one(server, capfd):
     fs = server()
-    forked = fs.spawn("nosuch", {}, _env())
+    forked = fs.spawn("nosuch", "{}", _env())
     assert forked is not None
     assert forked.wait(timeout=30) == 1
     err = capfd.readouterr().err
@@ -123,7 +123,7 @@ def test_a_forked_stage_fails_as_a_spawned_one(server, capfd):
 
 def test_stages_keep_running_when_the_server_ends(server, tmp_path):
     fs = server()
-    forked = fs.spawn("dispatcher", _dispatcher_kwargs(tmp_path), _env())
+    forked = fs.spawn("dispatcher", json.dumps(_dispatcher_kwargs(tmp_path)), _env())
     assert forked is not None
     # the kernel sends a death signal (PR_SET_PDEATHSIG) as a process ends, to its children
     # only: ours, so the server's end below cannot reach it
@@ -137,17 +137,17 @@ def test_stages_keep_running_when_the_server_ends(server, tmp_path):
 
 def test_a_killed_server_means_the_usual_way(server):
     fs = server()
-    assert fs.spawn("nosuch", {}, _env()) is not None  # ready, then killed
+    assert fs.spawn("nosuch", "{}", _env()) is not None  # ready, then killed
     fs._popen.kill()
     t0 = time.monotonic()
-    assert fs.spawn("nosuch", {}, _env()) is None
-    assert fs.spawn("nosuch", {}, _env()) is None  # and it stays that way, at once
+    assert fs.spawn("nosuch", "{}", _env()) is None
+    assert fs.spawn("nosuch", "{}", _env()) is None  # and it stays that way, at once
     assert time.monotonic() - t0 < 15
 
 
 def test_a_server_that_cannot_preload_means_the_usual_way(server):
     fs = server(preload=["streamseg_no_such_module"])
-    assert fs.spawn("nosuch", {}, _env()) is None
+    assert fs.spawn("nosuch", "{}", _env()) is None
     assert "preload failed" in fs.why
 
 
@@ -159,7 +159,7 @@ def test_a_server_with_threads_refuses_to_fork(server, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     fs = server(preload=["threaded_at_import"])
-    assert fs.spawn("nosuch", {}, _env()) is None
+    assert fs.spawn("nosuch", "{}", _env()) is None
     assert "2 threads" in fs.why
 
 
@@ -168,7 +168,7 @@ def test_a_slow_server_is_given_up(server, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     fs = server(preload=["slow_at_import"])
     t0 = time.monotonic()
-    assert fs.spawn("nosuch", {}, _env(), ready_timeout_s=1.0) is None
+    assert fs.spawn("nosuch", "{}", _env(), ready_timeout_s=1.0) is None
     assert time.monotonic() - t0 < 5
     fs2 = server(preload=["slow_at_import"])
     t0 = time.monotonic()
@@ -178,5 +178,5 @@ def test_a_slow_server_is_given_up(server, tmp_path, monkeypatch):
         asked[0] += 1
         return time.monotonic() - t0 > 0.5
 
-    assert fs2.spawn("nosuch", {}, _env(), give_up=give_up) is None
+    assert fs2.spawn("nosuch", "{}", _env(), give_up=give_up) is None
     assert time.monotonic() - t0 < 5 and asked[0] > 1

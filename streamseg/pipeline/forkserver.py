@@ -12,8 +12,10 @@ middle process exits at once, so the stage is re-parented to the nearest "child 
 which the supervisor made itself (Linux prctl). It can then be polled, signalled and reaped
 exactly like a subprocess.Popen child (:class:`Forked`), its exit code included, and it dies
 with the supervisor (its PR_SET_PDEATHSIG, set by the stage once re-parented). A killed or
-hung fork server costs nothing but speed: `spawn` answers None and the caller starts the stage
-the usual way.
+hung fork server costs nothing but speed, and never the supervisor's attention: `submit` asks
+without waiting and hands back a :class:`Pending`, which the supervisor polls like any child; a
+server that fails, stops making progress or does not answer in time means the stage starts the
+usual way.
 
 Fork safety: the server runs no torch op and starts no thread; it refuses to fork (and says
 why) if the imports left a second thread running. OPENBLAS_NUM_THREADS=1 keeps numpy's
@@ -21,7 +23,8 @@ OpenBLAS from starting its pool at import; a worker's model runs on torch's own 
 in the child. Used for CPU runs only: a GPU driver must not be initialised before a fork.
 
 The wire between supervisor and server is two pipes of JSON lines (never pickle):
-request  {"stage": ..., "kwargs": {...}, "env": {...}, "asked": TIME}  (time.time(): the
+request  {"stage": ..., "args": JSON_TEXT, "env": {...}, "asked": TIME}  (the stage's record as
+         its command line carries it: streamseg.stage.args.to_json)  (time.time(): the
          stage's start-up counts from then, imports waited for included)
 replies  {"ready": N_THREADS} once, then {"pid": PID} or {"error": WHY} per request.
 """
@@ -50,7 +53,12 @@ _PR_GET_CHILD_SUBREAPER = 37
 TITLE_ROOM = 4096
 """Bytes of command line each forked stage can show (a worker's is about 750)."""
 READY_TIMEOUT_S = 60.0
-"""The longest a spawn waits for the server's imports; then stages start the usual way."""
+"""The longest a stage waits for the server's imports; then it starts the usual way."""
+STALL_S = 5.0
+"""A server importing without using CPU time this long is stopped or stuck: given up."""
+REPLY_TIMEOUT_S = 2.0
+"""A ready server forks in milliseconds: a stage not forked this long after it was asked for
+(or after the server became ready) starts the usual way."""
 
 
 # -- supervisor side ------------------------------------------------------------------------------
@@ -121,14 +129,84 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
+class Pending:
+    """A stage asked of the fork server and not forked yet: what the supervisor holds meanwhile,
+    Popen's subset as Forked, so that its loop never waits on the server. `poll` (which never
+    blocks) resolves it: to the forked stage when the server answers, or to `fallback()` (the
+    stage started the usual way) when the server fails or does not answer in time. A signal
+    sent before it exists cancels it: it reads as killed, and a fork that comes later is
+    killed at once."""
+
+    def __init__(self, server: ForkServer, fallback: Callable[[], subprocess.Popen] | None):
+        self.server = server
+        self.fallback = fallback
+        self.asked = time.monotonic()
+        self.proc: Forked | subprocess.Popen | None = None
+        self.cancelled: int | None = None
+        self.failed = False
+        """The server could not fork it (and there is no fallback)."""
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def resolve(self) -> None:
+        """Take the server's answer if there is one; fall back if there will be none."""
+        if self.proc is not None or self.cancelled is not None or self.failed:
+            return
+        self.server.pump()
+        if self.proc is None and self.server.overdue(self):
+            self.server.forget(self)
+            if self.fallback is None:
+                self.failed = True
+            else:
+                self.proc = self.fallback()
+
+    def poll(self) -> int | None:
+        self.resolve()
+        if self.proc is not None:
+            return self.proc.poll()
+        if self.cancelled is not None:
+            return -self.cancelled
+        return 255 if self.failed else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("a stage being forked", timeout or 0.0)
+            time.sleep(0.01)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        self.resolve()
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+        elif self.cancelled is None and not self.failed:
+            self.cancelled = sig
+            self.server.forget(self)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class ForkServer:
     """The supervisor's handle on a fork server process."""
 
     def __init__(self, popen: subprocess.Popen, requests: int, replies: int) -> None:
         self._popen = popen
-        self._requests = os.fdopen(requests, "w", buffering=1)
+        self._requests = requests
+        os.set_blocking(requests, False)  # a stopped server must never block a request
         self._replies = replies
         self._buffer = b""
+        self._waiting: list[Pending | None] = []  # in request order; None: nobody waits now
+        self._strays: list[Forked] = []  # forked for a request given up on: killed, reaped
+        self._started = time.monotonic()
+        self._ready_at = 0.0
+        self._cpu = (self._started, cpu_ticks(popen.pid))
         self.ready: bool | None = None  # None: not yet known
         self.why = ""
 
@@ -152,72 +230,145 @@ class ForkServer:
         os.close(rep_w)
         return cls(popen, req_w, rep_r)
 
-    def _reply(self, deadline: float, give_up: Callable[[], bool]) -> dict | None:
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or give_up():
-                return None
-            readable, _, _ = select.select([self._replies], [], [], min(left, 0.1))
-            if readable:
-                chunk = os.read(self._replies, 65536)
-                if not chunk:  # the server is gone
-                    return None
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            return None
-        return reply if isinstance(reply, dict) else None
-
     def _fail(self, why: str) -> None:
         if self.ready is not False:
             log.debug("fork server: %s; stages start as their own processes", why)
         self.ready, self.why = False, why
         self._popen.kill()
 
+    def submit(
+        self,
+        stage: str,
+        args: str,
+        env: dict[str, str],
+        *,
+        fallback: Callable[[], subprocess.Popen] | None = None,
+        asked: float | None = None,
+    ) -> Pending:
+        """Ask for `stage` with `args` (JSON text, as on its command line) and these
+        environment variables set, without waiting:
+        the answer comes through the Pending's poll. `fallback`: how to start the stage the
+        usual way if the server cannot (gone, not ready within READY_TIMEOUT_S or making no
+        progress for STALL_S, no pid within REPLY_TIMEOUT_S, unsafe). `asked`: when the stage
+        was asked for (time.time(); default now), where its start-up counts from."""
+        pending = Pending(self, fallback)
+        if self.ready is False:
+            pending.resolve()
+            return pending
+        asked = time.time() if asked is None else asked
+        line = json.dumps({"stage": stage, "args": args, "env": env, "asked": asked}) + "\n"
+        try:
+            if os.write(self._requests, line.encode()) != len(line.encode()):
+                raise BlockingIOError("short write")
+        except (OSError, ValueError) as e:  # a full pipe: the server stopped reading
+            self._fail(f"not taking requests ({e})")
+        else:
+            self._waiting.append(pending)
+        pending.resolve()
+        return pending
+
+    def pump(self) -> None:
+        """Read whatever the server has answered (never blocks); hand pids to their requests."""
+        if self._replies < 0:
+            return
+        while True:
+            try:
+                readable, _, _ = select.select([self._replies], [], [], 0)
+                chunk = os.read(self._replies, 65536) if readable else None
+            except OSError:
+                chunk = b""
+            if chunk is None:
+                break
+            if not chunk:  # the server is gone
+                if self.ready is not False:
+                    self._fail("gone")
+                break
+            self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                reply = None
+            self._answer(reply if isinstance(reply, dict) else {"error": "malformed reply"})
+        if self.ready is None:
+            self._watch_progress()
+
+    def _answer(self, reply: dict) -> None:
+        if self.ready is None:
+            if "ready" in reply:
+                self.ready, self._ready_at = True, time.monotonic()
+            else:
+                self._fail(str(reply.get("error", "not ready")))
+            return
+        pending = self._waiting.pop(0) if self._waiting else None
+        pid = reply.get("pid")
+        if not isinstance(pid, int):
+            self._fail(str(reply.get("error", "no pid")))
+            return
+        forked = Forked(pid)
+        if pending is None:  # given up on meanwhile: it must not run
+            forked.kill()
+            self._strays.append(forked)
+        else:
+            pending.proc = forked
+
+    def _watch_progress(self) -> None:
+        """A server that is importing uses CPU time; one stopped or stuck does not."""
+        since, ticks = self._cpu
+        now_ticks = cpu_ticks(self._popen.pid)
+        now = time.monotonic()
+        if now_ticks is None or ticks is None or now_ticks != ticks:
+            self._cpu = (now, now_ticks)
+        elif now - since >= STALL_S:
+            self._fail(f"no progress for {now - since:.0f} s while importing")
+
+    def overdue(self, pending: Pending) -> bool:
+        """Whether `pending` will not be answered in time (then it starts the usual way)."""
+        if self.ready is False or pending not in self._waiting:
+            return True
+        now = time.monotonic()
+        if self.ready is None:
+            late = now - self._started >= READY_TIMEOUT_S
+        else:
+            late = now - max(pending.asked, self._ready_at) >= REPLY_TIMEOUT_S
+        if late:
+            self._fail("too slow to answer")
+        return late
+
+    def forget(self, pending: Pending) -> None:
+        """Nobody waits for `pending` any more: a stage forked for it later is killed."""
+        self._waiting = [None if p is pending else p for p in self._waiting]
+
     def spawn(
         self,
         stage: str,
-        kwargs: dict,
+        args: str,
         env: dict[str, str],
         *,
         give_up: Callable[[], bool] = lambda: False,
         ready_timeout_s: float = READY_TIMEOUT_S,
         asked: float | None = None,
     ) -> Forked | None:
-        """Fork `stage` with `kwargs` and these environment variables set; None if the server
-        cannot (gone, not ready within ready_timeout_s, give_up() said so, or unsafe).
-        `asked`: when the stage was asked for (time.time(); default now), where its start-up
-        counts from."""
-        if self.ready is False:
-            return None
-        asked = time.time() if asked is None else asked
-        if self.ready is None:
-            reply = self._reply(time.monotonic() + ready_timeout_s, give_up)
-            if reply is None or "ready" not in reply:
-                self._fail("not ready" if reply is None else str(reply.get("error")))
-                return None
-            self.ready = True
-        try:
-            self._requests.write(
-                json.dumps({"stage": stage, "kwargs": kwargs, "env": env, "asked": asked}) + "\n"
-            )
-        except (OSError, ValueError):
-            self._fail("gone")
-            return None
-        reply = self._reply(time.monotonic() + 10.0, lambda: False)
-        if reply is None or not isinstance(reply.get("pid"), int):
-            self._fail("no pid" if reply is None else str(reply.get("error")))
-            return None
-        return Forked(reply["pid"])
+        """Fork `stage` and wait for it (submit, then poll): None if the server cannot (gone,
+        not ready within ready_timeout_s, give_up() said so, or unsafe)."""
+        pending = self.submit(stage, args, env, asked=asked)
+        while pending.proc is None and not pending.failed:
+            if give_up() or (
+                self.ready is None and time.monotonic() - self._started >= ready_timeout_s
+            ):
+                self._fail("not ready")
+            pending.resolve()
+            if pending.proc is None and not pending.failed:
+                select.select([self._replies] if self._replies >= 0 else [], [], [], 0.05)
+        return pending.proc if isinstance(pending.proc, Forked) else None
 
     def close(self) -> None:
         """End the server (its forked stages live on: they are this process's children)."""
         if self._replies < 0:
             return
         try:
-            self._requests.close()
+            os.close(self._requests)
         except OSError:
             pass
         try:
@@ -225,8 +376,28 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self._popen.kill()
             self._popen.wait()
+        self._waiting = [None for _ in self._waiting]
+        self.pump()  # a fork answered as it ended: killed (nobody waits for it now)
         os.close(self._replies)
         self._replies = -1
+        for stray in self._strays:
+            stray.wait(timeout=5.0)
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """CPU time process `pid` used so far, in clock ticks (Linux /proc); -1 while it is stopped
+    (SIGSTOP, Ctrl-Z) or a zombie, which make no progress; None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    try:
+        if fields[0] in (b"T", b"t", b"Z", b"X"):
+            return -1
+        return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+    except (ValueError, IndexError):
+        return None
 
 
 # -- server side ----------------------------------------------------------------------------------
@@ -257,7 +428,7 @@ def _retitle(args: Sequence[str]) -> None:
 
 
 def _fork_stage(
-    stage: str, kwargs: dict, env: dict[str, str], asked: float, fds: Sequence[int]
+    stage: str, args: str, env: dict[str, str], asked: float, fds: Sequence[int]
 ) -> int:
     """Fork twice; the grandchild runs the stage and is re-parented to the subreaper. Returns
     its pid (in the server)."""
@@ -270,7 +441,7 @@ def _fork_stage(
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _run_stage(stage, kwargs, env, asked, fds, me)
+                _run_stage(stage, args, env, asked, fds, me)
             os.write(w, str(pid).encode())
         finally:
             os._exit(0)
@@ -284,7 +455,7 @@ def _fork_stage(
 
 
 def _run_stage(
-    stage: str, kwargs: dict, env: dict[str, str], asked: float, fds: Sequence[int], middle: int
+    stage: str, args: str, env: dict[str, str], asked: float, fds: Sequence[int], middle: int
 ) -> None:
     """The forked stage: never returns into the server's code."""
     from streamseg.stage import SUPERVISOR_ENV, die_with_parent, shell
@@ -307,10 +478,10 @@ def _run_stage(
         die_with_parent(env.get(SUPERVISOR_ENV))
         os.setsid()
         # the command line it would have had if started on its own (supervisor._spawn)
-        _retitle([sys.executable, "-m", "streamseg.stage", stage, json.dumps(kwargs)])
+        _retitle([sys.executable, "-m", "streamseg.stage", stage, args])
         os.environ.update(env)
         shell.count_age_from(asked)
-        code = stage_main([stage, json.dumps(kwargs)])
+        code = stage_main([stage, args])
     except SystemExit as e:
         if not isinstance(e.code, int):
             print(e.code, file=sys.stderr)
@@ -341,7 +512,9 @@ def serve(requests: int, replies: int, preload: Sequence[str]) -> int:
     for line in os.fdopen(requests, "r"):
         try:
             req = json.loads(line)
-            stage, kwargs, env, asked = req["stage"], req["kwargs"], req["env"], req["asked"]
+            stage, args, env, asked = req["stage"], req["args"], req["env"], req["asked"]
+            if not isinstance(args, str):
+                raise TypeError("args must be JSON text")
             float(asked)
         except (ValueError, KeyError, TypeError):
             out.write(json.dumps({"error": "malformed request"}) + "\n")
@@ -350,7 +523,7 @@ def serve(requests: int, replies: int, preload: Sequence[str]) -> int:
             out.write(json.dumps({"error": f"{threads} threads after preload"}) + "\n")
             continue
         try:
-            pid = _fork_stage(stage, kwargs, env, float(asked), (requests, replies))
+            pid = _fork_stage(stage, args, env, float(asked), (requests, replies))
         except (OSError, ValueError) as e:  # no fork (out of processes or memory)
             out.write(json.dumps({"error": f"fork failed: {e}"}) + "\n")
             continue

@@ -154,6 +154,9 @@ class StatsReporter:
         """A source sent its end-of-stream: every report from then on says so."""
         self._beat: threading.Thread | None = None
         self._stop_beat = threading.Event()
+        self.working = 0
+        """Work in progress now (`with reporter.busy()`, BusyTimer): the heartbeat says so, and
+        a supervisor waits for a file run's last frames as long as a stage is busy on them."""
 
     def start_heartbeat(self, every_s: float = 0.25) -> None:
         """Report "alive" every `every_s` from a thread of its own (its own socket: ZeroMQ
@@ -168,13 +171,25 @@ class StatsReporter:
             sock = sockets.stats_push(endpoint, security=self.security)
             try:
                 while not stop.wait(every_s):
-                    alive = Stats(stage, {}, name=name, ready=self.is_ready, heartbeat=True)
+                    busy = {"busy": True} if self.working else {}
+                    alive = Stats(
+                        stage, {}, extra=busy, name=name, ready=self.is_ready, heartbeat=True
+                    )
                     sockets.send(sock, alive, block=False, auth=auth)
             finally:
                 sock.close(0)
 
         self._beat = threading.Thread(target=beat, name="heartbeat", daemon=True)
         self._beat.start()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark work in progress (a model call on a batch) for the heartbeat to tell."""
+        self.working += 1
+        try:
+            yield
+        finally:
+            self.working -= 1
 
     def stop_heartbeat(self) -> None:
         if self._beat is not None:
@@ -279,7 +294,11 @@ class BusyTimer:
 
     def __enter__(self) -> None:
         self.t0 = self.clock()
+        if self.attr == "busy_s":
+            self.reporter.working += 1
 
     def __exit__(self, *exc: Any) -> None:
         r = self.reporter
         setattr(r, self.attr, getattr(r, self.attr) + self.clock() - self.t0)
+        if self.attr == "busy_s":
+            r.working -= 1
