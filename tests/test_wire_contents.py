@@ -1,4 +1,4 @@
-"""streamseg.wire.protocol: what each message type may contain, case by case.
+"""streamseg.wire.validation (through the codec): what each message type may contain, case by case.
 
 Valid messages are built the way the stages build them (same constructors, same dtypes, the same
 pure cores where they exist); each invalid content is refused with a ProtocolError that names the

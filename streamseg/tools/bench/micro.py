@@ -54,24 +54,25 @@ def zmq_fps(
     clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Raw uint8[H, W, 3] frames of `size` (width, height) per second through one PUSH/PULL hop
-    over ipc://: the streamseg.wire.transport send (zero-copy) and Receiver (decode wraps the
+    over ipc://: the streamseg.wire.sockets send (zero-copy) and Receiver (decode wraps the
     buffer), as stages use them, with the pipeline's high-water marks; the sender is a thread
     (pyzmq drops the GIL). `clock`: seconds, monotonic, read once before the timed frames and
     once after. BenchError when a frame is late (10 s) or arrives damaged."""
-    from streamseg.wire import transport  # here: only the transport module imports zmq
+    from streamseg.wire import sockets  # here: only the wire layer imports zmq
     from streamseg.wire.messages import Frame
+    from streamseg.wire.receiver import Receiver
 
     width, height = size
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="streamseg-zmq-") as d:
         endpoint = f"ipc://{d}/frames"
-        pull = transport.pull(endpoint, bind=True, hwm=16)
-        push = transport.push(endpoint, bind=False, hwm=8)
-        receiver = transport.Receiver(pull, name="bench")
+        pull = sockets.pull(endpoint, bind=True, hwm=16)
+        push = sockets.push(endpoint, bind=False, hwm=8)
+        receiver = Receiver(pull, name="bench")
 
         def send_all() -> None:
             for i in range(frames + 1):  # +1: the first one only opens the connection
-                transport.send(push, Frame("bench", i, 0.0, time.time(), image))
+                sockets.send(push, Frame("bench", i, 0.0, time.time(), image))
 
         sender = threading.Thread(target=send_all, daemon=True)
         try:
