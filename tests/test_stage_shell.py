@@ -86,8 +86,12 @@ def test_heartbeats_and_the_end_are_typed_fields(runner):
     assert next_stats(rx).ready
     rep.start_heartbeat(every_s=0.01)
     beat = next_stats(rx)
-    rep.stop_heartbeat()
     assert beat == Stats("source", {}, name="source[a]", ready=True, heartbeat=True)
+    with BusyTimer(rep):  # work in progress: the heartbeats say busy
+        while not (beat := next_stats(rx)).busy:
+            pass
+    assert beat == Stats("source", {}, name="source[a]", ready=True, heartbeat=True, busy=True)
+    rep.stop_heartbeat()
     while rx.recv(200) is not None:  # the beats sent before it stopped
         pass
     rep.ended = True

@@ -628,11 +628,11 @@ def test_result_contents(field: str, value: Any) -> None:
     + [("extra", v, "extra") for v in ([], None, "x")]
     + [("extra", {"frames_expected": "x"}, "frames_exp"), ("extra", {"rejected": -1}, "rejected")]
     + [("name", v, "name") for v in (5, None, "\ud800")]
-    + [(f, v, f) for f in ("ready", "ended", "heartbeat") for v in ("yes", 1, None)]
+    + [(f, v, f) for f in ("ready", "ended", "heartbeat", "busy") for v in ("yes", 1, None)]
     # a control field in extra too would say two things: refused, whatever its value
     + [
         ("extra", {f: v}, rf"extra\[{f!r}\] must be absent")
-        for f in ("name", "ready", "ended", "heartbeat")
+        for f in ("name", "ready", "ended", "heartbeat", "busy")
         for v in (True, "source[a]")
     ],
 )
@@ -659,11 +659,17 @@ def test_stats_control_fields_are_typed_and_optional_on_the_wire() -> None:
     before they were typed, same protocol version) reads as their defaults."""
     header, buffers = _header_of(stats_source())
     assert (header["name"], header["ended"], header["ready"]) == ("source[cam 1]", True, False)
-    for key in ("name", "ready", "ended", "heartbeat"):
+    for key in ("name", "ready", "ended", "heartbeat", "busy"):
         del header[key]
     msg = decode([json.dumps(header).encode(), *buffers])
     assert isinstance(msg, Stats)
-    assert (msg.name, msg.ready, msg.ended, msg.heartbeat) == ("", False, False, False)
+    assert (msg.name, msg.ready, msg.ended, msg.heartbeat, msg.busy) == (
+        "",
+        False,
+        False,
+        False,
+        False,
+    )
     assert msg.sender == "source"  # no name: the stage reported for itself
     assert stats_heartbeat().sender == "source[cam 1]"
 

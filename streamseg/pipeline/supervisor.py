@@ -473,7 +473,7 @@ class _Run:
                 if msg.ready:
                     ready.add(name)
                 if msg.heartbeat:
-                    self.busy[name] = bool(msg.extra.get("busy"))
+                    self.busy[name] = msg.busy
                 else:
                     self.tally.update(name, msg)
             msg = self.receiver.recv(0)

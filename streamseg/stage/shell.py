@@ -171,9 +171,13 @@ class StatsReporter:
             sock = sockets.stats_push(endpoint, security=self.security)
             try:
                 while not stop.wait(every_s):
-                    busy = {"busy": True} if self.working else {}
                     alive = Stats(
-                        stage, {}, extra=busy, name=name, ready=self.is_ready, heartbeat=True
+                        stage,
+                        {},
+                        name=name,
+                        ready=self.is_ready,
+                        heartbeat=True,
+                        busy=self.working > 0,
                     )
                     sockets.send(sock, alive, block=False, auth=auth)
             finally:

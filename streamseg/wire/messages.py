@@ -121,6 +121,8 @@ class Stats:
     """A source sent its end-of-stream (it then waits to be stopped)."""
     heartbeat: bool = False
     """Only a sign of life, no counters: tells a busy stage (a long model call) from a dead one."""
+    busy: bool = False
+    """A heartbeat's: the stage is working on frames now (a drain waits while it is)."""
 
     @property
     def sender(self) -> str:

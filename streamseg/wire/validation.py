@@ -196,7 +196,7 @@ _STREAM_STATS: dict[str, _StatCheck] = {
 
 def _control(value: Any, what: str) -> NoReturn:
     """A control field in `extra`: refused, so that one report never says two things."""
-    fail(what, "absent (name, ready, ended and heartbeat are fields of Stats)", value)
+    fail(what, "absent (name, ready, ended, heartbeat and busy are fields of Stats)", value)
 
 
 _EXTRA_STATS: dict[str, _StatCheck] = {
@@ -204,6 +204,7 @@ _EXTRA_STATS: dict[str, _StatCheck] = {
     "ready": _control,
     "ended": _control,
     "heartbeat": _control,
+    "busy": _control,
     "device": text,
     "batches": integer,
     "mean_batch": any_float,
@@ -239,6 +240,7 @@ def _check_stats(f: dict[str, Any]) -> dict[str, Any]:
         "ready": boolean(f["ready"], "ready"),
         "ended": boolean(f["ended"], "ended"),
         "heartbeat": boolean(f["heartbeat"], "heartbeat"),
+        "busy": boolean(f["busy"], "busy"),
     }
 
 
