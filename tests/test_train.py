@@ -109,3 +109,29 @@ def test_bad_input_sizes_are_one_clear_error(tmp_path, text):
     toml.write_text("[train]\n" + text)
     with pytest.raises(ConfigError, match="input_sizes"):
         load_train_config(toml)
+
+
+def test_progress_lines_come_from_the_first_iteration_and_at_least_every_30_s():
+    from streamseg.tools.train import LOG_EVERY_S, log_due
+
+    due = lambda done, since=0.0, first=0: log_due(  # noqa: E731
+        done, first=first, total=100, log_every=20, since_s=since
+    )
+    assert [d for d in range(1, 101) if due(d)] == [1, 20, 40, 60, 80, 100]
+    assert due(7, first=6) and not due(8, first=6)  # a resumed run speaks at once too
+    assert due(5, since=LOG_EVERY_S) and not due(5, since=LOG_EVERY_S - 0.1)
+
+
+def test_progress_line_says_the_pace_and_the_time_left():
+    from streamseg.tools.train import duration, progress_line
+
+    line = progress_line(
+        3, 123, lr=2e-4, means={"loss": 1.5, "loss_mask": 0.25}, first=0, elapsed_s=12.0
+    )
+    assert line == "it 3/123 lr 2.00e-04 loss 1.500 mask 0.250 (4.00 s/it, 8m00s left)"
+    assert [duration(s) for s in (0, 59.4, 61, 3600 * 3 + 7 * 60 + 5)] == [
+        "0s",
+        "59s",
+        "1m01s",
+        "3h07m",
+    ]

@@ -4,6 +4,7 @@ for broken datasets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -258,3 +259,39 @@ def test_unusable_annotations_are_skipped_and_counted(dataset, tmp_path):
     assert sum(a["iscrowd"] for a in gt["annotations"]) == 1
     assert data.images[-1].annotations == ()  # an image without annotations: background only
     assert len(coco_data.training_sample(data.images[-1])[1]) == 0
+
+
+def test_training_says_what_it_does_and_keeps_every_setting(dataset, tmp_path, capsys):
+    """Progress from the first iteration with the time left; a warning for a held-out split
+    too small to judge, and for a model that scores below its starting weights on it; the
+    written config keeps every setting and the [train] table of the one it started from."""
+    config_file = tmp_path / "start.toml"
+    config_file.write_text(
+        CONFIG.replace('weights = "random"', 'weights = "streamseg:shapes.pt"').replace(
+            "score_threshold = 0.3",
+            "score_threshold = 0.4\nmask_nms = 0.3\nmask_nms_cross_label = 0.6\n"
+            "track_score_threshold = 0.2\nmask_threshold = 0.45",
+        )
+        # a learning rate far too high: the fine-tuned model is surely worse than shapes.pt
+        + "[train]\nbatch_size = 2\nlr = 0.05\nwarmup = 0\nlog_every = 50\nseed = 1\n"
+    )
+    out = tmp_path / "worse.pt"
+    argv = ["train", "--coco", str(dataset / "images"), str(dataset / "annotations.json")]
+    argv += ["--config", str(config_file), "--out", str(out), "--epochs", "1"]
+    argv += ["--val-fraction", "0.34", "--threads", "1"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    first = next(v for v in text.splitlines() if v.startswith("it "))
+    assert re.match(r"it 1/2 lr \S+ loss \d+\.\d+ .*\(\d+\.\d+ s/it, \d+s left\)$", first), first
+    assert "warning: only 2 held-out images: too few" in text and "add images" in text
+    assert "starting weights: held-out mask AP" in text
+    assert "warning: the trained model scores below its starting weights" in text
+
+    start, written = load_config(config_file), load_config(out.with_name("worse.pt.toml"))
+    same = [f for f in dataclasses.fields(start) if f.name not in ("weights", "labels", "path")]
+    assert all(getattr(written, f.name) == getattr(start, f.name) for f in same)
+    assert (written.mask_nms, written.track_score_threshold) == (0.3, 0.2)
+    from streamseg.tools.train import load_train_config
+
+    assert load_train_config(written.path) == load_train_config(start.path)

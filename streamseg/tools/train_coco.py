@@ -26,7 +26,9 @@ trainable stages).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from streamseg import shipped
-from streamseg.config import COCO_ARCHS, ModelConfig, label_name, replace
+from streamseg.config import COCO_ARCHS, ModelConfig, label_name, read_toml, replace
 from streamseg.inference.model import (
     build_from_config,
     image_tensor,
@@ -50,9 +52,11 @@ from streamseg.inference.model import (
 from streamseg.pipeline.progress import Progress
 from streamseg.tools import coco_data, evaluate
 from streamseg.tools.coco_data import Dataset, DatasetError
-from streamseg.tools.train import TrainConfig, learning_rate
+from streamseg.tools.train import TrainConfig, learning_rate, log_due, progress_line
 from streamseg.wire.results import Instance
 
+MIN_HELD_OUT = 10
+"""Fewer held-out images than this: a warning that their AP cannot judge the model."""
 EVAL_SCORE_THRESHOLD = 0.05  # held-out AP counts detections down to this score, as torchvision's
 # reference evaluation does; the config's own threshold applies when the model is used.
 
@@ -117,16 +121,17 @@ def make_batch(
 # -- starting weights ----------------------------------------------------------------------------
 
 
-def initial_weights(model: nn.Module, arch: str, init: str) -> str:
+def initial_weights(model: nn.Module, arch: str, init: str) -> tuple[str, bool]:
     """Load `init` ("random", "coco", "streamseg:NAME" or a checkpoint path) into `model`;
-    returns a line saying what was loaded."""
+    returns a line saying what was loaded, and whether the model's class layers are the
+    starting weights' own (False: random, or replaced for another class count)."""
     if init == "random":
-        return "starting from random weights"
+        return "starting from random weights", False
     source = str(shipped.weights_path(init)) if init.startswith(shipped.WEIGHTS_PREFIX) else init
     swapped = load_for_finetuning(model, read_weights(arch, source), source)
     if swapped:
-        return f"fine-tuning {source}: class layers replaced for this dataset's classes"
-    return f"fine-tuning {source}"
+        return f"fine-tuning {source}: class layers replaced for this dataset's classes", False
+    return f"fine-tuning {source}", True
 
 
 def freeze_for_finetuning(model: nn.Module, arch: str) -> None:
@@ -200,19 +205,24 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def config_text(cfg: ModelConfig, weights: str, source: str) -> str:
-    """A model config (TOML) of `cfg`'s settings with `weights`; no labels, so the names come
-    from the checkpoint."""
+def config_text(
+    cfg: ModelConfig, weights: str, source: str, train: dict[str, Any] | None = None
+) -> str:
+    """A model config (TOML) with every setting of `cfg` (its [model] and [runtime] fields) and
+    `weights`, and the [train] table it was trained with (`train`, as read from the file); no
+    labels, so the names come from the checkpoint."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
         return json.dumps(v, ensure_ascii=False) if isinstance(v, str) else repr(v)
 
-    model_keys = (
-        "arch", "score_threshold", "mask_threshold", "detections_per_img", "min_size", "max_size",
-    )  # fmt: skip
-    runtime_keys = ("device", "max_batch", "max_wait_ms", "fp16", "threads")
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    runtime_from = names.index("device")  # ModelConfig: [model] fields, then [runtime] ones
+    model_keys = [k for k in names[:runtime_from] if k not in ("weights", "labels")]
+    runtime_keys = [k for k in names[runtime_from:] if k != "path"]
     lines = [
         f"# Written by `streamseg train --coco` from {source}: the trained model in {weights},",
         "# which carries the dataset's label names (so this file names none).",
@@ -224,6 +234,8 @@ def config_text(cfg: ModelConfig, weights: str, source: str) -> str:
         "[runtime]",
         *(f"{k} = {value(getattr(cfg, k))}" for k in runtime_keys),
     ]
+    if train:
+        lines += ["", "[train]", *(f"{k} = {value(v)}" for k, v in train.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -280,13 +292,14 @@ def train_coco(
     finetune = init != "random"
     resuming = resume and paths["resume"].is_file()
     # a resumed run takes its weights from the resume file: the starting ones are not read
-    note = "" if resuming else initial_weights(model, model_cfg.arch, init)
+    note, comparable = ("", False) if resuming else initial_weights(model, model_cfg.arch, init)
     model.to(dev).train()
     if finetune:
         freeze_for_finetuning(model, model_cfg.arch)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
+    baseline: dict[str, float] | None = None  # the starting weights' held-out scores
     epoch_sum, epoch_n = 0.0, 0  # this epoch's summed loss and steps
     if resuming:
         state = torch.load(paths["resume"], map_location=dev, weights_only=True)
@@ -301,15 +314,58 @@ def train_coco(
         if dev.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], dev)
         start, history = int(state["iteration"]), list(state["history"])
+        baseline = state.get("baseline")
         epoch_sum, epoch_n = float(state["epoch_loss"][0]), int(state["epoch_loss"][1])
         note = f"resuming from {paths['resume']} at iteration {start}"
     elif resume:
         note += f" (no {paths['resume']} yet)"
     print(f"{note}; {len(train_idx)} training, {len(val_idx)} held-out images", flush=True)
+    if 0 < len(val_idx) < MIN_HELD_OUT:
+        fraction = math.ceil(MIN_HELD_OUT / len(data.images) * 100) / 100
+        fix = (
+            f"--val-fraction {fraction:g}"
+            if fraction <= 0.3
+            else f"add images: the dataset has {len(data.images)}"
+        )
+        print(
+            f"warning: only {len(val_idx)} held-out images: too few for their AP to judge the "
+            f"model (one image moves it a lot); hold out at least {MIN_HELD_OUT} ({fix})",
+            flush=True,
+        )
 
     gt_path = paths["val_gt"]
     if val_idx:
         _write_atomic(gt_path, json.dumps(coco_data.ground_truth(data, val_idx)))
+
+    def held_out_scores() -> dict[str, float]:
+        """Mask and box AP of the model as it is now on the held-out images (eval mode at
+        EVAL_SCORE_THRESHOLD), its results written to OUT.val.jsonl."""
+        thresh = model.roi_heads.score_thresh
+        model.eval()
+        model.roi_heads.score_thresh = min(thresh, EVAL_SCORE_THRESHOLD)
+        try:
+            records = predict(
+                model, data, val_idx, names=names, mask_threshold=model_cfg.mask_threshold,
+                batch_size=cfg.batch_size, device=dev,
+            )  # fmt: skip
+        finally:
+            model.roi_heads.score_thresh = thresh
+            model.train()
+            if finetune:
+                freeze_for_finetuning(model, model_cfg.arch)
+        _write_atomic(paths["val_results"], "".join(json.dumps(r) + "\n" for r in records))
+        scores = evaluate.evaluate(evaluate.load_results(paths["val_results"]), gt_path)
+        return {k: round(float(scores[k]), 5) for k in ("AP", "AP50", "AP75", "bbox_AP")}
+
+    # what the starting weights score, to say whether training made them better: only where
+    # their class layers are their own (replaced ones score nothing yet)
+    if comparable and val_idx and not resuming:
+        baseline = held_out_scores()
+        print(
+            f"starting weights: held-out mask AP {baseline['AP']:.3f} box AP "
+            f"{baseline['bbox_AP']:.3f} ({len(val_idx)} images)",
+            flush=True,
+        )
 
     def save(it: int) -> None:
         extra = {
@@ -331,6 +387,7 @@ def train_coco(
                 "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
                 "history": history,
                 "epoch_loss": [epoch_sum, epoch_n],  # a run stopped mid-epoch
+                "baseline": baseline,
                 "dataset": fingerprint,
             },
             tmp,
@@ -341,23 +398,8 @@ def train_coco(
         entry: dict[str, Any] = {"epoch": epoch, "loss": round(loss, 5)}
         text = f"epoch {epoch}/{epochs} loss {loss:.3f}"
         if val_idx:
-            thresh = model.roi_heads.score_thresh
-            model.eval()
-            model.roi_heads.score_thresh = min(thresh, EVAL_SCORE_THRESHOLD)
-            try:
-                records = predict(
-                    model, data, val_idx, names=names, mask_threshold=model_cfg.mask_threshold,
-                    batch_size=cfg.batch_size, device=dev,
-                )  # fmt: skip
-            finally:
-                model.roi_heads.score_thresh = thresh
-                model.train()
-                if finetune:
-                    freeze_for_finetuning(model, model_cfg.arch)
-            text_lines = "".join(json.dumps(r) + "\n" for r in records)
-            _write_atomic(paths["val_results"], text_lines)
-            scores = evaluate.evaluate(evaluate.load_results(paths["val_results"]), gt_path)
-            entry |= {k: round(float(scores[k]), 5) for k in ("AP", "AP50", "AP75", "bbox_AP")}
+            scores = held_out_scores()
+            entry |= scores
             text += (
                 f" | held-out mask AP {scores['AP']:.3f} AP50 {scores['AP50']:.3f} "
                 f"AP75 {scores['AP75']:.3f} box AP {scores['bbox_AP']:.3f} "
@@ -371,6 +413,7 @@ def train_coco(
     losses: list[float] = []
     sums: dict[str, float] = {}
     seen, t_log = 0, time.monotonic()
+    t_start = t_log
     order: list[int] = []
     end = total if until is None else min(total, until)
     for it in range(start, end):
@@ -401,12 +444,11 @@ def train_coco(
         epoch_sum, epoch_n = epoch_sum + value, epoch_n + 1
         done = it + 1
         bar.update(extra=f"epoch {epoch + 1}/{epochs} loss {value:.3f}")
-        if done % cfg.log_every == 0 or done == total:
-            now = time.monotonic()
-            mean = " ".join(
-                f"{k.removeprefix('loss_')} {v / seen:.3f}" for k, v in sorted(sums.items())
-            )
-            bar.line(f"it {done}/{total} lr {lr:.2e} {mean} ({(now - t_log) / seen:.2f} s/it)")
+        now = time.monotonic()
+        if log_due(done, first=start, total=end, log_every=cfg.log_every, since_s=now - t_log):
+            means = {k: v / seen for k, v in sums.items()}
+            elapsed = now - t_start
+            bar.line(progress_line(done, total, lr=lr, means=means, first=start, elapsed_s=elapsed))
             sums, seen, t_log = {}, 0, now
         if done % steps == 0:
             held_out(epoch + 1, epoch_sum / epoch_n)
@@ -417,7 +459,17 @@ def train_coco(
     bar.close()
     if start >= total:
         print(f"already trained for {epochs} epochs: {out}")
-    _write_atomic(paths["config"], config_text(model_cfg, out.name, model_cfg.path or "the config"))
+    train_table = read_toml(model_cfg.path).get("train") if model_cfg.path else None
+    text = config_text(model_cfg, out.name, model_cfg.path or "the config", train_table)
+    _write_atomic(paths["config"], text)
+    if baseline is not None and history and history[-1].get("AP", 1.0) < baseline["AP"]:
+        print(
+            f"warning: the trained model scores below its starting weights on the held-out "
+            f"images (mask AP {history[-1]['AP']:.3f}, {init}: {baseline['AP']:.3f}): it got "
+            "worse for them; keep the starting weights, or try a lower --lr, fewer --epochs "
+            "or more data",
+            flush=True,
+        )
     return RunResult(out, losses, history)
 
 
