@@ -24,17 +24,19 @@ Category ids map to contiguous label ids 1..K in order of category id; label 0 i
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from streamseg.tools import untrusted
+from streamseg.wire.fields import MAX_INT
 
 BACKGROUND = "__background__"
 
@@ -99,10 +101,10 @@ def read_annotations(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"annotations file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    try:  # bounded: nesting, integers within int64, finite numbers (streamseg.tools.untrusted)
+        data = untrusted.read_json(path, what="annotations file")
+    except untrusted.UntrustedError as e:
+        raise DatasetError(str(e)) from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: not a COCO annotations file (a JSON object)")
     for key in ("images", "annotations", "categories"):
@@ -117,8 +119,10 @@ def read_annotations(path: str | Path) -> dict[str, Any]:
 def _unique_ids(items: list[Any], what: str, where: str) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for n, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("id"), int):
+        if not isinstance(item, dict) or not untrusted.is_int(item.get("id")):
             raise DatasetError(f"{where}: {what} #{n} has no integer id")
+        if abs(item["id"]) > MAX_INT:
+            raise DatasetError(f"{where}: {what} #{n} has an id out of range (64-bit integers)")
         if item["id"] in out:
             raise DatasetError(f"{where}: {what} id {item['id']} is used twice")
         out[item["id"]] = item
@@ -128,12 +132,15 @@ def _unique_ids(items: list[Any], what: str, where: str) -> dict[int, dict[str, 
 def _image_size(image: dict[str, Any], path: Path, where: str) -> tuple[int, int]:
     """(width, height) from the file's entry, else from the image itself."""
     w, h = image.get("width"), image.get("height")
-    if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
-        return w, h
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise DatasetError(f"{where}: image id {image['id']}: cannot read {path}")
-    return int(pixels.shape[1]), int(pixels.shape[0])
+    if w is None and h is None:
+        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if pixels is None:
+            raise DatasetError(f"{where}: image id {image['id']}: cannot read {path}")
+        w, h = int(pixels.shape[1]), int(pixels.shape[0])
+    try:  # capped as the wire caps frames: masks of this size are decoded in memory
+        return untrusted.side(w, "width"), untrusted.side(h, "height")
+    except untrusted.UntrustedError as e:
+        raise DatasetError(f"{where}: image id {image['id']}: {e}") from None
 
 
 def _to_rle(seg: Any, width: int, height: int) -> dict[str, Any] | None:
@@ -143,8 +150,8 @@ def _to_rle(seg: Any, width: int, height: int) -> dict[str, Any] | None:
         size, counts = seg.get("size"), seg.get("counts")
         if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, list))):
             raise ValueError('an RLE needs "size": [height, width] and "counts"')
-        if [int(v) for v in size] != [height, width]:
-            raise ValueError(f"its RLE is {size[1]}x{size[0]}, the image {width}x{height}")
+        # runs that do not add up to the image would be decoded out of bounds (pycocotools)
+        untrusted.check_rle(seg, height, width)
         rle = mask_utils.frPyObjects(seg, height, width) if isinstance(counts, list) else seg
         if isinstance(rle.get("counts"), str):
             rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
@@ -157,6 +164,8 @@ def _to_rle(seg: Any, width: int, height: int) -> dict[str, Any] | None:
         polys = [[float(v) for v in p] for p in seg if len(p) >= 6 and len(p) % 2 == 0]
         if not polys:
             return None
+        # pycocotools rasterises in C without checks: NaN or 1e12 crashed the process
+        untrusted.check_polygons(polys, height, width, "its segmentation")
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
     elif seg is None:
         return None
@@ -165,6 +174,13 @@ def _to_rle(seg: Any, width: int, height: int) -> dict[str, Any] | None:
     if int(mask_utils.area(rle)) == 0:
         return None
     return rle
+
+
+def _inside(name: str) -> bool:
+    """Whether an image's file_name stays inside the images folder, as written: relative, no
+    '..' part, no NUL (links the folder's owner made are theirs to make)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return bool(parts) and "\0" not in name and not name.startswith("/") and ".." not in parts
 
 
 def check_dataset(data: dict[str, Any], images_dir: str | Path, *, where: str) -> Dataset:
@@ -187,11 +203,18 @@ def check_dataset(data: dict[str, Any], images_dir: str | Path, *, where: str) -
     if not anns:
         raise DatasetError(f"{where}: no annotations: nothing to learn from")
 
+    for img in images.values():
+        name = img.get("file_name")
+        if isinstance(name, str) and not _inside(name):
+            raise DatasetError(
+                f"{where}: image id {img['id']}: file_name {name[:80]!r} leads outside the "
+                f"images folder; give a path relative to {images_dir}, without '..'"
+            )
     missing = []
     for img in images.values():
         name = img.get("file_name")
         if not isinstance(name, str) or not (images_dir / name).is_file():
-            missing.append(str(name))
+            missing.append(str(name)[:80])
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DatasetError(
@@ -203,20 +226,22 @@ def check_dataset(data: dict[str, Any], images_dir: str | Path, *, where: str) -
     per_image: dict[int, list[Annotation]] = {i: [] for i in images}
     skipped: Counter[str] = Counter()
     for ann in anns.values():
-        if ann.get("image_id") not in images:
+        image_id = ann.get("image_id")
+        if not untrusted.is_int(image_id) or image_id not in images:
             raise DatasetError(
-                f"{where}: annotation {ann['id']} is of image id {ann.get('image_id')!r}, "
+                f"{where}: annotation {ann['id']} is of image id {untrusted.show(image_id)}, "
                 "which is not in images"
             )
-        if ann.get("category_id") not in label_of:
+        category = ann.get("category_id")
+        if not untrusted.is_int(category) or category not in label_of:
             raise DatasetError(
-                f"{where}: annotation {ann['id']} has category id {ann.get('category_id')!r}, "
+                f"{where}: annotation {ann['id']} has category id {untrusted.show(category)}, "
                 f"which is not in categories (ids {', '.join(map(str, category_ids))})"
             )
         w, h = sizes[ann["image_id"]]
         try:
             rle = _to_rle(ann.get("segmentation"), w, h)
-        except ValueError as e:
+        except ValueError as e:  # untrusted.UntrustedError included
             raise DatasetError(f"{where}: annotation {ann['id']}: {e}") from None
         if rle is None:
             skipped["without a usable segmentation"] += 1

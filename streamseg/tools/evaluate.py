@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from streamseg.tools import mot
+from streamseg.tools import mot, untrusted
 
 IOU_THRESHOLD = 0.5  # least mask IoU of a tracking match (per frame)
 
@@ -32,24 +31,20 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     """The records of a results (.jsonl) file, checking each line is a frame record."""
     records = []
     try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise EvalError(f"cannot read results file {path}: {e.strerror}") from None
-    with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise EvalError(f"{path}:{n}: not a JSON line") from None
+        for n, rec in untrusted.json_lines(path):
             if (
                 not isinstance(rec, dict)
                 or not isinstance(rec.get("frame"), int)
                 or not isinstance(rec.get("instances"), list)
             ):
                 raise EvalError(f"{path}:{n}: not a streamseg results record")
+            # sizes as the wire caps them, RLEs that add up, finite numbers
+            problem = untrusted.results_record_problem(rec)
+            if problem:
+                raise EvalError(f"{path}:{n}: not a streamseg results record: {problem}")
             records.append(rec)
+    except untrusted.UntrustedError as e:
+        raise EvalError(str(e)) from None
     return records
 
 
@@ -58,8 +53,18 @@ def load_gt(path: str | Path) -> COCO:
     if not Path(path).is_file():
         raise EvalError(f"no such file: {path}")
     try:
+        data = untrusted.read_json(path, what="ground truth")
+    except untrusted.UntrustedError as e:
+        raise EvalError(str(e)) from None
+    problem = untrusted.ground_truth_problem(data)
+    if problem:
+        raise EvalError(f"{path}: not COCO ground truth: {problem}")
+    try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            return COCO(str(path))
+            coco = COCO()
+            coco.dataset = data
+            coco.createIndex()
+            return coco
     except (ValueError, KeyError, TypeError, AssertionError):
         raise EvalError(
             f"{path}: not COCO ground truth (JSON with images and annotations)"

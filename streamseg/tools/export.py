@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from streamseg.tools import untrusted
+
 PngValues = Literal["auto", "track", "index"]
 PNG_MAX = 65535  # uint16
 
@@ -72,26 +74,15 @@ def _check_record(rec: Any) -> str | None:
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """The frame records of a results file, each checked; ExportError (one line) otherwise."""
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise ExportError(f"cannot read results file {path}: {e.strerror}") from None
     records: list[dict[str, Any]] = []
-    with f:
-        try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ExportError(f"{path}:{n}: not a JSON line") from None
-                problem = _check_record(rec)
-                if problem:
-                    raise ExportError(f"{path}:{n}: not a streamseg results record: {problem}")
-                records.append(rec)
-        except UnicodeDecodeError:
-            raise ExportError(f"{path}: not a text (UTF-8) results file") from None
+    try:  # bounded lines, depth and numbers (streamseg.tools.untrusted)
+        for n, rec in untrusted.json_lines(path):
+            problem = _check_record(rec) or untrusted.results_record_problem(rec)
+            if problem:
+                raise ExportError(f"{path}:{n}: not a streamseg results record: {problem}")
+            records.append(rec)
+    except untrusted.UntrustedError as e:
+        raise ExportError(str(e)) from None
     if not records:
         raise ExportError(f"{path}: no frames (an empty results file)")
     streams = sorted({str(r.get("stream")) for r in records})
@@ -108,11 +99,12 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 def image_ids_from_gt(gt_path: str | Path) -> dict[int, int]:
     """Frame -> image id of a COCO ground truth's images ("frame", else id - 1)."""
     try:
-        data = json.loads(Path(gt_path).read_text(encoding="utf-8"))
+        data = untrusted.read_json(gt_path, what="ground truth")
+    except untrusted.UntrustedError as e:
+        raise ExportError(str(e)) from None
+    try:
         images = data["images"]
         return {int(img.get("frame", img["id"] - 1)): int(img["id"]) for img in images}
-    except OSError as e:
-        raise ExportError(f"cannot read ground truth {gt_path}: {e.strerror}") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ExportError(f"{gt_path}: not COCO ground truth (JSON with images)") from None
 
