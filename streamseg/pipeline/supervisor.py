@@ -30,11 +30,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamseg.config import ModelConfig
+from streamseg.outputs import output_path, part_path
 from streamseg.pipeline import plan as planning
 from streamseg.pipeline.forkserver import Forked, ForkServer, Pending, cpu_ticks, make_subreaper
 from streamseg.pipeline.lock import lock_outputs
 from streamseg.pipeline.plan import Outputs, ProcessSpec, RunPlan
-from streamseg.pipeline.preflight import output_path
 from streamseg.pipeline.progress import Progress
 from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
 from streamseg.pipeline.spec import Pipeline
@@ -46,7 +46,7 @@ from streamseg.serve.views import PreviewHub
 from streamseg.serve.window import window_lines
 from streamseg.source.spec import SourceSpec
 from streamseg.stage import SUPERVISOR_ENV
-from streamseg.stage.args import to_json
+from streamseg.stage.args import PostprocessArgs, SourceArgs, to_json
 from streamseg.stage.links import Links
 from streamseg.stage.trust import ENV as TOKENS_ENV
 from streamseg.stage.trust import Tokens, from_stages, new_token
@@ -122,12 +122,15 @@ def run(
     serve: WebServer | None = None,
     drain_s: float | None = None,
     claim: Sequence[str | None] = (),
+    push: str | None = None,
+    push_buffer: int = 16,
 ) -> RunReport:
     """Run the pipeline over `sources` until every stream ended, a stage failed (file runs) or
     the user stopped it (Ctrl-C, SIGTERM); never leaves a stage process behind.
     `serve`: a bound web server (serve.http.bind) to serve the run's page, live views,
     /metrics and /healthz from, while it runs. `drain_s`: DRAIN_S's wait, for this run.
     `claim`: other files this run writes (the CLI's --report), locked with its outputs.
+    `push`, `push_buffer`: one reader's PULL endpoint for every result (plan.Outputs.push).
 
     lock.OutputBusy (before any stage starts) when another run holds one of its files."""
     streams = [s.stream for s in sources]
@@ -147,6 +150,8 @@ def run(
                 publish=publish,
                 publish_keys=publish_keys,
                 preview=serve is not None,
+                push=push,
+                push_buffer=push_buffer,
             )
             the_plan = planning.plan(
                 pipeline,
@@ -246,6 +251,7 @@ class _Run:
         finally:
             interrupted = bool(self.stop.requested)
             self.shutdown(prompt=interrupted or self.failed or not self.ready)
+            self.drop_empty_parts()
             self.bar.close()
             if serve is not None:
                 serve.close()
@@ -416,6 +422,24 @@ class _Run:
         deadline = time.monotonic() + 0.3
         while time.monotonic() < deadline and not all(self.watch.said_final(p.name) for p in order):
             self.absorb(50)
+
+    def drop_empty_parts(self) -> None:
+        """Remove the empty files of postprocess lives that died before writing anything (a
+        full disk: each new life opens NAME.partN.EXT, then dies at its first write)."""
+        spec = self.specs.get("postprocess")
+        args = spec.args if spec is not None else None
+        if not isinstance(args, PostprocessArgs) or not args.part:
+            return
+        streams = [p.args.stream for p in self.plan.processes if isinstance(p.args, SourceArgs)]
+        for part in range(1, args.part + 1):
+            for template in (args.video, args.results):
+                for stream in streams if template else ():
+                    path = output_path(part_path(template, part), stream, len(streams))
+                    try:
+                        if path.stat().st_size == 0:
+                            path.unlink()
+                    except OSError:
+                        pass
 
     def report(self, interrupted: bool) -> RunReport:
         elapsed = time.monotonic() - self.t0
