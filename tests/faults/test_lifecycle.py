@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,43 @@ def test_a_live_run_that_cannot_write_stops_restarting(camera, random_config, sm
     # reader, as in a file being written: lines_so_far), and no life left an empty file
     assert lines_so_far(results)
     assert [p.name for p in small_disk.glob("w.part*.jsonl") if p.stat().st_size == 0] == []
+
+
+def test_a_file_run_waits_while_inference_is_busy_not_on_a_clock(tmp_path, monkeypatch):
+    """Issue 27: a model whose batch takes longer than the drain's wait (a user's R50-FPN on a
+    CPU; here the wait is cut to 1 s instead of a batch made to last 30 s). Every frame gets
+    results and the run ends 0: a heartbeat that says "busy" is progress."""
+    import torch
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from streamseg.config import load_config
+    from streamseg.pipeline.spec import load_pipeline
+    from streamseg.pipeline.supervisor import run
+    from streamseg.source.spec import parse_sources
+
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "r50.pth")
+    (tmp_path / "r50.toml").write_text(
+        '[model]\narch = "maskrcnn_resnet50_fpn"\nweights = "r50.pth"\n'
+        'labels = ["__background__", "a", "b"]\nscore_threshold = 0.0\n'
+        "detections_per_img = 5\nmin_size = 128\nmax_size = 160\n"
+        '[runtime]\ndevice = "cpu"\nmax_batch = 2\nmax_wait_ms = 5.0\nthreads = 1\n'
+    )
+    clip = tmp_path / "tiny.mp4"
+    synth.write_clip(clip, tmp_path / "tiny.json", seed=5, frames=4, size=(160, 120), fps=25)
+    monkeypatch.chdir(tmp_path)  # (the config names its weights relative to the working directory)
+    cfg = load_config(tmp_path / "r50.toml")
+    pipeline = replace(load_pipeline("annotate"), workers=1)
+    report = run(
+        pipeline,
+        parse_sources([str(clip)]),
+        cfg,
+        results=str(tmp_path / "r.jsonl"),
+        quiet=True,
+        drain_s=1.0,
+    )
+    assert report.exit_code == 0, report.errors
+    assert [r["frame"] for r in results_lines(tmp_path / "r.jsonl")] == [0, 1, 2, 3]
+    batches = report.extra["inference"]["batches"]
+    assert report.busy_s["inference"] / batches > 1.0  # each batch outlasted the drain's wait
