@@ -232,7 +232,7 @@ def test_a_restarted_stage_is_a_problem_until_it_settles():
     w.started("postprocess", 3.5)
     assert w.problem("postprocess", 4.0) == "starting"
     w.seen("postprocess", 5.0, ready=True)
-    assert w.problem("postprocess", 6.0) == "restarted 1 times, up for 1 s"
+    assert w.problem("postprocess", 6.0) == "restarted 1 s ago (1 death so far)"
     assert w.problem("postprocess", 15.0) is None
     assert w.problem("postprocess") is None  # (no time given: no settling)
 

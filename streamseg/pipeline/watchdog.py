@@ -6,7 +6,7 @@ asks for verdicts; no clock of its own and no processes, so every decision is te
 - A stage that said it is ready and then is silent for `hang_s` is hung: KILL it (a stage's
   heartbeat thread reports every 0.25 s whatever its main loop is doing, so silence means the
   process is frozen or gone). Until it is ready (importing torch, loading a model: work that
-  can hold the interpreter for seconds on a loaded machine), it gets `start_s`.
+  can hold the interpreter for seconds on a loaded machine), the start-up rule below holds.
 - A stage that exits with a code other than 0 (done) or 3 (done, frames lost) died: once
   running, even a stage's own error exit (2: a full disk, say) leaves the pipeline without
   it. In a file run that ends the run (FAIL): nothing after it can complete. In a live run
@@ -183,7 +183,8 @@ class StageWatch:
                 return s.killed_for or "starting"
             if now is not None and s.deaths and s.ready_at is not None:
                 if now - s.ready_at < self.settle_s:
-                    return f"restarted {s.deaths} times, up for {now - s.ready_at:.0f} s"
+                    deaths = f"{s.deaths} death{'' if s.deaths == 1 else 's'}"
+                    return f"restarted {now - s.ready_at:.0f} s ago ({deaths} so far)"
             return None
         if s.code in NORMAL_EXITS:
             return None
