@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 from faultkit import results_lines
+from harness import wait_until
 
 from streamseg.tools import synth
 from streamseg.wire import curve
@@ -130,10 +131,10 @@ def test_four_hosts_over_tcp_with_curve(hosts, random_config, tmp_path):
     stranger.connect(f"tcp://{inf1}:5601")
     try:
         # the source starts once both workers are loaded: else the first one ready may do it all
-        deadline = time.monotonic() + 120
-        while not all(f"inference[{i}] is ready" in _logs(tmp_path) for i in (0, 1)):
-            assert time.monotonic() < deadline, _logs(tmp_path)
-            time.sleep(0.2)
+        wait_until(
+            lambda: all(f"inference[{i}] is ready" in _logs(tmp_path) for i in (0, 1)),
+            120, "both workers to be ready", log=lambda: _logs(tmp_path),
+        )  # fmt: skip
         procs["source"] = _stage(tmp_path, hosts["src"][0], "source", f"a={clip}", *p)
         deadline = time.monotonic() + 300
         for name in ("source", "postprocess", "inference", "worker0", "worker1", "monitor"):
