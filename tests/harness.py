@@ -55,7 +55,7 @@ def wait_until(
             if not over and (got := what()):  # it happened just before the end
                 return got
             tail = "\n".join(log().splitlines()[-30:]) if log is not None else ""
-            how = f"timed out after {timeout:.0f} s" if over else "the run ended"
+            how = f"timed out after {timeout:g} s" if over else "the run ended"
             raise AssertionError(f"{how} waiting for {why}:\n{tail}")
         time.sleep(POLL_S)
     return got
