@@ -15,6 +15,7 @@ file again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -276,7 +277,7 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     if not fields.get("labels") and fields["arch"] in COCO_ARCHS:
         fields["labels"] = COCO_LABELS
     cfg = ModelConfig(**fields, path=str(path))
-    validate(cfg)
+    validate(cfg, flags=tuple(given))
     return cfg
 
 
@@ -354,14 +355,56 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def validate(cfg: ModelConfig) -> None:
-    """Raise ConfigError for values the pipeline cannot run with."""
+MAX_BATCH = 256
+"""Largest max_batch: 256 frames of 1080p are 1.6 GB of pixels before the model's own memory
+(a batch of 100000 asked for gigabytes and ended in an allocator traceback)."""
+
+# The allowed range of every numeric field, (least, most), finite: NaN or inf in a threshold or
+# a wait would silently turn a check off.
+RANGES: dict[str, tuple[float, float]] = {
+    "score_threshold": (0.0, 1.0),
+    "track_score_threshold": (0.0, 1.0),
+    "mask_threshold": (0.0, 1.0),  # both ends excluded below
+    "mask_nms": (0.0, 1.0),
+    "mask_nms_cross_label": (0.0, 1.0),
+    "detections_per_img": (1, 1000),
+    "min_size": (32, 16384),  # the wire's largest frame side
+    "max_size": (32, 16384),
+    "max_batch": (1, MAX_BATCH),
+    "max_wait_ms": (0.0, 10_000.0),
+    "threads": (0, 1024),
+}
+
+
+_OFF_AT_ZERO = ("track_score_threshold", "mask_nms", "mask_nms_cross_label")
+
+
+def _table(name: str) -> str:
+    return "runtime" if name in _RUNTIME_KEYS else "model"
+
+
+def validate(cfg: ModelConfig, flags: Sequence[str] = ()) -> None:
+    """Raise ConfigError for values the pipeline cannot run with: one line naming the file, the
+    field and its allowed range. `flags`: the fields set from the command line (named as their
+    option, --max-batch, in the message)."""
     where = cfg.path or "config"
     for name, types in _TYPES.items():
         value = getattr(cfg, name)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             kind = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{where}: {name} must be a {kind}, got {value!r}")
+    for name, (lo, hi) in RANGES.items():
+        value = getattr(cfg, name)
+        if isinstance(value, str):  # threads = "auto", checked below
+            continue
+        # (an int may exceed any float: isfinite only for floats)
+        if not ((isinstance(value, int) or math.isfinite(value)) and lo <= value <= hi):
+            kind = "an integer in" if _TYPES[name] == (int,) or name == "threads" else "in"
+            off = " (0: off)" if name in _OFF_AT_ZERO else ""
+            given = f"--{name.replace('_', '-')}" if name in flags else f"[{_table(name)}]"
+            raise ConfigError(
+                f"{where}: {name} must be {kind} [{lo:g}, {hi:g}]{off}, got {value!r} ({given})"
+            )
     if not all(isinstance(v, str) for v in cfg.labels):
         raise ConfigError(f"{where}: labels must be a list of strings")
     if cfg.arch not in ARCHS:
