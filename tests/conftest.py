@@ -92,7 +92,9 @@ def _ray() -> str | None:
 
 def _program(name: str, package: str) -> Callable[[], str | None]:
     def check() -> str | None:
-        return None if shutil.which(name) else f"{name} missing: apt-get install {package}"
+        # (Debian puts daemons such as mosquitto in /usr/sbin, off a user's PATH)
+        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+        return None if found else f"{name} missing: apt-get install {package}"
 
     return check
 
