@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from harness import Clock
 
 from streamseg.outputs import VIDEO_EXTENSIONS, output_path
 from streamseg.postprocess.sinks import files
@@ -197,14 +198,6 @@ def test_a_cut_inside_a_fragment_keeps_the_fragments_before_it(tmp_path):
 # -- results ------------------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def lines(path: Path) -> list[dict]:
     text = path.read_text()
     assert text == "" or text.endswith("\n")
@@ -212,7 +205,7 @@ def lines(path: Path) -> list[dict]:
 
 
 def test_results_are_written_in_whole_lines_at_most_every_flush_s(tmp_path):
-    clock = FakeClock()
+    clock = Clock(100.0)
     path = tmp_path / "r.jsonl"
     sink = ResultsSink(path, flush_s=1.0, clock=clock)
     sink.write({"frame": 0})
@@ -240,7 +233,7 @@ def test_results_without_frames_are_an_empty_file(tmp_path):
 
 
 def test_a_full_disk_cuts_back_to_the_last_whole_line_and_names_the_file(tmp_path, monkeypatch):
-    clock = FakeClock()
+    clock = Clock(100.0)
     path = tmp_path / "r.jsonl"
     sink = ResultsSink(path, flush_s=1.0, clock=clock)
     sink.write({"frame": 0})
