@@ -5,12 +5,12 @@ the annotated image drawn only when a sink asks."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import wait_until
 
 from streamseg.postprocess.instances import Instances
 from streamseg.postprocess.sinks import FrameOut, Outputs, Rendered, SinkCounts
@@ -37,13 +37,6 @@ def frame_out(n: int, stream: str = "cam", annotated: Rendered | None = None) ->
     )
     result = Result(stream, n, n / 30, 0.0, W, H, [], seq=n)
     return FrameOut(StreamStart(stream, W, H, 30.0), result, inst, annotated)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 class Gate(Threaded):
@@ -96,7 +89,7 @@ def test_a_stuck_sink_never_blocks_the_loop_and_drops_the_oldest_counted() -> No
     call_in_thread(loop)
     assert sink.counts() == SinkCounts(0, {"queue_full": 6}, pending=4)  # 0 + the newest 3
     sink.gate.set()
-    wait_for(lambda: sink.counts().pending == 0)
+    wait_until(lambda: sink.counts().pending == 0, 10, "nothing pending")
     assert sink.delivered == [[0], [7], [8], [9]]
     assert sink.counts() == SinkCounts(4, {"queue_full": 6}, 0)
     call_in_thread(sink.close)
@@ -128,9 +121,9 @@ def test_close_waits_for_delivery_at_most_drain_s_and_counts_what_is_left() -> N
     sink.write(frame_out(3))  # after close: counted, never queued
     assert sink.counts().dropped == {"closed": 3}
     sink.gate.set()
-    wait_for(lambda: sink.counts().pending == 0)
+    wait_until(lambda: sink.counts().pending == 0, 10, "nothing pending")
     assert sink.counts() == SinkCounts(1, {"closed": 3}, 0)
-    wait_for(lambda: sink.closed)
+    wait_until(lambda: sink.closed, 10, "the sink to close")
 
 
 def test_failed_deliveries_are_counted_by_reason_and_the_sink_goes_on() -> None:
