@@ -326,7 +326,7 @@ def test_frozen_server_is_caught_by_the_watchdog(two_cameras):
     try:
         w.wait_for(lambda: w.stderr().count("b: lost (stalled") > stalls, 15, "the watchdog")
         noticed = time.monotonic() - frozen_at
-        time.sleep(1.0)
+        time.sleep(1.0)  # the fault lasts a second more: a reconnect meets the frozen server
     finally:
         server.thaw()
         thawed = time.time()
