@@ -22,18 +22,19 @@ from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
 from streamseg.stage.args import InferenceArgs
-from streamseg.stage.shell import BusyTimer, StatsReporter, run_stage_loop, setup_process
-from streamseg.stage.trust import Tokens, from_sources
+from streamseg.stage.links import Links
+from streamseg.stage.shell import BusyTimer, run_stage_loop, setup_process
+from streamseg.stage.trust import from_sources
 from streamseg.threads import model_threads
-from streamseg.wire import transport
-from streamseg.wire.curve import link_security
-from streamseg.wire.protocol import Detections, EndOfStream, Frame, StreamStart
+from streamseg.wire import sockets
+from streamseg.wire.messages import Detections, EndOfStream, Frame, StreamStart
+from streamseg.wire.receiver import Receiver
 
 log = logging.getLogger(__name__)
 
 
 def _receive_loop(
-    receiver: transport.Receiver,
+    receiver: Receiver,
     batcher: Batcher,
     cond: threading.Condition,
     counters: Counters,
@@ -54,7 +55,7 @@ def _receive_loop(
 
 
 def _receive(
-    receiver: transport.Receiver,
+    receiver: Receiver,
     batcher: Batcher,
     cond: threading.Condition,
     counters: Counters,
@@ -93,14 +94,8 @@ def serve(
     """Run until `streams` end-of-streams have passed (0: until interrupted). weights: each
     stream's share when streams offer more than the model can do (default 1.0)."""
     counters = Counters()
-    tokens = Tokens.from_env()
-    reporter = StatsReporter(
-        stats_endpoint,
-        "inference",
-        counters,
-        auth=tokens.own,
-        security=link_security(link_keys, stats_endpoint, bind=False),
-    )
+    links = Links.from_env("inference", link_keys=link_keys, stats_endpoint=stats_endpoint)
+    reporter = links.reporter(counters)
     reporter.start_heartbeat()  # alive while the model loads, however long that takes
     model = load_model(cfg)
     executor = Executor(model, fp16=cfg.fp16)
@@ -109,19 +104,16 @@ def serve(
     # below 4: with a receive HWM of 2, libzmq 4.3.5 lost the last messages of a sender that
     # closed while this side was not reading (reproduced: 9 of 11 arrived, LINGER -1).
     hwm = max(4, cfg.max_batch)
-    pull = transport.pull(
-        frames_endpoint,
-        bind=True,
-        hwm=hwm,
-        security=link_security(link_keys, frames_endpoint, bind=True),
+    pull = sockets.pull(
+        frames_endpoint, bind=True, hwm=hwm, security=links.security(frames_endpoint, bind=True)
     )
-    push = transport.push(
+    push = sockets.push(
         detections_endpoint,
         bind=False,
         hwm=hwm,
-        security=link_security(link_keys, detections_endpoint, bind=False),
+        security=links.security(detections_endpoint, bind=False),
     )
-    receiver = transport.Receiver(pull, name="inference", accept=from_sources(tokens.peers))
+    receiver = Receiver(pull, name="inference", accept=from_sources(links.peers))
     clock = time.monotonic
     batcher = Batcher(
         max_batch=cfg.max_batch,
@@ -157,7 +149,7 @@ def serve(
                     continue
                 cond.notify_all()  # room freed for the receiver
             for ctl in batch.controls:
-                transport.send(push, ctl, auth=tokens.own)
+                links.send(push, ctl)
                 ended += isinstance(ctl, EndOfStream)
             if batch.frames:
                 t0 = time.perf_counter()
@@ -178,7 +170,7 @@ def serve(
                         ),
                     )  # fmt: skip
                     with BusyTimer(reporter, what="wait_out"):  # postprocess behind
-                        transport.send(push, det, auth=tokens.own)
+                        links.send(push, det)
                     counters.count_out(f.stream)
             reporter.extra.update(
                 batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected

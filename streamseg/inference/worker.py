@@ -23,12 +23,13 @@ from streamseg.inference.colors import instance_colors
 from streamseg.inference.executor import Executor
 from streamseg.inference.model import load_model
 from streamseg.stage.args import WorkerArgs
-from streamseg.stage.shell import StatsReporter, run_stage_loop, setup_process
-from streamseg.stage.trust import Tokens, from_dispatcher
+from streamseg.stage.links import Links
+from streamseg.stage.shell import run_stage_loop, setup_process
+from streamseg.stage.trust import from_dispatcher
 from streamseg.threads import model_threads
-from streamseg.wire import transport
-from streamseg.wire.curve import link_security
-from streamseg.wire.protocol import Assign, Credit, Detections, Frame
+from streamseg.wire import sockets
+from streamseg.wire.messages import Assign, Credit, Detections, Frame
+from streamseg.wire.receiver import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,12 @@ RECREDIT_S = 1.0
 
 
 def _beat(
-    endpoint: str,
-    name: str,
-    auth: str,
-    security: transport.Security | None,
-    stop: threading.Event,
-    every_s: float = 0.25,
+    endpoint: str, name: str, links: Links, stop: threading.Event, every_s: float = 0.25
 ) -> None:
-    sock = transport.dealer(endpoint, security=security)
+    sock = sockets.dealer(endpoint, security=links.security(endpoint, bind=False))
     try:
         while not stop.wait(every_s):
-            transport.send(sock, Credit(name, 0), block=False, auth=auth)
+            links.send(sock, Credit(name, 0), block=False)
     finally:
         sock.close(0)
 
@@ -65,32 +61,22 @@ def serve(
     link_keys: str | None = None,
 ) -> int:
     counters = Counters()
-    tokens = Tokens.from_env()
-    reporter = StatsReporter(
-        stats_endpoint,
-        "inference",
-        counters,
-        name=name,
-        auth=tokens.own,
-        security=link_security(link_keys, stats_endpoint, bind=False),
-    )
+    links = Links.from_env(name, link_keys=link_keys, stats_endpoint=stats_endpoint)
+    reporter = links.reporter(counters)
     reporter.start_heartbeat()
     model = load_model(cfg)
     executor = Executor(model, fp16=cfg.fp16)
     executor([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
-    security = link_security(link_keys, work_endpoint, bind=False)
-    work = transport.dealer(work_endpoint, security=security)
-    push = transport.push(
+    work = sockets.dealer(work_endpoint, security=links.security(work_endpoint, bind=False))
+    push = sockets.push(
         detections_endpoint,
         bind=False,
         hwm=max(4, cfg.max_batch),
-        security=link_security(link_keys, detections_endpoint, bind=False),
+        security=links.security(detections_endpoint, bind=False),
     )
-    receiver = transport.Receiver(work, name=name, accept=from_dispatcher(tokens.peers))
+    receiver = Receiver(work, name=name, accept=from_dispatcher(links.peers))
     stop = threading.Event()
-    beat = threading.Thread(
-        target=_beat, args=(work_endpoint, name, tokens.own, security, stop), daemon=True
-    )
+    beat = threading.Thread(target=_beat, args=(work_endpoint, name, links, stop), daemon=True)
     beat.start()
     batches, batched = 0, 0
     reporter.extra["device"] = str(executor.device)
@@ -113,13 +99,13 @@ def serve(
                 f.image if forward_images else None, dt * 1000.0, len(frames), prev=f.prev,
                 colors=instance_colors(f.image, r["boxes"], r["masks"], cfg.mask_threshold),
             )  # fmt: skip
-            transport.send(push, det, auth=tokens.own)
+            links.send(push, det)
             counters.count_out(f.stream)
 
     def loop() -> int:
         done = 0  # the last batch finished
         credited = time.monotonic()
-        transport.send(work, Credit(name, cfg.max_batch, done), auth=tokens.own)
+        links.send(work, Credit(name, cfg.max_batch, done))
         while True:
             try:
                 msg = receiver.recv(250)
@@ -127,7 +113,7 @@ def serve(
                 if not isinstance(msg, Assign):
                     if time.monotonic() - credited >= RECREDIT_S:
                         credited = time.monotonic()
-                        transport.send(work, Credit(name, cfg.max_batch, done), auth=tokens.own)
+                        links.send(work, Credit(name, cfg.max_batch, done))
                     continue
             except KeyboardInterrupt:  # stopped while holding no frame: nothing is lost
                 return 0
@@ -147,7 +133,7 @@ def serve(
                 batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected
             )
             done, credited = msg.batch, time.monotonic()
-            transport.send(work, Credit(name, cfg.max_batch, done), auth=tokens.own)
+            links.send(work, Credit(name, cfg.max_batch, done))
 
     def cleanup() -> None:
         stop.set()

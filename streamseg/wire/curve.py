@@ -146,13 +146,3 @@ def client_security(keys: str | Path, server_key: str | Path) -> Security:
     """For sockets that connect: this client's keypair DIR/NAME and the server's NAME.key."""
     public, secret = read_keypair(keys)
     return Security(public, secret, server_key=read_public_key(server_key))
-
-
-def link_security(keys: str | Path | None, endpoint: str | None, *, bind: bool) -> Security | None:
-    """Temporary, until every stage builds its links with `stage.links.Links.security`."""
-    if not keys or not endpoint or not endpoint.startswith("tcp://"):
-        return None
-    public, secret = read_keypair(keys)
-    if bind:
-        return Security(public, secret, allowed_keys=frozenset({public}))
-    return Security(public, secret, server_key=public)
