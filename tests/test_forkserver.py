@@ -180,3 +180,63 @@ def test_a_slow_server_is_given_up(server, tmp_path, monkeypatch):
 
     assert fs2.spawn("nosuch", "{}", _env(), give_up=give_up) is None
     assert time.monotonic() - t0 < 5 and asked[0] > 1
+
+
+# -- asking without waiting (the supervisor's loop never waits on the server) --
+
+
+def _fallback(stage: str, text: str):
+    """How the supervisor starts a stage the usual way, as a Pending's fallback."""
+
+    def start() -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "streamseg.stage", stage, text]
+        return subprocess.Popen(cmd, env=dict(os.environ, **_env()), stderr=subprocess.DEVNULL)
+
+    return start
+
+
+def _resolved(pending) -> bool:
+    """Polled as the supervisor's loop does: forked, or started the usual way, by now."""
+    pending.poll()
+    return pending.proc is not None
+
+
+def test_a_stopped_server_never_blocks_a_request(server, tmp_path):
+    fs = server()
+    assert fs.spawn("nosuch", "{}", _env()) is not None  # ready
+    os.kill(fs._popen.pid, signal.SIGSTOP)
+    text = json.dumps(_dispatcher_kwargs(tmp_path))
+    t0 = time.monotonic()
+    pending = fs.submit("dispatcher", text, _env(), fallback=_fallback("dispatcher", text))
+    assert pending.poll() is None and time.monotonic() - t0 < 0.5  # asked, not waited for
+    wait_until(lambda: _resolved(pending), 30, "the stage, started the usual way")
+    assert isinstance(pending.proc, subprocess.Popen) and pending.poll() is None
+    assert fs.ready is False and "too slow" in fs.why
+    pending.terminate()
+    assert pending.wait(timeout=30) is not None
+
+
+def test_a_server_stuck_in_its_imports_is_given_up_by_its_progress(server, tmp_path, monkeypatch):
+    """Stopped while importing (no CPU time used): given up after STALL_S, not READY_TIMEOUT_S."""
+    (tmp_path / "stops_at_import.py").write_text("import os, signal\nos.kill(os.getpid(), 19)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    fs = server(preload=["stops_at_import"])
+    t0 = time.monotonic()
+    pending = fs.submit("nosuch", "{}", _env(), fallback=_fallback("nosuch", "{}"))
+    wait_until(lambda: _resolved(pending), 30, "the stage, started the usual way")
+    assert "no progress" in fs.why
+    assert time.monotonic() - t0 < 20  # (READY_TIMEOUT_S: 60)
+    assert pending.wait(timeout=30) == 1  # the usual way's answer to an unknown stage
+
+
+def test_a_request_given_up_before_its_fork_never_runs(server, tmp_path, monkeypatch):
+    (tmp_path / "slowish_at_import.py").write_text("import time\ntime.sleep(1.5)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    fs = server(preload=["slowish_at_import"])
+    text = json.dumps(_dispatcher_kwargs(tmp_path))
+    pending = fs.submit("dispatcher", text, _env())
+    pending.terminate()  # e.g. Ctrl-C while the server still imports
+    assert pending.poll() == -signal.SIGTERM and pending.proc is None
+    wait_until(lambda: fs.pump() or fs.ready, 30, "the server's imports")  # it forks it...
+    fs.close()  # ...and the fork it answers with is killed and reaped
+    assert [s.returncode for s in fs._strays] == [-signal.SIGKILL]

@@ -477,7 +477,7 @@ def _run_stage(
         # its death signal now, and exit if the supervisor died while it was re-parented
         die_with_parent(env.get(SUPERVISOR_ENV))
         os.setsid()
-        # the command line it would have had if started on its own (supervisor._spawn)
+        # the command line it would have had if started on its own (supervisor._Run.start)
         _retitle([sys.executable, "-m", "streamseg.stage", stage, args])
         os.environ.update(env)
         shell.count_age_from(asked)
