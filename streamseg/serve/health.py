@@ -1,7 +1,9 @@
 """The /healthz rule and each stream's state as the page shows it. Pure: times are passed in.
 
 Healthy (200) while every stage process is alive and each stream had a new frame within its
-stall window; otherwise 503 and one line per reason. The supervisor knows a stream's frames
+stall window; otherwise 503 and one line per reason. A stage restarted after it died is a reason
+until it has been up a while (watchdog.StageWatch.problem, settle_s): a stage dying in a loop
+keeps the run at 503 between its deaths. The supervisor knows a stream's frames
 only from its source's reports (about one a second), so the window is the source's own stall
 window (`--stall-s`) plus `report_slack_s`.
 """
