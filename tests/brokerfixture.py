@@ -15,11 +15,22 @@ import signal
 import socket
 import subprocess
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import wait_until
+from harness import Collector, wait_until
 from rtspfixture import free_port
+
+from streamseg.config import load_config
+from streamseg.pipeline.report import RunReport
+from streamseg.pipeline.spec import load_pipeline
+from streamseg.pipeline.supervisor import run
+from streamseg.source.spec import SourceSpec
+from streamseg.tools import synth
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _accepts(port: int) -> bool:
@@ -108,3 +119,78 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def file_run(tmp: Path, config: Path, clip: Path, sink: str) -> tuple[RunReport, list[dict]]:
+    """`streamseg annotate CLIP --results ... --sink SINK` (in this process, as the CLI calls
+    it); the report and the results file's records."""
+    results = tmp / "results.jsonl"
+    report = run(
+        load_pipeline(ROOT / "pipelines" / "annotate.toml"),
+        [SourceSpec("cam", str(clip), "file")],
+        load_config(config),
+        results=str(results),
+        sinks=[sink],
+        quiet=True,
+    )
+    return report, [json.loads(line) for line in results.read_text().splitlines()]
+
+
+@dataclass
+class Outage:
+    """What a live run did around a broker outage."""
+
+    report: RunReport
+    before_fps: float
+    """Results published per second (ZeroMQ, not the broker) in the 2 s before the kill."""
+    during_fps: float
+    """... while the broker was down."""
+    last_before: int
+    """The frame number of the last result published before the kill."""
+
+
+def outage_run(tmp: Path, config: Path, server: Server, sink: str, *, down_s: float) -> Outage:
+    """`streamseg watch` of a 16 s clip played in real time with `--sink SINK`; `server` is
+    killed once results flow, and started again after `down_s` seconds."""
+    clip = tmp / "live.mp4"
+    synth.write_clip(clip, tmp / "live.json", seed=5, frames=400, size=(160, 120), fps=25)
+    publish = f"tcp://127.0.0.1:{free_port()}"
+    collector = Collector(publish)
+    out: dict[str, Any] = {}
+
+    def go() -> None:
+        out["report"] = run(
+            load_pipeline(ROOT / "pipelines" / "watch.toml"),
+            [SourceSpec("cam", str(clip), "file")],
+            load_config(config),
+            publish=publish,
+            sinks=[sink],
+            quiet=True,
+        )
+
+    runner = threading.Thread(target=go, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: len(collector.headers()) >= 25, 240, "results of the live run",
+                   ended=lambda: not runner.is_alive())  # fmt: skip
+        before_fps = _rate(collector, 2.0)
+        last_before = collector.headers()[-1]["frame"]
+        server.stop()
+        during_fps = _rate(collector, down_s)
+        server.start()
+        runner.join(300)
+        assert not runner.is_alive(), "the live run did not end"
+    finally:
+        collector.close()
+    return Outage(out["report"], before_fps, during_fps, last_before)
+
+
+def _rate(collector: Collector, seconds: float) -> float:
+    """Results published per second over the next `seconds` (a measurement window)."""
+    t0 = time.monotonic()
+    n0 = len(collector.headers())
+    wait_until(lambda: time.monotonic() - t0 >= seconds, seconds + 5, "the window to pass")
+    return (len(collector.headers()) - n0) / (time.monotonic() - t0)
