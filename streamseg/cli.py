@@ -83,6 +83,16 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         "--allow-keys", metavar="DIR", help="folder of the public keys of allowed subscribers"
     )
     p.add_argument(
+        "--sink",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also send each frame's results to a broker (repeatable): mqtt(s)://HOST, "
+        "redis(s)://HOST or a webhook http(s)://HOST/PATH; settings as query parameters, e.g. "
+        "mqtt://HOST?qos=1&payload=slim (docs/sinks.md). Never slows the run: while a broker is "
+        "down, results wait up to max_pending, then the oldest are dropped (counted)",
+    )
+    p.add_argument(
         "--report",
         metavar="FILE",
         help="also write the end-of-run figures as JSON: counters per stage and stream, drops "
@@ -187,10 +197,13 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         if found:
             return 2
     serve = getattr(args, "serve", None) or pipeline.serve or None
-    if not (args.output or args.results or args.publish or pipeline.publish or serve):
+    sinks = _check_sinks([*args.sink, *pipeline.sinks], live=pipeline.live or bool(live))
+    if sinks is None:
+        return 2
+    if not (args.output or args.results or args.publish or pipeline.publish or serve or sinks):
         print(
-            "streamseg: error: nothing to write: give -o VIDEO, --results FILE, --publish or "
-            "--serve",
+            "streamseg: error: nothing to write: give -o VIDEO, --results FILE, --publish, "
+            "--sink or --serve",
             file=sys.stderr,
         )
         return 2
@@ -243,6 +256,7 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         verbose=args.verbose,
         serve=web,
         claim=[args.report],  # one run per output file, the report included (pipeline.lock)
+        sinks=args.sink,
     )
     print(summary(report), file=sys.stderr)
     if args.report:
@@ -254,12 +268,38 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
     return report.exit_code
 
 
+def _check_sinks(urls: list[str], *, live: bool) -> list[str] | None:
+    """The broker sinks' URLs, checked before any stage starts (streamseg.sink_urls): a bad
+    URL or option, a missing extra, an unreadable CA file is one line and None (exit 2); so is
+    a server that cannot be reached in a file run. A live run only says so: it keeps trying."""
+    from streamseg.sink_urls import check_extra, parse_all, unreachable
+
+    if not urls:
+        return []
+    specs = parse_all(urls)  # ConfigError: one line, exit 2 (main)
+    for spec in specs:
+        check_extra(spec)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(specs)) as pool:
+        problems = [p for p in pool.map(unreachable, specs) if p]
+    for problem in problems:
+        if live:
+            print(f"streamseg: {problem}; it is retried while the run goes on", file=sys.stderr)
+        else:
+            print(f"streamseg: error: {problem}; start it, or leave out that --sink",
+                  file=sys.stderr)  # fmt: skip
+    return None if problems and not live else urls
+
+
 def _print_plan(args, pipeline, model, specs, publish, security, *, serve: bool) -> int:
     """--plan: print the processes the run would start (streamseg.pipeline.plan); exit 0."""
     from streamseg.pipeline.plan import Outputs, describe, plan, this_host
 
     pipeline, budget, cuda = this_host(pipeline, model)
-    outputs = Outputs(args.output, args.results, publish, security, preview=serve)
+    outputs = Outputs(
+        args.output, args.results, publish, security, preview=serve, sinks=tuple(args.sink)
+    )
     keys = ("retry_max_s", "give_up_s", "stall_s")
     live = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     run = plan(pipeline, model, specs, outputs, rundir="{run}", budget=budget, cuda=cuda,

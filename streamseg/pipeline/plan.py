@@ -49,7 +49,8 @@ class Outputs:
     preview: bool = False
     """Live views are served (--serve): postprocess sends previews, inference sends pixels."""
     sinks: tuple[str, ...] = ()
-    """Reserved for the output sinks of issue 30 (MQTT, Redis, webhooks, RTSP out)."""
+    """Broker sinks' URLs (--sink; MQTT, Redis Streams, webhooks: streamseg.sink_urls), checked;
+    the pipeline file's [[sinks]] are added to them."""
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,7 @@ def _postprocess(
         live=pipeline.live,
         preview_endpoint=preview_endpoint,
         encoder_threads=encoder_threads,
+        sinks=(*outputs.sinks, *pipeline.sinks),
     )
 
 

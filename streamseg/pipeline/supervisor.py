@@ -124,6 +124,7 @@ def run(
     claim: Sequence[str | None] = (),
     push: str | None = None,
     push_buffer: int = 16,
+    sinks: Sequence[str] = (),
 ) -> RunReport:
     """Run the pipeline over `sources` until every stream ended, a stage failed (file runs) or
     the user stopped it (Ctrl-C, SIGTERM); never leaves a stage process behind.
@@ -131,6 +132,7 @@ def run(
     /metrics and /healthz from, while it runs. `drain_s`: DRAIN_S's wait, for this run.
     `claim`: other files this run writes (the CLI's --report), locked with its outputs.
     `push`, `push_buffer`: one reader's PULL endpoint for every result (plan.Outputs.push).
+    `sinks`: broker sinks' URLs, checked (--sink; plan.Outputs.sinks).
 
     lock.OutputBusy (before any stage starts) when another run holds one of its files."""
     streams = [s.stream for s in sources]
@@ -152,6 +154,7 @@ def run(
                 preview=serve is not None,
                 push=push,
                 push_buffer=push_buffer,
+                sinks=tuple(sinks),
             )
             the_plan = planning.plan(
                 pipeline,

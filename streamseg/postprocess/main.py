@@ -31,12 +31,14 @@ from streamseg.postprocess.render import draw_instances
 from streamseg.postprocess.reorder import OrderedInput
 from streamseg.postprocess.results import to_result
 from streamseg.postprocess.sinks import FrameOut, Outputs, Rendered, Sink
+from streamseg.postprocess.sinks.brokers import build as build_broker
 from streamseg.postprocess.sinks.preview import Preview
 from streamseg.postprocess.sinks.publish import Publish
 from streamseg.postprocess.sinks.results import ResultsFiles
 from streamseg.postprocess.sinks.video import VideoFiles
 from streamseg.postprocess.streams import StreamBook
 from streamseg.postprocess.tracking import Tracker
+from streamseg.sink_urls import parse_all
 from streamseg.stage.args import PostprocessArgs
 from streamseg.stage.links import Links
 from streamseg.stage.shell import BusyTimer, run_stage_loop, setup_process, uninterrupted
@@ -60,9 +62,12 @@ def build_outputs(
     previewer: Previewer | None,
     n_outputs: int,
     encoder_threads: int,
+    live: bool = False,
+    brokers: Sequence[str] = (),
 ) -> Outputs:
     """The stage's sinks, in the order each frame reaches them (a new output: one line here).
-    Templates name one file per stream (outputs.output_path)."""
+    Templates name one file per stream (outputs.output_path). `brokers`: broker sinks' URLs
+    (--sink: streamseg.sink_urls; checked before the run)."""
     sinks: list[Sink] = []
     if results:
         sinks.append(ResultsFiles(results, n_streams=n_outputs))
@@ -72,6 +77,8 @@ def build_outputs(
         sinks.append(VideoFiles(video, n_streams=n_outputs, encoder_threads=encoder_threads))
     if previewer is not None:
         sinks.append(Preview(previewer))
+    for spec in parse_all(brokers):  # MQTT, Redis, webhooks: off the frame path (Threaded)
+        sinks.append(build_broker(spec, live=live))
     return Outputs(sinks)
 
 
@@ -111,6 +118,7 @@ def serve(
     mask_nms_cross_label: float = 0.0,
     score_threshold: float = 0.0,
     encoder_threads: int | None = None,
+    sinks: Sequence[str] = (),
 ) -> int:
     """track: the Tracker's settings (None: no track ids). mask_nms, mask_nms_cross_label,
     score_threshold: see frame.Rules (track_score_threshold in the model config lets inference
@@ -151,6 +159,8 @@ def serve(
         ),
         n_outputs=n_outputs,
         encoder_threads=_encoder_threads if encoder_threads is None else encoder_threads,
+        live=live,
+        brokers=sinks,
     )
     trackers: dict[str, Tracker] = {}  # per stream, made on its first frame
     # several inference workers: results back in each stream's order (postprocess.reorder)
@@ -261,6 +271,7 @@ def main(args: PostprocessArgs) -> int:
         results=args.results,
         publish=args.publish,
         publish_security=curve.server_security(keys["keys"], keys["allow"]) if keys else None,
+        sinks=args.sinks,
         n_outputs=args.n_outputs,
         track={"max_missed": args.track_max_missed} if args.track else None,
         restarted=args.part if args.restarted else 0,

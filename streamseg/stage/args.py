@@ -154,6 +154,8 @@ class PostprocessArgs(_Links):
     reorder_capacity: int = 128
     encoder_threads: int = 0
     """libx264 threads (0: its default), from the run's thread budget."""
+    sinks: tuple[str, ...] = ()
+    """Broker sinks' URLs (--sink, [[sinks]]; streamseg.sink_urls): MQTT, Redis, webhooks."""
 
 
 StageArgs = SourceArgs | InferenceArgs | DispatcherArgs | WorkerArgs | PostprocessArgs
