@@ -83,6 +83,22 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         "--allow-keys", metavar="DIR", help="folder of the public keys of allowed subscribers"
     )
     p.add_argument(
+        "--push",
+        metavar="ENDPOINT",
+        help="also hand each frame's results to one reader program that binds ENDPOINT (a "
+        "ZeroMQ ROUTER granting credit; the link is described in "
+        "streamseg/postprocess/sinks/push.py): a file run waits for the reader, a live run "
+        "drops what it cannot take (counted as consumer_slow). streamseg.Pipeline uses this",
+    )
+    p.add_argument(
+        "--push-buffer",
+        type=int,
+        default=16,
+        metavar="N",
+        help="--push: results queued for the reader before a file run waits or a live run drops "
+        "(%(default)s)",
+    )
+    p.add_argument(
         "--sink",
         action="append",
         default=[],
@@ -200,12 +216,18 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
     sinks = _check_sinks([*args.sink, *pipeline.sinks], live=pipeline.live or bool(live))
     if sinks is None:
         return 2
-    if not (args.output or args.results or args.publish or pipeline.publish or serve or sinks):
+    if (
+        not (args.output or args.results or args.publish or pipeline.publish or serve or args.push)
+        and not sinks
+    ):
         print(
             "streamseg: error: nothing to write: give -o VIDEO, --results FILE, --publish, "
             "--sink or --serve",
             file=sys.stderr,
         )
+        return 2
+    if not 1 <= args.push_buffer <= 10_000:
+        print("streamseg: error: --push-buffer must be 1..10000 results", file=sys.stderr)
         return 2
     publish = args.publish or pipeline.publish or None
     try:
@@ -256,6 +278,8 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         verbose=args.verbose,
         serve=web,
         claim=[args.report],  # one run per output file, the report included (pipeline.lock)
+        push=args.push,
+        push_buffer=args.push_buffer,
         sinks=args.sink,
     )
     print(summary(report), file=sys.stderr)
@@ -675,6 +699,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from streamseg.stage import PARENT_ENV, die_with_parent
+
+    if parent := os.environ.pop(PARENT_ENV, None):  # started by streamseg.Pipeline: die with it
+        die_with_parent(parent)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="streamseg: %(message)s")

@@ -51,6 +51,11 @@ class Outputs:
     sinks: tuple[str, ...] = ()
     """Broker sinks' URLs (--sink; MQTT, Redis Streams, webhooks: streamseg.sink_urls), checked;
     the pipeline file's [[sinks]] are added to them."""
+    push: str | None = None
+    """Where one reader program takes every result (--push; streamseg.Pipeline), waiting for it
+    in a file run, dropping what it cannot take in a live run (postprocess.sinks.push)."""
+    push_buffer: int = 16
+    """Results queued towards that reader."""
 
 
 @dataclass(frozen=True)
@@ -391,6 +396,8 @@ def _postprocess(
         results=outputs.results,
         publish=outputs.publish or pipeline.publish or None,
         publish_keys=outputs.publish_keys,
+        push=outputs.push,
+        push_buffer=outputs.push_buffer,
         n_outputs=max(1, streams),
         track=pipeline.track,
         track_max_missed=pipeline.track_max_missed,

@@ -131,7 +131,7 @@ def run(
     `serve`: a bound web server (serve.http.bind) to serve the run's page, live views,
     /metrics and /healthz from, while it runs. `drain_s`: DRAIN_S's wait, for this run.
     `claim`: other files this run writes (the CLI's --report), locked with its outputs.
-    `push`, `push_buffer`: one reader's PULL endpoint for every result (plan.Outputs.push).
+    `push`, `push_buffer`: one reader program's endpoint for every result (plan.Outputs.push).
     `sinks`: broker sinks' URLs, checked (--sink; plan.Outputs.sinks).
 
     lock.OutputBusy (before any stage starts) when another run holds one of its files."""

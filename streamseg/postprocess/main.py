@@ -34,6 +34,7 @@ from streamseg.postprocess.sinks import FrameOut, Outputs, Rendered, Sink
 from streamseg.postprocess.sinks.brokers import build as build_broker
 from streamseg.postprocess.sinks.preview import Preview
 from streamseg.postprocess.sinks.publish import Publish
+from streamseg.postprocess.sinks.push import Push
 from streamseg.postprocess.sinks.results import ResultsFiles
 from streamseg.postprocess.sinks.video import VideoFiles
 from streamseg.postprocess.streams import StreamBook
@@ -41,7 +42,13 @@ from streamseg.postprocess.tracking import Tracker
 from streamseg.sink_urls import parse_all
 from streamseg.stage.args import PostprocessArgs
 from streamseg.stage.links import Links
-from streamseg.stage.shell import BusyTimer, run_stage_loop, setup_process, uninterrupted
+from streamseg.stage.shell import (
+    BusyTimer,
+    run_stage_loop,
+    setup_process,
+    stop_held,
+    uninterrupted,
+)
 from streamseg.stage.trust import from_inference
 from streamseg.wire import curve, sockets
 from streamseg.wire.messages import Detections, EndOfStream, StreamStart
@@ -62,6 +69,8 @@ def build_outputs(
     previewer: Previewer | None,
     n_outputs: int,
     encoder_threads: int,
+    push: str | None = None,
+    push_buffer: int = 16,
     live: bool = False,
     brokers: Sequence[str] = (),
 ) -> Outputs:
@@ -79,6 +88,8 @@ def build_outputs(
         sinks.append(Preview(previewer))
     for spec in parse_all(brokers):  # MQTT, Redis, webhooks: off the frame path (Threaded)
         sinks.append(build_broker(spec, live=live))
+    if push:  # last: in a file run it waits for its reader, after the files have the frame
+        sinks.append(Push(push, live=live, buffer=push_buffer, should_stop=stop_held))
     return Outputs(sinks)
 
 
@@ -118,6 +129,8 @@ def serve(
     mask_nms_cross_label: float = 0.0,
     score_threshold: float = 0.0,
     encoder_threads: int | None = None,
+    push: str | None = None,
+    push_buffer: int = 16,
     sinks: Sequence[str] = (),
 ) -> int:
     """track: the Tracker's settings (None: no track ids). mask_nms, mask_nms_cross_label,
@@ -159,6 +172,8 @@ def serve(
         ),
         n_outputs=n_outputs,
         encoder_threads=_encoder_threads if encoder_threads is None else encoder_threads,
+        push=push,
+        push_buffer=push_buffer,
         live=live,
         brokers=sinks,
     )
@@ -271,6 +286,8 @@ def main(args: PostprocessArgs) -> int:
         results=args.results,
         publish=args.publish,
         publish_security=curve.server_security(keys["keys"], keys["allow"]) if keys else None,
+        push=args.push,
+        push_buffer=args.push_buffer,
         sinks=args.sinks,
         n_outputs=args.n_outputs,
         track={"max_missed": args.track_max_missed} if args.track else None,

@@ -14,6 +14,10 @@ import sys
 SUPERVISOR_ENV = "STREAMSEG_SUPERVISOR_PID"
 """The environment variable in which a supervisor tells its stages its pid."""
 
+PARENT_ENV = "STREAMSEG_PARENT_PID"
+"""The environment variable in which a program tells the run it started (streamseg.api) its
+pid: the run's supervisor dies with that program as the stages die with their supervisor."""
+
 _PR_SET_PDEATHSIG = 1
 
 

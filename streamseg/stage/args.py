@@ -142,6 +142,9 @@ class PostprocessArgs(_Links):
     """ZeroMQ PUB endpoint for subscribers (None: none)."""
     publish_keys: dict[str, str] | None = None
     """{"keys": DIR/NAME, "allow": DIR}: the publisher's CURVE key files (paths, never keys)."""
+    push: str | None = None
+    """One reader program's endpoint (postprocess.sinks.push; None: none)."""
+    push_buffer: int = 16
     n_outputs: int = 1
     track: bool = True
     track_max_missed: int = 60

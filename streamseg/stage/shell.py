@@ -102,7 +102,8 @@ def uninterrupted() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held: list[int] = []
+    held = _held
+    held.clear()
     old = {s: signal.signal(s, lambda signum, _: held.append(signum)) for s in _STOPS}
     try:
         yield
@@ -110,7 +111,22 @@ def uninterrupted() -> Iterator[None]:
         for s, handler in old.items():
             signal.signal(s, handler)
     if held:
+        held.clear()
         raise KeyboardInterrupt
+
+
+_held: list[int] = []
+"""The stop signals `uninterrupted` holds now (main thread)."""
+
+_stopping: list[bool] = []
+"""Not empty once the stage's loop was interrupted (run_stage_loop): it is cleaning up."""
+
+
+def stop_held() -> bool:
+    """The stage was asked to stop (Ctrl-C, SIGTERM), during an `uninterrupted` block still
+    running or before its clean-up: work that waits on someone else (a reader that stopped
+    reading) gives up instead of holding the stage."""
+    return bool(_held) or bool(_stopping)
 
 
 class StatsReporter:
@@ -269,6 +285,7 @@ def run_stage_loop(
         return loop()
     except KeyboardInterrupt:
         interrupted = True
+        _stopping.append(True)
         return 130
     finally:
         try:
