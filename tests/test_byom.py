@@ -256,7 +256,8 @@ def test_resnet50_fpn_annotates_and_matches_torchvision(arch, tmp_path):
     weights = _r50_checkpoint(tmp_path, arch)
     config = _r50_config(tmp_path, arch, weights)
     results = tmp_path / "out.jsonl"
-    proc = cli("annotate", "-q", video, "--results", results, "--config", config)
+    # one inference process: two R50 models would share 2 cores for 3 frames
+    proc = cli("annotate", "-q", video, "--results", results, "--config", config, "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(v) for v in results.read_text().splitlines()]
     assert [r["frame"] for r in records] == [0, 1, 2]
