@@ -695,6 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     subscribe.register(sub)
     keys.register(sub)
+    for name in ("stage", "bench"):  # they run a model too
+        sub.choices[name].epilog = OWN_MODEL
     return parser
 
 

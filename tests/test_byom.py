@@ -199,7 +199,9 @@ def test_configs_lists_and_shows_the_shipped_ones():
     assert proc.returncode == 2 and "maskrcnn_resnet50_fpn" in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["annotate", "watch", "run", "train", "demo"])
+@pytest.mark.parametrize(
+    "command", ["annotate", "watch", "run", "train", "demo", "stage", "bench", "configs"]
+)
 def test_help_says_how_to_use_your_own_model(command):
     proc = cli(command, "--help")
     assert proc.returncode == 0
