@@ -57,8 +57,6 @@ from streamseg.wire.security import Security
 
 log = logging.getLogger(__name__)
 
-_encoder_threads = 0  # libx264 threads of this process's videos (0: its default); see main
-
 
 def build_outputs(
     *,
@@ -128,7 +126,7 @@ def serve(
     mask_nms: float = 0.0,
     mask_nms_cross_label: float = 0.0,
     score_threshold: float = 0.0,
-    encoder_threads: int | None = None,
+    encoder_threads: int = 0,
     push: str | None = None,
     push_buffer: int = 16,
     sinks: Sequence[str] = (),
@@ -138,8 +136,8 @@ def serve(
     send instances below score_threshold; they stay only where they continue a track followed
     the frame before). preview_endpoint: where to offer annotated JPEGs of the streams someone
     watches (streamseg --serve; None: nowhere). reorder_capacity: results held per stream while
-    an earlier one is at another worker. encoder_threads: libx264's for the videos (None: as
-    main set it)."""
+    an earlier one is at another worker. encoder_threads: libx264's for the videos (0: its
+    default)."""
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     rules = Rules(mask_threshold, mask_nms, mask_nms_cross_label, score_threshold)
@@ -171,7 +169,7 @@ def serve(
             else None
         ),
         n_outputs=n_outputs,
-        encoder_threads=_encoder_threads if encoder_threads is None else encoder_threads,
+        encoder_threads=encoder_threads,
         push=push,
         push_buffer=push_buffer,
         live=live,
@@ -268,10 +266,8 @@ def main(args: PostprocessArgs) -> int:
     after the last one died; it takes over the streams already running and writes its outputs
     to NAME.partN.EXT (N = `part`), next to the last life's. `args.encoder_threads`: libx264's,
     from the run's thread budget (streamseg.threads; 0: libx264's default)."""
-    global _encoder_threads
     setup_process("postprocess", verbose=args.verbose)
     torch.set_num_threads(1)  # the model stage needs the cores; paste work here is small
-    _encoder_threads = args.encoder_threads
     keys = args.publish_keys
     return serve(
         detections_endpoint=args.detections_endpoint,
@@ -296,4 +292,5 @@ def main(args: PostprocessArgs) -> int:
         preview_endpoint=args.preview_endpoint,
         live=args.live,
         reorder_capacity=args.reorder_capacity,
+        encoder_threads=args.encoder_threads,
     )
