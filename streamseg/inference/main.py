@@ -12,15 +12,12 @@ import logging
 import threading
 import time
 
-import numpy as np
 import torch
 
 from streamseg.accounting import Counters
 from streamseg.config import ModelConfig
+from streamseg.inference.batches import BatchRunner, Submitted, start_executor
 from streamseg.inference.batching import Batch, Batcher
-from streamseg.inference.colors import instance_colors
-from streamseg.inference.executor import Executor
-from streamseg.inference.model import load_model
 from streamseg.stage.args import InferenceArgs
 from streamseg.stage.links import Links
 from streamseg.stage.shell import BusyTimer, run_stage_loop, setup_process
@@ -97,9 +94,7 @@ def serve(
     links = Links.from_env("inference", link_keys=link_keys, stats_endpoint=stats_endpoint)
     reporter = links.reporter(counters)
     reporter.start_heartbeat()  # alive while the model loads, however long that takes
-    model = load_model(cfg)
-    executor = Executor(model, fp16=cfg.fp16)
-    executor([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
+    executor = start_executor(cfg)
     # Queues hold about one batch in flight and one waiting: deeper ones only add latency. Not
     # below 4: with a receive HWM of 2, libzmq 4.3.5 lost the last messages of a sender that
     # closed while this side was not reading (reproduced: 9 of 11 arrived, LINGER -1).
@@ -130,51 +125,68 @@ def serve(
         target=_receive_loop, args=(receiver, batcher, cond, counters, stop, failed), daemon=True
     )
     thread.start()
-    ended, batches, batched = 0, 0, 0
+    ended = 0
+
+    def send(det: Detections) -> None:
+        with BusyTimer(reporter, what="wait_out"):  # postprocess behind
+            links.send(push, det)
+
+    runner = BatchRunner(
+        executor,
+        reporter,
+        counters,
+        send,
+        mask_threshold=cfg.mask_threshold,
+        forward_images=forward_images,
+        max_batch=cfg.max_batch,
+    )
     reporter.extra["device"] = str(executor.device)
     reporter.extra["threads"] = torch.get_num_threads()
     reporter.ready()
 
-    def loop() -> int:
-        nonlocal ended, batches, batched
-        while streams == 0 or ended < streams:
-            if failed:
-                return 1
+    def take() -> Batch | None:
+        """The next batch; None when none is due now and one is held (it runs first), else
+        waits for one."""
+        while True:
             with cond:
                 batch = batcher.next_batch()
-                if not isinstance(batch, Batch):
-                    with BusyTimer(reporter, what="wait_in"):
-                        cond.wait(min(batch, 0.1))
-                    reporter.tick()  # idle too: the last batch's counts reach the runner
-                    continue
-                cond.notify_all()  # room freed for the receiver
-            for ctl in batch.controls:
+                if isinstance(batch, Batch):
+                    cond.notify_all()  # room freed for the receiver
+                    return batch
+                if held is not None or failed:
+                    return None
+                with BusyTimer(reporter, what="wait_in"):
+                    cond.wait(min(batch, 0.1))
+            reporter.tick()  # idle too: the last batch's counts reach the runner
+            if failed:
+                return None
+
+    # On CUDA the next batch is submitted (staged, its upload started) before the one held is
+    # finished, so its upload overlaps the held batch's compute; its controls (stream starts
+    # and ends) go after the held batch's detections, as they came after its frames.
+    held: Submitted | None = None
+
+    def loop() -> int:
+        nonlocal ended, held
+        while streams == 0 or ended < streams or held is not None:
+            if failed:
+                return 1
+            batch = take() if streams == 0 or ended < streams else None
+            if failed:
+                return 1
+            submitted = runner.submit(batch.frames) if batch and batch.frames else None
+            if held is not None:
+                runner.finish(held)
+                held = None
+            for ctl in batch.controls if batch else []:
                 links.send(push, ctl)
                 ended += isinstance(ctl, EndOfStream)
-            if batch.frames:
-                t0 = time.perf_counter()
-                with reporter.busy():  # the heartbeat says so: a long batch is not a stall
-                    results = executor([f.image for f in batch.frames])
-                dt = time.perf_counter() - t0
-                reporter.busy_s += dt
-                batches += 1
-                batched += len(batch.frames)
-                for f, r in zip(batch.frames, results, strict=True):
-                    h, w = f.image.shape[:2]
-                    det = Detections(
-                        f.stream, f.frame, f.pts, f.wall_time, w, h,
-                        r["boxes"], r["scores"], r["labels"], r["masks"],
-                        f.image if forward_images else None, dt * 1000.0, len(batch.frames),
-                        colors=instance_colors(
-                            f.image, r["boxes"], r["masks"], cfg.mask_threshold
-                        ),
-                    )  # fmt: skip
-                    with BusyTimer(reporter, what="wait_out"):  # postprocess behind
-                        links.send(push, det)
-                    counters.count_out(f.stream)
-            reporter.extra.update(
-                batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected
-            )
+            if submitted is not None:
+                if runner.overlaps:
+                    held = submitted
+                else:
+                    runner.finish(submitted)
+            reporter.extra.update(runner.figures(), rejected=receiver.rejected)
             reporter.tick()
         return 0
 

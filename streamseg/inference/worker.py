@@ -14,21 +14,18 @@ import logging
 import threading
 import time
 
-import numpy as np
 import torch
 
 from streamseg.accounting import Counters
 from streamseg.config import ModelConfig
-from streamseg.inference.colors import instance_colors
-from streamseg.inference.executor import Executor
-from streamseg.inference.model import load_model
+from streamseg.inference.batches import BatchRunner, start_executor
 from streamseg.stage.args import WorkerArgs
 from streamseg.stage.links import Links
 from streamseg.stage.shell import run_stage_loop, setup_process
 from streamseg.stage.trust import from_dispatcher
 from streamseg.threads import model_threads
 from streamseg.wire import sockets
-from streamseg.wire.messages import Assign, Credit, Detections, Frame
+from streamseg.wire.messages import Assign, Credit, Frame
 from streamseg.wire.receiver import Receiver
 
 log = logging.getLogger(__name__)
@@ -64,9 +61,7 @@ def serve(
     links = Links.from_env(name, link_keys=link_keys, stats_endpoint=stats_endpoint)
     reporter = links.reporter(counters)
     reporter.start_heartbeat()
-    model = load_model(cfg)
-    executor = Executor(model, fp16=cfg.fp16)
-    executor([np.zeros((cfg.min_size, cfg.min_size, 3), np.uint8)])  # warm-up: first call is slow
+    executor = start_executor(cfg)
     work = sockets.dealer(work_endpoint, security=links.security(work_endpoint, bind=False))
     push = sockets.push(
         detections_endpoint,
@@ -78,29 +73,17 @@ def serve(
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(work_endpoint, name, links, stop), daemon=True)
     beat.start()
-    batches, batched = 0, 0
+    runner = BatchRunner(
+        executor,
+        reporter,
+        counters,
+        lambda det: links.send(push, det),
+        mask_threshold=cfg.mask_threshold,
+        forward_images=forward_images,
+        max_batch=cfg.max_batch,
+    )
     reporter.extra["device"] = str(executor.device)
     reporter.ready()
-
-    def run_batch(frames: list[Frame]) -> None:
-        nonlocal batches, batched
-        t0 = time.perf_counter()
-        with reporter.busy():  # the heartbeat says so: a long batch is not a stall
-            results = executor([f.image for f in frames])
-        dt = time.perf_counter() - t0
-        reporter.busy_s += dt
-        batches += 1
-        batched += len(frames)
-        for f, r in zip(frames, results, strict=True):
-            h, w = f.image.shape[:2]
-            det = Detections(
-                f.stream, f.frame, f.pts, f.wall_time, w, h,
-                r["boxes"], r["scores"], r["labels"], r["masks"],
-                f.image if forward_images else None, dt * 1000.0, len(frames), prev=f.prev,
-                colors=instance_colors(f.image, r["boxes"], r["masks"], cfg.mask_threshold),
-            )  # fmt: skip
-            links.send(push, det)
-            counters.count_out(f.stream)
 
     def loop() -> int:
         done = 0  # the last batch finished
@@ -128,10 +111,8 @@ def serve(
                 if isinstance(f, Frame):
                     counters.count_in(f.stream)
                     frames.append(f)
-            run_batch(frames)
-            reporter.extra.update(
-                batches=batches, mean_batch=batched / max(1, batches), rejected=receiver.rejected
-            )
+            runner.run(frames)
+            reporter.extra.update(runner.figures(), rejected=receiver.rejected)
             done, credited = msg.batch, time.monotonic()
             links.send(work, Credit(name, cfg.max_batch, done))
 
