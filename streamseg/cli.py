@@ -197,21 +197,10 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
                 print(f"streamseg: error: {e}", file=sys.stderr)
                 return 2
     live = [s for s in specs if s.kind != "file"]
-    if live and not getattr(args, "wait_for_source", False):  # so do sources that never can
-        from concurrent.futures import ThreadPoolExecutor
-
-        from streamseg.source.decode import startup_problem
-
-        with ThreadPoolExecutor(len(live)) as pool:
-            found = [p for p in pool.map(startup_problem, live) if p]
-        for problem in found:
-            print(
-                f"streamseg: error: {problem}; fix the source, or pass --wait-for-source to "
-                "keep trying until it works",
-                file=sys.stderr,
-            )
-        if found:
-            return 2
+    if live:  # so do sources that never can (streamseg.source.decode.probe)
+        code = _check_live_sources(args, live, every=len(live) == len(specs))
+        if code:
+            return code
     serve = getattr(args, "serve", None) or pipeline.serve or None
     sinks = _check_sinks([*args.sink, *pipeline.sinks], live=pipeline.live or bool(live))
     if sinks is None:
@@ -330,6 +319,42 @@ def _print_plan(args, pipeline, model, specs, publish, security, *, serve: bool)
                live_options=live, verbose=args.verbose)  # fmt: skip
     print(describe(run))
     return 0
+
+
+def _check_live_sources(args: argparse.Namespace, live: list, *, every: bool) -> int:
+    """Open each camera and RTSP source once before any stage starts: one that can never work
+    (no such device, 401/403/404, not a video) is exit 2, unless --wait-for-source. When every
+    source of the run is down and --give-up-s is set, keep trying here, with nothing else
+    started, and end with exit 3 once the time is up: the stages would wait for nothing. 0: go
+    on (a source down for now is retried by its stage)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamseg.source.decode import first_contact, probe
+
+    wait = getattr(args, "wait_for_source", False)
+    with ThreadPoolExecutor(len(live)) as pool:
+        errors = list(pool.map(probe, live))
+        permanent = [e for e in errors if e is not None and e.permanent]
+        if permanent and not wait:
+            for error in permanent:
+                print(
+                    f"streamseg: error: {error}; fix the source, or pass --wait-for-source to "
+                    "keep trying until it works",
+                    file=sys.stderr,
+                )
+            return 2
+        give_up = getattr(args, "give_up_s", None)
+        if not (every and give_up and give_up > 0 and all(errors)):
+            return 0
+        retry_max = getattr(args, "retry_max_s", None) or 10.0
+        gone = list(
+            pool.map(lambda s: first_contact(s, give_up_s=give_up, retry_max_s=retry_max), live)
+        )
+    if not all(gone):
+        return 0
+    for spec, why in zip(live, gone, strict=True):
+        print(f"streamseg: error: {spec.stream}: {why}", file=sys.stderr)
+    return 3
 
 
 def _publish_security(

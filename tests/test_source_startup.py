@@ -11,8 +11,22 @@ from pathlib import Path
 import pytest
 from rtspfixture import free_port
 
-from streamseg.source.decode import startup_problem
+from streamseg.source.decode import first_contact, startup_problem
 from streamseg.source.spec import SourceError, parse_source
+
+
+class Clock:
+    """A monotonic clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
 
 
 def watch(*args: str | Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
@@ -74,19 +88,28 @@ def test_watch_exits_2_on_a_typo_and_a_missing_camera(random_config, tmp_path):
         assert source in line and says in line
 
 
-@pytest.mark.slow
 @pytest.mark.rtsp
-def test_refused_port_is_retried_until_give_up(random_config, tmp_path):
+def test_a_source_down_at_start_is_retried_until_give_up(camera):
+    """With the stage's backoff (0.5 s doubling), on a clock the test drives."""
+    clock = Clock()
+    refused = parse_source(f"rtsp://127.0.0.1:{free_port()}/cam1")
+    why = first_contact(refused, give_up_s=5.0, clock=clock, sleep=clock.advance)
+    assert why is not None and why.startswith("gone: down for 5 s (") and "refused" in why
+    assert clock.slept == [0.5, 1.0, 2.0, 1.5]  # the last wait ends at the deadline
+    assert first_contact(parse_source(camera.url), give_up_s=5.0, clock=clock) is None
+
+
+@pytest.mark.rtsp
+def test_watch_gives_up_on_a_refused_port_without_starting_stages(random_config, tmp_path):
     url = f"rtsp://127.0.0.1:{free_port()}/cam1"
-    proc, took = watch(
-        url, "--give-up-s", "2", "--results", tmp_path / "o.jsonl", "--config", random_config
-    )
+    out = tmp_path / "o.jsonl"
+    proc, took = watch(url, "--give-up-s", "2", "--results", out, "--config", random_config)
     assert proc.returncode == 3, proc.stderr  # lost, not unusable input
-    assert "attempt 2" in proc.stderr and "gone: down for 2 s" in proc.stderr
-    assert not _errors(proc)
+    (line,) = _errors(proc)
+    assert "gone: down for 2 s" in line and "Connection refused" in line
+    assert took >= 2.0 and "connecting" not in proc.stderr  # it waited; no stage started
 
 
-@pytest.mark.slow
 def test_wait_for_source_keeps_trying_a_missing_camera(random_config, tmp_path):
     out = tmp_path / "o.jsonl"
     proc, _ = watch(

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import av
 import numpy as np
 
+from streamseg.source.link import backoff_s
 from streamseg.source.spec import SourceError, SourceSpec, shown
 from streamseg.wire.messages import StreamStart
 
@@ -110,17 +112,51 @@ def open_input(spec: SourceSpec, *, timeout_s: float = 10.0) -> Any:
     return container
 
 
-def startup_problem(spec: SourceSpec, *, timeout_s: float = 5.0) -> str | None:
-    """Why `spec` can never work, found by opening it once now (one line naming the source);
-    None when it opened, or failed in a way that may pass (the source stage then retries).
-    Nothing is decoded; the connection is closed at once."""
+def probe(spec: SourceSpec, *, timeout_s: float = 5.0) -> SourceError | None:
+    """Open `spec` once now and close it (nothing decoded): None when it opened, else why not
+    (its `permanent` says whether trying again can help)."""
     try:
         open_input(spec, timeout_s=timeout_s).close()
     except SourceError as e:
-        if e.permanent:
-            return str(e)
-        log.debug("%s: %s (may pass: the source will retry)", spec.stream, e)
+        return e
     return None
+
+
+def startup_problem(spec: SourceSpec, *, timeout_s: float = 5.0) -> str | None:
+    """Why `spec` can never work, found by opening it once now (one line naming the source);
+    None when it opened, or failed in a way that may pass (the source stage then retries)."""
+    error = probe(spec, timeout_s=timeout_s)
+    if error is not None and error.permanent:
+        return str(error)
+    if error is not None:
+        log.debug("%s: %s (may pass: the source will retry)", spec.stream, error)
+    return None
+
+
+def first_contact(
+    spec: SourceSpec,
+    *,
+    give_up_s: float,
+    retry_max_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str | None:
+    """Try to open `spec` until it opens (None) or `give_up_s` passed (why it stayed down, as
+    the source stage says it: "gone: down for 5 s (...)"), with the stage's backoff. For a run
+    whose every source is down at start-up: nothing else would run meanwhile."""
+    deadline = clock() + give_up_s
+    attempt = 0
+    while True:
+        left = deadline - clock()
+        error = probe(spec, timeout_s=max(0.1, min(5.0, left)))
+        if error is None:
+            return None
+        attempt += 1
+        wait = backoff_s(attempt, retry_min_s=0.5, retry_max_s=retry_max_s)
+        left = deadline - clock()
+        if left <= 0:
+            return f"gone: down for {give_up_s:g} s ({error})"
+        sleep(min(wait, left))
 
 
 def stream_info(
