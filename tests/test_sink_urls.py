@@ -139,3 +139,33 @@ def test_webhook_signature_is_hmac_sha256_of_the_body():
     assert json.loads(body) == {"results": [{"frame": 0}, {"frame": 1}]}
     expected = hmac.new(b"k", body, hashlib.sha256).hexdigest()
     assert sign(b"k", body) == f"sha256={expected}"
+
+
+# -- the sinks' figures where users read them ---------------------------------------------------
+
+
+def test_sink_counts_in_the_summary_line_and_metrics():
+    from streamseg.pipeline.report import sinks_line
+    from streamseg.serve.metrics import sink_families
+
+    sinks = {
+        "results": {"delivered": 10, "dropped": {}, "pending": 0},
+        "mqtt": {"delivered": 480, "dropped": {"queue_full": 20}, "pending": 3},
+        "redis": {"delivered": 500, "dropped": {}, "pending": 0},
+    }
+    assert sinks_line(sinks) == (
+        "sinks: mqtt delivered 480, dropped 20 (queue_full 20), pending 3; "
+        "redis delivered 500, dropped 0, pending 0"
+    )  # the results file appears only when it dropped something
+    assert sinks_line({}) == "" and sinks_line("garbage") == ""
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in sink_families(sinks)
+        for s in family.samples
+    }
+    assert samples["streamseg_sink_delivered_total", (("sink", "mqtt"),)] == 480
+    assert (
+        samples["streamseg_sink_dropped_total", (("reason", "queue_full"), ("sink", "mqtt"))] == 20
+    )
+    assert samples["streamseg_sink_pending", (("sink", "mqtt"),)] == 3
+    assert sink_families({"x": "not a record"})[0].samples == []

@@ -185,7 +185,35 @@ def summary(report: RunReport) -> str:
     if report.restarts:
         restarts = ", ".join(f"{k} {v}" for k, v in sorted(report.restarts.items()))
         lines.append(f"restarted after dying or hanging: {restarts}")
+    sinks = sinks_line(report.extra.get("postprocess", {}).get("sinks", {}))
+    if sinks:
+        lines.append(sinks)
     return "\n".join([*lines, *report.stream_lines, *report.errors])
+
+
+BUILT_IN_SINKS = ("results", "video", "publish", "preview", "push")
+"""The postprocess stage's own outputs: in `sinks_line` only when they dropped something."""
+
+
+def sinks_line(sinks: Any) -> str:
+    """The broker sinks' figures (postprocess's Stats.extra["sinks"]) in one line, e.g.
+    "sinks: mqtt delivered 480, dropped 20 (queue_full 20), pending 0"; "" when none."""
+    if not isinstance(sinks, dict):
+        return ""
+    parts = []
+    for name, c in sorted(sinks.items()):
+        if not isinstance(c, dict):
+            continue
+        dropped = c.get("dropped") if isinstance(c.get("dropped"), dict) else {}
+        n_dropped = sum(int(v) for v in dropped.values() if isinstance(v, int))
+        if name in BUILT_IN_SINKS and not (n_dropped or c.get("pending")):
+            continue
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()) if v)
+        parts.append(
+            f"{name} delivered {c.get('delivered', 0)}, dropped {n_dropped}"
+            f"{f' ({detail})' if detail else ''}, pending {c.get('pending', 0)}"
+        )
+    return f"sinks: {'; '.join(parts)}" if parts else ""
 
 
 def drops_by_reason(report: RunReport) -> dict[str, int]:

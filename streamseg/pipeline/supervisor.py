@@ -36,7 +36,14 @@ from streamseg.pipeline.forkserver import Forked, ForkServer, Pending, cpu_ticks
 from streamseg.pipeline.lock import lock_outputs
 from streamseg.pipeline.plan import Outputs, ProcessSpec, RunPlan
 from streamseg.pipeline.progress import Progress
-from streamseg.pipeline.report import RunReport, Tally, add_counts, exit_code, stream_lines
+from streamseg.pipeline.report import (
+    RunReport,
+    Tally,
+    add_counts,
+    exit_code,
+    sinks_line,
+    stream_lines,
+)
 from streamseg.pipeline.spec import Pipeline
 from streamseg.pipeline.watchdog import FAIL, KILL, RESTART, Action, Drain, StageWatch
 from streamseg.pipeline.watchdog import describe_exit as describe_exit
@@ -357,6 +364,9 @@ class _Run:
                 states = {k: str(c.get("state", "up")) for k, c in self.source_stats().items()}
                 for line in window_lines(self.board.window.figures(), states):
                     self.bar.line(line)
+                post = self.tally.get("postprocess")
+                if post is not None and (sinks := sinks_line(post.extra.get("sinks"))):
+                    self.bar.line(sinks)
 
     def act(self, actions: list[Action]) -> bool:
         """Carry out the watchdog's verdicts; True when the run must end (a file run's stage

@@ -165,7 +165,33 @@ def families(snap: Snapshot) -> list[Metric]:
             if parsed is not None:
                 family.add_metric([stream], parsed[0], parsed[1])
         hists.append(family)
-    return [*m.values(), reconnects, restarts, connected, age, up, healthy, *hists]
+    sinks = sink_families(post.extra.get("sinks") if post else None)
+    return [*m.values(), reconnects, restarts, connected, age, up, healthy, *hists, *sinks]
+
+
+def sink_families(sinks: Any) -> list[Metric]:
+    """Per output sink of the postprocess stage (its name: results, video, mqtt, redis-2, ...):
+    results delivered, dropped by reason, pending (delivered + dropped + pending = given).
+    These are the stage's current life's figures (a restarted stage counts from zero)."""
+    delivered = CounterMetricFamily(
+        f"{PREFIX}_sink_delivered", "Results a sink delivered", labels=["sink"]
+    )
+    dropped = CounterMetricFamily(
+        f"{PREFIX}_sink_dropped", "Results a sink dropped, by reason", labels=["sink", "reason"]
+    )
+    pending = GaugeMetricFamily(
+        f"{PREFIX}_sink_pending", "Results a sink holds, not yet delivered", labels=["sink"]
+    )
+    for name, c in sorted(sinks.items() if isinstance(sinks, Mapping) else []):
+        if not isinstance(c, Mapping):
+            continue
+        delivered.add_metric([str(name)], _number(c.get("delivered")) or 0.0)
+        pending.add_metric([str(name)], _number(c.get("pending")) or 0.0)
+        by = c.get("dropped")
+        for reason, n in sorted(by.items() if isinstance(by, Mapping) else []):
+            if (v := _number(n)) is not None:
+                dropped.add_metric([str(name), str(reason)], v)
+    return [delivered, dropped, pending]
 
 
 class _Collector(Collector):
