@@ -347,6 +347,26 @@ def bench(report: Report, *, cuda: bool, tmp: Path, deadline: float) -> dict[str
 # -- the command ----------------------------------------------------------------------------------
 
 
+NEEDED = {  # module: what provides it (the bundle: `make gpu-bundle`, docs/benchmarks.md)
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "cv2": "opencv-python",
+    "scipy": "scipy",
+    "av": "av (gpu-bundle)",
+    "zmq": "pyzmq (gpu-bundle)",
+    "pycocotools": "pycocotools (gpu-bundle)",
+}
+
+
+def missing_modules(tests: bool) -> list[str]:
+    """What this machine lacks for the check, as the packages that provide it."""
+    import importlib.util
+
+    needed = {**NEEDED, **({"pytest": "pytest (gpu-bundle)"} if tests else {})}
+    return [pkg for module, pkg in needed.items() if importlib.util.find_spec(module) is None]
+
+
 def check(*, out: Path, budget_s: float, dry_run: bool, tests: bool = True) -> int:
     import torch
 
@@ -397,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.budget_s <= 0:
         print("gpu-check: error: --budget-s must be > 0", file=sys.stderr)
+        return 2
+    missing = missing_modules(tests=not args.no_tests)
+    if missing:
+        print(
+            f"gpu-check: error: this Python lacks {', '.join(missing)}; install them "
+            "(pip install --no-index gpu-bundle/*.whl, docs/benchmarks.md)",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out)
     if not out.parent.is_dir():
