@@ -83,3 +83,42 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _result(boxes, scores, labels, masks=None) -> dict:
+    import numpy as np
+
+    n = len(scores)
+    m = np.zeros((n, 28, 28), np.float32) if masks is None else masks
+    if masks is None:
+        m[:, 7:21, 7:21] = 0.9
+    return {
+        "boxes": np.array(boxes, np.float32).reshape(n, 4),
+        "scores": np.array(scores, np.float32),
+        "labels": np.array(labels, np.int64),
+        "masks": m,
+    }
+
+
+def test_parity_counts_instances_clearly_inside_and_matches_them_within_the_limits():
+    from streamseg.tools.bench.parity import compare
+
+    box = [10.0, 10.0, 100.0, 100.0]
+    ref = [_result([box, [200, 200, 300, 300]], [0.9, 0.51], [1, 2])]  # 0.51: on the cut
+    same = [_result([[10.5, 9.6, 100.9, 100.0]], [0.88], [1])]  # within 1 px; the other gone
+    p = compare(ref, same, score_threshold=0.5, limit=100)
+    assert (p.counted, p.matched, p.extra, p.ok) == (1, 1, 0, True)
+    assert p.max_box_px == pytest.approx(0.9, abs=1e-5)
+    moved = [_result([[12.0, 10.0, 100.0, 100.0]], [0.9], [1])]  # 2 px
+    assert not compare(ref, moved, score_threshold=0.5, limit=100).ok
+    relabelled = [_result([box], [0.9], [3])]
+    p = compare(ref, relabelled, score_threshold=0.5, limit=100)
+    assert (p.matched, p.extra) == (0, 1)
+    holed = _result([box], [0.9], [1])
+    holed["masks"][0, 7:21, 7:14] = 0.1  # half the mask gone: IoU 0.5
+    assert not compare(ref, [holed], score_threshold=0.5, limit=100).ok
+    # a frame cut at `limit` instances: its lowest kept score is a cut too
+    full = [_result([box, box], [0.9, 0.3], [1, 1])]
+    assert compare(full, [_result([box], [0.9], [1])], score_threshold=0.0, limit=2).ok
+    empty = [_result([], [], [])]
+    assert compare(empty, empty, score_threshold=0.5, limit=100).ok
