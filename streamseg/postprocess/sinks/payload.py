@@ -25,6 +25,9 @@ PAYLOADS: tuple[Payload, ...] = ("full", "slim")
 
 _SLIM_KEYS = ("label", "label_name", "score", "box", "track_id")
 
+TOLERANCE_PX = 1.0
+"""A polygon's vertices may leave out boundary pixels up to this far from its edges."""
+
 
 def record(result: Result, masks: LocalMasks | None, *, payload: Payload, polygons: bool) -> dict:
     """The frame's record for `payload`.
@@ -34,7 +37,8 @@ def record(result: Result, masks: LocalMasks | None, *, payload: Payload, polygo
         masks: the same instances' masks (box-local crops); used only for slim + polygons.
         payload: "full" (the results-file record) or "slim" (no masks).
         polygons: slim only: add each instance's "polygons", [[[x, y], ...], ...] int frame
-            pixels (column, row), one exterior ring per connected part of its mask.
+            pixels (column, row), one exterior ring per connected part of its mask (within
+            TOLERANCE_PX of its boundary pixels).
     """
     full = result.to_json()
     if payload == "full":
@@ -52,12 +56,15 @@ def encode(rec: dict[str, Any]) -> bytes:
 
 
 def outline(masks: LocalMasks, i: int) -> list[list[list[int]]]:
-    """Exterior rings of instance `i`'s mask, in frame pixels: [[[x, y], ...], ...] (int;
-    cv2.findContours, RETR_EXTERNAL, CHAIN_APPROX_SIMPLE: a rectangle is its 4 corners)."""
+    """Exterior rings of instance `i`'s mask, in frame pixels: [[[x, y], ...], ...] (int; the
+    boundary pixels of each part, cv2.findContours RETR_EXTERNAL, simplified to within
+    `TOLERANCE_PX` by cv2.approxPolyDP: a rectangle is its 4 corners, a circle a few dozen)."""
     h, w = int(masks.h[i]), int(masks.w[i])
     if h == 0 or w == 0:
         return []
     crop = np.ascontiguousarray(masks.masks[i, :h, :w], dtype=np.uint8)
     contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     offset = np.array([int(masks.x0[i]), int(masks.y0[i])], dtype=np.int64)
-    return [(c.reshape(-1, 2).astype(np.int64) + offset).tolist() for c in contours]
+    simpler = (cv2.approxPolyDP(c, TOLERANCE_PX, True) for c in contours)
+    rings = [a if len(a) >= 3 else c for a, c in zip(simpler, contours, strict=True)]  # tiny
+    return [(r.reshape(-1, 2).astype(np.int64) + offset).tolist() for r in rings]
