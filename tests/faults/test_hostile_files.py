@@ -20,6 +20,8 @@ import pytest
 
 from streamseg import cli
 
+pytestmark = pytest.mark.slow  # (each case a streamseg process)
+
 MEMORY_CAP = 4 << 30  # bytes of address space each command may use (torch imports fit)
 TINY = """\
 [model]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # (each case a streamseg process)
+
 ENDPOINTS = '[endpoints]\nframes = "ipc://{run}/f"\ndetections = "ipc://{run}/d"\n' \
             'stats = "ipc://{run}/s"\n'  # fmt: skip
 
