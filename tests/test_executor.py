@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from streamseg.accounting import Counters
+from streamseg.inference.batches import BatchRunner
 from streamseg.inference.executor import (
     Executor,
     Staging,
@@ -16,6 +18,8 @@ from streamseg.inference.executor import (
     unpack_detections,
 )
 from streamseg.inference.model import build_model, compact_forward, image_tensor
+from streamseg.stage.shell import StatsReporter
+from streamseg.wire.messages import Frame
 
 
 def _frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> list[np.ndarray]:
@@ -138,3 +142,39 @@ def test_warm_up_runs_each_shape_once(model: torch.nn.Module) -> None:
 def test_executor_of_an_empty_batch() -> None:
     model = build_model("shapes_mobilenet_v3_fpn", num_classes=4, min_size=96, max_size=128)
     assert Executor(model.eval(), staging=True)([]) == []
+
+
+def test_batch_runner_sends_each_frames_detections_in_order_and_counts_them(model) -> None:
+    """The one batch function both topologies use (inference.batches)."""
+    counters = Counters()
+    reporter = StatsReporter(None, "inference", counters)
+    sent = []
+    executor = Executor(model)
+    runner = BatchRunner(
+        executor,
+        reporter,
+        counters,
+        sent.append,
+        mask_threshold=0.5,
+        forward_images=False,
+        max_batch=4,
+    )
+    assert not runner.overlaps  # CPU: submit and finish run back to back
+    images = _frames(3)
+    frames = [Frame("a", 5, 0.2, 1.0, images[0], prev=3), Frame("b", 0, 0.0, 1.0, images[1])]
+    runner.run(frames)
+    runner.run([Frame("a", 6, 0.24, 1.0, images[2], prev=5)])
+    ref = _reference(model, images)
+    assert [(d.stream, d.frame, d.prev, d.batch) for d in sent] == [
+        ("a", 5, 3, 2),
+        ("b", 0, -1, 2),
+        ("a", 6, 5, 1),
+    ]
+    for det, r in zip(sent, ref, strict=True):
+        assert (det.width, det.height) == (64, 48) and det.image is None
+        assert np.array_equal(det.boxes, r["boxes"]) and np.array_equal(det.masks, r["masks"])
+        assert det.colors is not None and det.colors.shape == (len(r["boxes"]), 3)
+        assert det.infer_ms > 0
+    assert counters["a"].frames_out == 2 and counters["b"].frames_out == 1
+    assert runner.figures() == {"batches": 2, "mean_batch": 1.5}
+    assert reporter.busy_s > 0
