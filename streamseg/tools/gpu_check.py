@@ -248,7 +248,7 @@ class GpuSampler:
         if shutil.which("nvidia-smi") is None:
             return self
         query = "--query-gpu=utilization.gpu,memory.used"
-        cmd = ["nvidia-smi", query, "--format=csv,noheader,nounits", f"-lms={self.every_ms}"]
+        cmd = ["nvidia-smi", query, "--format=csv,noheader,nounits", f"--loop-ms={self.every_ms}"]
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
