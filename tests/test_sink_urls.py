@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from streamseg.postprocess.sinks.webhook import body_of, sign
 from streamseg.postprocess.tracking import local_masks
 from streamseg.sink_urls import from_table, parse, parse_all, redact
 from streamseg.wire.results import Result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_per_scheme():
@@ -169,3 +172,31 @@ def test_sink_counts_in_the_summary_line_and_metrics():
     )
     assert samples["streamseg_sink_pending", (("sink", "mqtt"),)] == 3
     assert sink_families({"x": "not a record"})[0].samples == []
+
+
+# -- [[sinks]] in a pipeline file ----------------------------------------------------------------
+
+
+def _pipeline(tmp_path, sinks: str):
+    from streamseg.pipeline.spec import load_pipeline
+
+    text = (ROOT / "pipelines" / "watch.toml").read_text() + sinks
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    return load_pipeline(path)
+
+
+def test_pipeline_file_sinks(tmp_path):
+    p = _pipeline(
+        tmp_path,
+        '\n[[sinks]]\nurl = "mqtt://h"\nqos = 1\npayload = "slim"\n'
+        '\n[[sinks]]\nurl = "redis://h/2?maxlen=5"\n',
+    )
+    assert [parse(u).name for u in p.sinks] == ["mqtt", "redis"]
+    assert parse(p.sinks[0]).option("qos") == "1" and parse(p.sinks[0]).payload == "slim"
+    assert parse(p.sinks[1]).option("maxlen") == "5"
+    with pytest.raises(ConfigError) as e:
+        _pipeline(tmp_path, '\n[[sinks]]\nurl = "mqtt://u:pw@h"\nqos = 3\n')
+    assert "p.toml: [[sinks]] mqtt://u:***@h" in str(e.value) and ":pw@" not in str(e.value)
+    with pytest.raises(ConfigError, match="needs url"):
+        _pipeline(tmp_path, "\n[[sinks]]\nqos = 1\n")

@@ -8,6 +8,8 @@ import json
 
 import pytest
 from brokerfixture import Server, file_run, outage_run, redis_server
+from harness import Run
+from rtspfixture import free_port
 from test_sink_interface import frame_out
 
 from streamseg.postprocess.sinks.brokers import build
@@ -36,7 +38,9 @@ def entries(port: int, key: str) -> list[dict]:
 
 
 def test_one_stream_per_video_stream_in_order_and_bounded(server: Server):
-    sink = build(parse(f"redis://127.0.0.1:{server.port}/0?maxlen=100&max_pending=2000"), live=False)
+    sink = build(
+        parse(f"redis://127.0.0.1:{server.port}/0?maxlen=100&max_pending=2000"), live=False
+    )
     for stream in ("a", "b"):
         sink.open(StreamStart(stream, 32, 24, 30.0))
     for n in range(1000):
@@ -112,3 +116,15 @@ def test_server_outage_in_a_live_run(server: Server, tmp_path, random_config):
     # the restarted server (nothing persisted) has what came after the outage began
     after = entries(server.port, "streamseg:cam")
     assert after and all(r["frame"] > out.last_before for r in after)
+
+
+@pytest.mark.slow
+def test_a_live_run_starts_without_its_server(tmp_path, clip, random_config):
+    """A live run only warns: its sinks keep trying (--plan: checked, nothing started)."""
+    port = free_port()
+    with Run(tmp_path, "watch", clip[0], "--config", random_config, "--plan",
+             "--sink", f"redis://:hunter2@127.0.0.1:{port}") as run:  # fmt: skip
+        assert run.wait(120) == 0
+        err = run.stderr()
+    assert f"cannot reach 127.0.0.1:{port}" in err and "retried while the run goes on" in err
+    assert "hunter2" not in err
