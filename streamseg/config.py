@@ -266,10 +266,15 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     if "weights" in given:  # --weights FILE: a path from the command line, not the file
         given["weights"] = weights_value(given["weights"], Path.cwd())
-        if "labels" not in given:  # the checkpoint's names, not the config's, when it has any
-            meta = checkpoint_meta.read_meta(given["weights"])
-            if meta is not None and meta["labels"] is not None:
-                given["labels"] = meta["labels"]
+        meta = checkpoint_meta.read_meta(given["weights"])
+        stored = meta["labels"] if meta is not None else None
+        if "labels" not in given and stored is not None:  # its names, not the config's
+            given["labels"] = stored
+        elif stored is not None and tuple(given["labels"]) != stored:
+            raise ConfigError(
+                f"--labels: {given['weights']} carries its own class names "
+                f"({', '.join(stored[1:])}); leave out --labels to use them"
+            )
     if "labels" in given:
         given["labels"] = tuple(given["labels"])
     fields.update(given)

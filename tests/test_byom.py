@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from streamseg import shipped
-from streamseg.config import COCO_URLS, load_config, parse_labels
+from streamseg.config import COCO_URLS, ConfigError, load_config, parse_labels
 from streamseg.inference.model import build_model, save_checkpoint
 from streamseg.pipeline import preflight
 
@@ -128,6 +128,15 @@ def test_shipped_and_random_weights_need_no_check():
 def test_weights_take_the_checkpoints_labels_over_the_configs(shapes_ckpt):
     cfg = load_config("shapes", weights=str(shapes_ckpt))
     assert cfg.labels == THREE and cfg.weights == str(shapes_ckpt.resolve())
+
+
+def test_labels_that_contradict_the_checkpoint_name_the_flag(shapes_ckpt):
+    with pytest.raises(
+        ConfigError, match=r"--labels: .*two.pt carries its own class names \(a, b\)"
+    ):
+        load_config("shapes", weights=str(shapes_ckpt), labels=("__background__", "x", "y"))
+    cfg = load_config("shapes", weights=str(shapes_ckpt), labels=THREE)
+    assert cfg.labels == THREE
 
 
 def test_weights_path_is_from_the_working_directory(shapes_ckpt, monkeypatch):
