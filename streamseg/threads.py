@@ -31,6 +31,7 @@ leaves); 0 leaves every pool at its library's default, as before this budget exi
 from __future__ import annotations
 
 import functools
+import glob
 import os
 from dataclasses import dataclass
 
@@ -90,16 +91,22 @@ def workers(requested: int | str, *, cores: int, cuda: bool, devices: int = 0) -
     return max(1, min(cores, MAX_CPU_WORKERS))
 
 
+_GPU_HINTS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
+"""Paths one of which a machine whose NVIDIA driver torch could use has (/dev/dxg: WSL2)."""
+
+
 @functools.cache
 def cuda_devices() -> int:
     """CUDA devices this process may use, as torch counts them (0 without CUDA).
 
     torch.cuda.device_count() asks NVML first, which neither creates a CUDA context nor
-    poisons a later fork, and honours CUDA_VISIBLE_DEVICES; torch is imported here only, so
-    code that never asks about "auto" never pays for the import. Whatever the device nodes are
-    called (/dev/nvidia0 need not exist: containers, MIG, renumbered nodes), this is the
-    answer the model's own `resolve_device("auto")` will get.
+    poisons a later fork, and honours CUDA_VISIBLE_DEVICES; torch is imported only where a
+    driver is installed at all. Whatever the device nodes are called (/dev/nvidia0 need not
+    exist: containers, MIG, renumbered nodes), this is the answer the model's own
+    `resolve_device("auto")` gets.
     """
+    if not any(os.path.exists(p) for p in _GPU_HINTS) and not glob.glob("/dev/nvidia[0-9]*"):
+        return 0  # no NVIDIA driver here: skip torch's import (3 s on a busy 2-core machine)
     import torch  # here: the supervisor and the CLI import this module without torch
 
     return int(torch.cuda.device_count())  # not is_available(): that calls cuInit (fork)
