@@ -45,6 +45,9 @@ OPTIONS = {
 }
 """The query parameters each kind takes (any other is a typo: an error)."""
 
+BUILT_IN = ("results", "video", "publish", "preview", "push")
+"""The postprocess stage's own outputs' names (a sink's name must differ)."""
+
 SECRET_OPTIONS = ("secret",)
 """Query parameters redacted like a password."""
 
@@ -168,6 +171,8 @@ def parse_all(urls: Sequence[str]) -> tuple[SinkUrl, ...]:
     for url in urls:
         spec = parse(url)
         name = spec.name
+        if name in BUILT_IN:
+            raise ConfigError(f"--sink {spec.shown}: name={name} is the name of a built-in output")
         if name in taken:
             if "name" in spec.options:
                 raise ConfigError(f"--sink {spec.shown}: another sink is named {name!r}")

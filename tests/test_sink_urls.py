@@ -87,6 +87,14 @@ def test_names_are_unique_in_order():
     assert [s.name for s in specs] == ["mqtt", "mqtt-2", "redis", "cloud"]
     with pytest.raises(ConfigError, match="another sink is named 'x'"):
         parse_all(["mqtt://a?name=x", "redis://b?name=x"])
+    with pytest.raises(ConfigError, match="name=results is the name of a built-in output"):
+        parse_all(["mqtt://a?name=results"])
+
+
+def test_mqtt_wildcards_in_a_stream_id_leave_its_topic():
+    from streamseg.postprocess.sinks.mqtt import topic_word
+
+    assert topic_word("cam+1#b") == "cam_1_b" and topic_word("cam 1") == "cam 1"
 
 
 def test_a_pipeline_table_is_a_url_with_its_options():

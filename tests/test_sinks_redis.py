@@ -4,14 +4,19 @@ live run never holds the pipeline up, every result is counted, and delivery resu
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
+from functools import partial
 
+import numpy as np
 import pytest
 from brokerfixture import Server, file_run, outage_run, redis_server
 from harness import Run
 from rtspfixture import free_port
 from test_sink_interface import frame_out
 
+from streamseg.postprocess.sinks import Rendered
 from streamseg.postprocess.sinks.brokers import build
 from streamseg.sink_urls import parse
 from streamseg.wire.messages import StreamStart
@@ -128,3 +133,19 @@ def test_a_live_run_starts_without_its_server(tmp_path, clip, random_config):
         err = run.stderr()
     assert f"cannot reach 127.0.0.1:{port}" in err and "retried while the run goes on" in err
     assert "hunter2" not in err
+
+
+def test_results_held_through_an_outage_do_not_hold_the_frames_pixels():
+    """max_pending results cost their records, not a frame each (the annotated image, the
+    instances' masks unless polygons are sent)."""
+    sink = build(parse(f"redis://127.0.0.1:{free_port()}?max_pending=10"), live=True)
+    pixels = np.zeros((480, 640, 3), np.uint8)
+    gone = weakref.ref(pixels)
+    sink.open(StreamStart("a", 32, 24, 30.0))
+    sink.write(frame_out(0, "a", annotated=Rendered(partial(np.copy, pixels))))
+    del pixels
+    gc.collect()
+    assert gone() is None  # the queued result no longer refers to the frame
+    assert sink.counts().pending == 1
+    sink.close()
+    assert sink.counts().dropped == {"closed": 1}

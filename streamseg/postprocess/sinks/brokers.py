@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
+import numpy as np
+
+from streamseg.postprocess.instances import Instances
 from streamseg.postprocess.sinks.base import FrameOut, Sink
 from streamseg.postprocess.sinks.payload import encode, record
+from streamseg.postprocess.sinks.threaded import Threaded
+from streamseg.postprocess.tracking import local_masks
 from streamseg.sink_urls import SinkUrl
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,29 @@ def build(spec: SinkUrl, *, live: bool) -> Sink:
     from streamseg.postprocess.sinks.webhook import Webhook
 
     return Webhook(spec, drain_s=drain_s)
+
+
+class BrokerSink(Threaded):
+    """A Threaded sink that queues only what its messages need: the results record (and the
+    masks, for polygons), never the frame's pixels, so `max_pending` results held through an
+    outage cost their records' size (a few KB each), not a frame each."""
+
+    spec: SinkUrl
+
+    def write(self, frame: FrameOut) -> None:
+        instances = frame.instances if self.spec.polygons else _NO_INSTANCES
+        super().write(replace(frame, instances=instances, annotated=None))
+
+
+_NO_INSTANCES = Instances(
+    masks=local_masks(np.zeros((0, 1, 1), bool)),
+    boxes=np.zeros((0, 4), np.float32),
+    labels=np.zeros(0, np.int64),
+    scores=np.zeros(0, np.float32),
+    colors=np.zeros((0, 3)),
+    track_ids=np.zeros(0, np.int64),
+)
+"""What a queued frame holds instead of its instances' arrays when no polygons are sent."""
 
 
 def message(frame: FrameOut, spec: SinkUrl) -> bytes:

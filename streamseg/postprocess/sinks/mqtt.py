@@ -20,8 +20,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from streamseg.postprocess.sinks.base import FrameOut
-from streamseg.postprocess.sinks.brokers import Outage, message
-from streamseg.postprocess.sinks.threaded import Dropped, Threaded
+from streamseg.postprocess.sinks.brokers import BrokerSink, Outage, message
+from streamseg.postprocess.sinks.threaded import Dropped
 from streamseg.sink_urls import SinkUrl
 from streamseg.wire.messages import StreamStart
 
@@ -31,7 +31,13 @@ _POLL_S = 0.05
 """How often a wait for the broker looks whether the sink is closing."""
 
 
-class Mqtt(Threaded):
+def topic_word(stream: str) -> str:
+    """A stream id as a topic level: MQTT's wildcards + and # (allowed in stream ids, not in a
+    topic one publishes to) become _."""
+    return stream.replace("+", "_").replace("#", "_")
+
+
+class Mqtt(BrokerSink):
     """Results to an MQTT broker (see the module docstring); `spec` from sink_urls.parse."""
 
     def __init__(self, spec: SinkUrl, *, drain_s: float) -> None:
@@ -52,7 +58,7 @@ class Mqtt(Threaded):
         sent: list[paho.MQTTMessageInfo] = []
         for frame in frames:
             client = self._client(frame.stream)
-            topic = self.topic.replace("{stream}", frame.stream)
+            topic = self.topic.replace("{stream}", topic_word(frame.stream))
             payload = message(frame, self.spec)
             while True:
                 self._wait_connected(client)
@@ -94,7 +100,7 @@ class Mqtt(Threaded):
             client.username_pw_set(spec.username, spec.secret("password"))
         if spec.tls:
             client.tls_set(ca_certs=spec.option("ca"))
-        status = self.status_topic.replace("{stream}", stream)
+        status = self.status_topic.replace("{stream}", topic_word(stream))
         client.will_set(status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(100)
@@ -137,7 +143,7 @@ class Mqtt(Threaded):
         """The stream's status "offline" (retained), then disconnect; at most a second."""
         try:
             if client.is_connected():
-                status = self.status_topic.replace("{stream}", stream)
+                status = self.status_topic.replace("{stream}", topic_word(stream))
                 client.publish(status, "offline", qos=1, retain=True).wait_for_publish(1.0)
             client.disconnect()
         except (RuntimeError, ValueError) as e:  # not connected any more: the will says it

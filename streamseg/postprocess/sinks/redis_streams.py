@@ -20,14 +20,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from streamseg.postprocess.sinks.base import FrameOut
-from streamseg.postprocess.sinks.brokers import Backoff, Outage, message
-from streamseg.postprocess.sinks.threaded import Dropped, Threaded
+from streamseg.postprocess.sinks.brokers import Backoff, BrokerSink, Outage, message
+from streamseg.postprocess.sinks.threaded import Dropped
 from streamseg.sink_urls import SinkUrl, number
 
 _POLL_S = 0.05
 
 
-class RedisStreams(Threaded):
+class RedisStreams(BrokerSink):
     """Results to Redis Streams (see the module docstring); `spec` from sink_urls.parse."""
 
     def __init__(self, spec: SinkUrl, *, drain_s: float) -> None:

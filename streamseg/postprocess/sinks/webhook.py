@@ -26,8 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
-from streamseg.postprocess.sinks.brokers import Backoff, Outage, message
-from streamseg.postprocess.sinks.threaded import Threaded
+from streamseg.postprocess.sinks.brokers import Backoff, BrokerSink, Outage, message
 from streamseg.sink_urls import SinkUrl, number
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ def body_of(payloads: Sequence[bytes]) -> bytes:
     return b'{"results":[' + b",".join(payloads) + b"]}"
 
 
-class Webhook(Threaded):
+class Webhook(BrokerSink):
     """Results POSTed to a URL (see the module docstring); `spec` from sink_urls.parse.
 
     Results held for the next batch count as pending; a batch given up counts as dropped.
