@@ -170,6 +170,29 @@ def test_workers_run_on_the_listed_devices(tmp_path: Path):
     assert placed == sorted(devices)
 
 
+def test_one_inference_process_overlapping_batches_loses_and_reorders_nothing(tmp_path: Path):
+    """workers = 1 on CUDA: inference.main submits the next batch before finishing the one it
+    holds; every frame of every stream comes out, in order, and the stream ends after them."""
+    import json
+
+    from streamseg.pipeline.spec import load_pipeline
+    from streamseg.pipeline.supervisor import run
+    from streamseg.source.spec import SourceSpec
+
+    shipped = Path(__file__).resolve().parents[1] / "streamseg/data/pipelines/annotate.toml"
+    text = shipped.read_text().replace('workers = "auto"', "workers = 1")
+    (tmp_path / "p.toml").write_text(text)
+    synth.write_clip(tmp_path / "c.mp4", tmp_path / "c.json", seed=4, frames=20, size=(320, 240))
+    cfg = replace(load_config("shapes", device="cuda"), max_batch=4)
+    specs = [SourceSpec(f"s{i}", str(tmp_path / "c.mp4"), "file") for i in range(3)]
+    results = str(tmp_path / "r.{stream}.jsonl")
+    report = run(load_pipeline(tmp_path / "p.toml"), specs, cfg, results=results, quiet=True)
+    assert report.exit_code == 0 and report.frames_done() == 60
+    for i in range(3):
+        lines = (tmp_path / f"r.s{i}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["frame"] for line in lines] == list(range(20))
+
+
 def test_batched_paste_on_cuda_matches_cpu():
     from streamseg.postprocess.masks import paste_masks
 
