@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from streamseg.fleet import cli as fleet_cli  # corpus mode of annotate, `fleet` (docs/fleet.md)
+
 DEFAULT_CONFIG = "shapes"
 """Shipped configs and pipelines are named by name (streamseg/data); paths work too."""
 
@@ -376,6 +378,8 @@ def _publish_security(
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
+    if fleet_cli.wants_corpus(args):
+        return fleet_cli.cmd_corpus(args)
     return _run_pipeline(args, args.pipeline, args.inputs)
 
 
@@ -541,12 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the annotated video (-o) and/or the per-frame results (--results). Exit code 0 only "
         "when every decoded frame has results; 2 for unusable input; 3 when frames were lost.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video file(s), [NAME=]PATH")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="video file(s), [NAME=]PATH; or a folder, 'GLOB' or @list.txt (corpus mode, below)",
+    )  # fmt: skip
     p.add_argument(
         "--pipeline", default="annotate", help="pipeline: shipped name or .toml path (%(default)s)"
     )
     _model_args(p)
     _output_args(p)
+    fleet_cli.add_corpus_args(p)
     p.set_defaults(func=cmd_annotate)
 
     p = sub.add_parser(

@@ -1,0 +1,163 @@
+"""Command-line shells of the fleet package: corpus mode of `streamseg annotate`, and
+`streamseg fleet` (cells on Ray). Parsing and printing only; the work is in corpus.py,
+runner.py, ray_backend.py and cells.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+CORPUS_HELP = (
+    "Corpus mode: when the single INPUT is a folder (its video files, recursively), a quoted glob "
+    "('clips/*.mp4'), or @list.txt (one path a line), or when -o names a folder (existing, or "
+    "ending with /), each input file is annotated by its own run, --jobs at a time (or as Ray "
+    "tasks with --ray), into OUTDIR/NAME.jsonl (and NAME.mp4 with --video). A file's outputs "
+    "appear only when whole; OUTDIR/manifest.jsonl lists the finished files, so running the same "
+    "command again after an interruption does only what is missing (and redoes a file that "
+    "changed). Exit 0 when every file is done, 3 when some failed after retries."
+)
+
+PASSTHROUGH = (
+    ("--config", "config"),
+    ("--weights", "weights"),
+    ("--labels", "labels"),
+    ("--device", "device"),
+    ("--score-threshold", "score_threshold"),
+    ("--max-batch", "max_batch"),
+    ("--max-wait-ms", "max_wait_ms"),
+    ("--pipeline", "pipeline"),
+    ("--workers", "workers"),
+)
+"""annotate's options that each file's run gets as they were given."""
+
+NOT_IN_CORPUS = ("publish", "keys", "allow_keys", "push", "sink", "report", "serve", "plan")
+
+
+def add_corpus_args(p: argparse.ArgumentParser) -> None:
+    """annotate's corpus-mode options."""
+    g = p.add_argument_group("corpus mode", CORPUS_HELP)
+    g.add_argument(
+        "--jobs", type=int, metavar="N", help="corpus: files annotated at once on this machine (1)"
+    )
+    g.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="corpus: run each file as a Ray task on the cluster at ADDRESS (host:port of `ray "
+        "start --head`, or auto); OUTDIR must be a folder every node sees (needs streamseg[ray])",
+    )
+    g.add_argument("--video", action="store_true", help="corpus: also write each annotated video")
+    g.add_argument(
+        "--retries", type=int, default=2, metavar="N", help="corpus: tries after a failed run (2)"
+    )
+
+
+def wants_corpus(args: argparse.Namespace) -> bool:
+    """Whether this `streamseg annotate` is corpus mode (corpus.is_corpus; --jobs, --ray or
+    --video force it)."""
+    from streamseg.fleet.corpus import is_corpus
+
+    forced = args.jobs is not None or args.ray is not None or args.video
+    return is_corpus(args.inputs, args.output, forced=forced)
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    argv = []
+    for flag, attr in PASSTHROUGH:
+        value = getattr(args, attr, None)
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.verbose:
+        argv.append("-v")
+    return argv
+
+
+def _err(line: str) -> int:
+    print(f"streamseg annotate: error: {line}", file=sys.stderr)
+    return 2
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    """`streamseg annotate` in corpus mode; the exit code."""
+    from streamseg.fleet import corpus, manifest, runner
+    from streamseg.fleet.ray_backend import RayUnavailable
+    from streamseg.pipeline.lock import OutputBusy, lock_outputs
+
+    if args.output is None:
+        return _err("a corpus is written into a folder: give -o OUTDIR")
+    if args.results is not None:
+        return _err("--results names one file; a corpus writes OUTDIR/NAME.jsonl per input")
+    given = [k for k in NOT_IN_CORPUS if getattr(args, k, None)]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        return _err(f"{flag} is for one run, not a corpus; leave it out or annotate files one run")
+    if args.jobs is not None and args.jobs < 1:
+        return _err("--jobs must be 1 or more")
+    if args.retries < 0:
+        return _err("--retries must be 0 or more")
+    if args.jobs is not None and args.ray is not None:
+        return _err("give --jobs (this machine) or --ray ADDRESS (a cluster), not both")
+    outdir = Path(args.output)
+    try:
+        tasks = corpus.tasks(corpus.expand(args.inputs))
+        corpus.check_outdir(outdir, tasks, video=args.video)
+    except corpus.CorpusError as e:
+        return _err(str(e))
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / manifest.MANIFEST
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    try:
+        with lock_outputs([path]):  # one corpus run per OUTDIR
+            runner.clear_partial(outdir)
+            entries, torn = manifest.read(path)
+            done = manifest.latest(entries)
+            todo = corpus.todo(tasks, done, _sizes(outdir, done))
+            if torn:
+                say(f"{path}: {torn} unreadable line(s) skipped (a torn write): redone if needed")
+            print(
+                f"corpus: {len(tasks)} files, {len(tasks) - len(todo)} done before, "
+                f"{len(todo)} to do",
+                file=sys.stderr,
+            )
+            recorder = runner.Recorder(path, say)
+            t0 = time.monotonic()
+            if args.ray is not None:
+                from streamseg.fleet import ray_backend
+
+                outcome = ray_backend.run_corpus(
+                    args.ray, todo, outdir, recorder, video=args.video, argv=_argv(args),
+                    retries=args.retries,
+                )  # fmt: skip
+            else:
+                outcome = runner.run_local(
+                    todo, outdir, recorder, video=args.video, argv=_argv(args),
+                    jobs=args.jobs or 1, retries=args.retries,
+                )  # fmt: skip
+    except OutputBusy as e:
+        return _err(f"{e} (another corpus run uses {outdir})")
+    except KeyboardInterrupt:
+        print("corpus: stopped; run the same command again to do what is missing", file=sys.stderr)
+        return 130
+    except RayUnavailable as e:
+        return _err(str(e))
+    frames = sum(e.frames for e in outcome.done)
+    print(
+        f"corpus: {len(outcome.done)} files annotated now ({frames} frames, "
+        f"{outcome.attempts} runs, {time.monotonic() - t0:.1f}s), {len(outcome.failed)} failed, "
+        f"{len(tasks) - len(todo)} done before",
+        file=sys.stderr,
+    )
+    for why in outcome.failed.values():
+        print(f"corpus: failed: {why}", file=sys.stderr)
+    return 3 if outcome.failed else 0
+
+
+def _sizes(outdir: Path, done: dict) -> dict[str, int | None]:
+    """Output path (relative) -> its size now (None: missing), for the outputs `done` names."""
+    sizes: dict[str, int | None] = {}
+    for entry in done.values():
+        for rel in entry.outputs:
+            p = outdir / rel
+            sizes[rel] = p.stat().st_size if p.is_file() else None
+    return sizes
