@@ -93,7 +93,7 @@ class Mqtt(BrokerSink):
         prefix = spec.option("client_id") or "streamseg"
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{prefix}-{stream}-{os.getpid()}",
+            client_id=f"{prefix}-{self.name}-{stream}-{os.getpid()}",  # unique per broker
             protocol=paho.MQTTv311,
         )
         if spec.username is not None:
