@@ -444,6 +444,58 @@ def validate(cfg: ModelConfig, flags: Sequence[str] = ()) -> None:
         raise ConfigError(f"{where}: need 32 <= min_size <= max_size")
 
 
+TRAIN_RANGES: dict[str, tuple[float, float]] = {
+    "iterations": (1, 10_000_000),
+    "batch_size": (1, MAX_BATCH),
+    "lr": (1e-9, 1.0),
+    "weight_decay": (0.0, 1.0),
+    "warmup": (0, 10_000_000),
+    "grad_clip": (1e-6, 1e6),
+    "seed": (0, 2**63 - 1),
+    "checkpoint_every": (1, 10_000_000),
+    "log_every": (1, 10_000_000),
+}
+"""The allowed range of each number of a config's [train] table (streamseg.tools.train)."""
+_TRAIN_INTS = ("iterations", "batch_size", "warmup", "seed", "checkpoint_every", "log_every")
+
+
+def validate_train(values: dict[str, Any], where: str | Path, flags: bool = False) -> None:
+    """ConfigError (one line: the file, the key, the allowed range) unless every value of a
+    [train] table (or, with `flags`, of the command-line options that override it) is of its
+    type and within TRAIN_RANGES; frame_sizes are [[width, height], ...] and input_sizes
+    [size, ...] of frame sides within the wire's [32, 16384]."""
+    for name, value in values.items():
+        shown = f"--{name.replace('_', '-')}" if flags else f"[train] {name}"
+        if name in TRAIN_RANGES:
+            lo, hi = TRAIN_RANGES[name]
+            is_int = type(value) is int
+            number = is_int or (type(value) is float and name not in _TRAIN_INTS)
+            if not (number and (is_int or math.isfinite(value)) and lo <= value <= hi):
+                if name in _TRAIN_INTS:
+                    kind, bounds = "an integer in", f"[{int(lo)}, {int(hi)}]"
+                else:
+                    kind, bounds = "a number in", f"[{lo:g}, {hi:g}]"
+                raise ConfigError(f"{where}: {shown} must be {kind} {bounds}, got {value!r}")
+        elif name in ("frame_sizes", "input_sizes"):
+            pairs = name == "frame_sizes"
+            items = value if isinstance(value, list | tuple) else [None]
+            ok = bool(items) and all(
+                (isinstance(v, list | tuple) and len(v) == 2 and all(_side(n) for n in v))
+                if pairs
+                else _side(v)
+                for v in items
+            )
+            if not ok and not (not pairs and value in ([], ())):  # input_sizes = []: off
+                must = "[[width, height], ...]" if pairs else "a list of sizes"
+                raise ConfigError(
+                    f"{where}: {shown} must be {must} of integers in [32, 16384], got {value!r}"
+                )
+
+
+def _side(value: Any) -> bool:
+    return type(value) is int and 32 <= value <= 16384
+
+
 def model_score_threshold(cfg: ModelConfig) -> float:
     """The least score of an instance the model keeps: track_score_threshold when it is on
     (above 0 and below score_threshold), else score_threshold."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamseg.config import ConfigError, ModelConfig, load_config, read_toml
+from streamseg.config import ConfigError, ModelConfig, load_config, read_toml, validate_train
 from streamseg.inference.model import (
     build_from_config,
     image_tensor,
@@ -57,6 +57,8 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     bad = set(table) - known
     if bad:
         raise ConfigError(f"{path}: unknown field(s) {sorted(bad)} in [train]")
+    validate_train(table, path)
+    validate_train({k: v for k, v in overrides.items() if v is not None}, path, flags=True)
     if "frame_sizes" in table:
         table["frame_sizes"] = tuple((int(w), int(h)) for w, h in table["frame_sizes"])
     if "input_sizes" in table:

@@ -98,3 +98,25 @@ def test_command_line_overrides_out_of_range_are_refused(flags, message, clip, t
     config = tmp_path / "c.toml"
     config.write_text(CONFIG)
     refused(annotate(tmp_path, clip[0], "--config", config, *flags), str(config), message)
+
+
+TRAIN = [
+    (["[train]\nlr = nan\n"], "[train] lr must be a number in [1e-09, 1], got nan"),
+    (["[train]\niterations = 0\n"], "[train] iterations must be an integer in [1, 10000000]"),
+    (["[train]\nbatch_size = 100000\n"], "[train] batch_size must be an integer in [1, 256]"),
+    (["[train]\nframe_sizes = [[0, 0]]\n"], "[train] frame_sizes must be [[width, height], ...]"),
+    (["[train]\n", "--batch-size", "100000"], "--batch-size must be an integer in [1, 256]"),
+    (["[train]\n", "--iterations", "0"], "--iterations must be an integer in [1, 10000000]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), TRAIN)
+def test_training_settings_out_of_range_are_refused(args, message, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG + args[0])
+    cmd = [sys.executable, "-m", "streamseg.cli", "train", "--config", config, "--out", "m.pt"]
+    out = subprocess.run(
+        list(map(str, cmd + args[1:])), cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    refused(out, str(config), message)
+    assert not (tmp_path / "m.pt").exists()
