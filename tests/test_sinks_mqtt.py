@@ -18,7 +18,7 @@ from rtspfixture import free_port
 from test_sink_interface import frame_out
 
 from streamseg.postprocess.sinks.brokers import build
-from streamseg.sink_urls import parse
+from streamseg.sink_urls import parse, parse_all
 from streamseg.wire.messages import StreamStart
 
 paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt missing: pip install .[mqtt]")
@@ -172,3 +172,20 @@ def test_bad_sinks_stop_the_run_before_it_starts(tmp_path, clip, random_config):
             err = run.stderr()
         assert says in err and "Traceback" not in err and "hunter2" not in err, err
         assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_two_sinks_on_one_broker_keep_their_own_connections(broker: Server, caplog):
+    sub = Subscriber(broker.port, "#")
+    urls = [f"mqtt://127.0.0.1:{broker.port}?qos=1&topic={t}/{{stream}}" for t in ("one", "two")]
+    sinks = [build(spec, live=True) for spec in parse_all(urls)]  # named mqtt, mqtt-2
+    for sink in sinks:
+        sink.open(StreamStart("a", 32, 24, 30.0))
+        for n in range(50):
+            sink.write(frame_out(n, "a"))
+    for sink in sinks:
+        sink.close()
+        assert sink.counts().delivered == 50
+    for t in ("one", "two"):
+        wait_until(lambda t=t: len(sub.payloads(f"{t}/a")) == 50, 10, f"50 results on {t}/a")
+    assert "lost" not in caplog.text  # (one client id for both: the broker drops one each time)
+    sub.close()
