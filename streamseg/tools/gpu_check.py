@@ -154,7 +154,8 @@ def run_tests(timeout_s: float, tmp: Path) -> dict[str, Any]:
     """The CUDA-marked tests in a pytest of their own; counts from its JUnit XML."""
     xml = tmp / "cuda-tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda"]
-    cmd += [f"--junitxml={xml}", *CUDA_TESTS]
+    # R50 parity is the parity step's (with its figures): not twice in a short GPU window
+    cmd += ["-k", "not r50_fpn_fp16_parity", f"--junitxml={xml}", *CUDA_TESTS]
     proc = _run(cmd, timeout_s)
     if proc is None:
         return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
@@ -382,7 +383,7 @@ def check(*, out: Path, budget_s: float, dry_run: bool, tests: bool = True) -> i
         tmp = Path(tmpdir)
         steps: list[tuple[str, Any]] = []
         if tests:
-            steps.append(("tests", lambda: run_tests(max(60.0, 0.25 * budget_s), tmp)))
+            steps.append(("tests", lambda: run_tests(max(90.0, 0.3 * budget_s), tmp)))
         steps.append(("parity", lambda: parity(cuda, tmp)))
         for name, step in steps:
             t0 = time.perf_counter()
