@@ -55,21 +55,29 @@ def fork_server_pids(parent: int) -> list[int]:
     return out
 
 
-def test_a_paused_supervisor_judges_no_stage(long_clip, random_config, tmp_path):
-    """Ctrl-Z / SIGSTOP of the supervisor for longer than hang_s (2 s), then SIGCONT: its
-    stages ran on (their own sessions); none is found hung, the run ends whole."""
-    with annotate(tmp_path, long_clip, random_config) as run:
+def test_a_paused_supervisor_judges_no_stage(random_config, tmp_path):
+    """Ctrl-Z / SIGSTOP of the supervisor for 15 s (hang_s: 2 s), then SIGCONT, while its
+    stages work on (their own sessions): none is found hung, the run ends whole. (Before: every
+    stage "hung: no heartbeat for 15.2 s", exit 1; with a dispatcher and two workers, five
+    processes whose queued heartbeats the supervisor read only after judging.)"""
+    clip = tmp_path / "paced.mp4"  # 24 s at its frame rate: still running after the pause
+    synth.write_clip(clip, tmp_path / "paced.json", seed=6, frames=600, size=(160, 120), fps=25)
+    with Run(
+        tmp_path, "run", "annotate", clip, "--realtime", "-q", "--config", random_config,
+        "--results", "r.jsonl", "--workers", "2",
+    ) as run:  # fmt: skip
         run.wait_for(lambda: len(lines_so_far(tmp_path / "r.jsonl")) >= 5, 180, "results")
         run.signal(signal.SIGSTOP)
-        time.sleep(5.0)  # the fault itself: the supervisor stays stopped this long
+        time.sleep(15.0)  # the fault itself: the supervisor stays stopped this long
+        assert len(lines_so_far(tmp_path / "r.jsonl")) < 600  # the stages are still at work
         run.signal(signal.SIGCONT)
         code = run.wait(timeout=120)
     err = run.stderr()
     assert code == 0, err
     assert "hung" not in err and "restart" not in err and "Traceback" not in err
-    assert "was stopped or starved" in err  # said what it saw, and judged nothing on it
+    assert "was stopped or starved for" in err  # said what it saw, and judged nothing on it
     lines = results_lines(tmp_path / "r.jsonl")
-    assert [r["frame"] for r in lines] == list(range(300))
+    assert [r["frame"] for r in lines] == list(range(600))
 
 
 def test_a_stage_frozen_while_starting_is_found_without_waiting_300_s(
@@ -105,6 +113,35 @@ def test_a_stopped_fork_server_never_blinds_the_supervisor(long_clip, random_con
     assert "postprocess killed by SIGKILL" in err and "Traceback" not in err
     assert took < 8, f"noticed after {took:.1f} s"
     assert stage_pids(run.proc.pid, "") == [] and fork_server_pids(run.proc.pid) == []
+
+
+@pytest.mark.rtsp
+def test_a_stopped_fork_server_never_delays_a_restart(camera, random_config, tmp_path):
+    """Live run, two forked workers, the fork server stopped, a worker and postprocess killed:
+    the worker's restart asks the stopped server, and postprocess is still restarted after its
+    backoff, not after the server's timeouts (10 s before: the loop waited on the server)."""
+    with Run(
+        tmp_path, "watch", "-q", f"cam={camera.url}", "--config", random_config,
+        "--results", "w.jsonl", "--stall-s", "2", "--retry-max-s", "1", "--workers", "2",
+    ) as run:  # fmt: skip
+        run.wait_for(lambda: len(lines_so_far(tmp_path / "w.jsonl")) >= 5, 180, "results")
+        server = fork_server_pids(run.proc.pid)
+        assert server, "no fork server: the workers were not forked"
+        os.kill(server[0], signal.SIGSTOP)
+        os.kill(run.stage_pid("worker"), signal.SIGKILL)
+        os.kill(run.stage_pid("postprocess"), signal.SIGKILL)
+        t_kill = time.monotonic()
+        run.wait_for(
+            lambda: "postprocess killed by SIGKILL: restarting it" in run.stderr(),
+            30,
+            "the restart",
+        )
+        took = time.monotonic() - t_kill
+        run.wait_for(lambda: lines_so_far(tmp_path / "w.part1.jsonl"), 120, "results again")
+        code = run.interrupt()
+    assert took < 5, f"restarted after {took:.1f} s"
+    assert code == 0, run.stderr()
+    assert stage_pids(run.proc.pid, "") == []
 
 
 def test_a_stopped_fork_server_only_costs_speed(random_config, tmp_path):
