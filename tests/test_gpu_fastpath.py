@@ -109,3 +109,18 @@ def test_device_auto_means_what_torch_sees() -> None:
     assert cuda_devices() == torch.cuda.device_count()
     assert is_cuda("auto") == (resolve_device("auto").type == "cuda")
     assert is_cuda("cuda:1") and not is_cuda("cpu")
+
+
+def test_device_auto_imports_torch_only_where_a_driver_is_installed() -> None:
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    from streamseg.threads import _GPU_HINTS
+
+    driver = any(os.path.exists(p) for p in _GPU_HINTS) or bool(glob.glob("/dev/nvidia[0-9]*"))
+    code = "import sys; from streamseg.threads import is_cuda; is_cuda('auto'); "
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(driver)  # a CPU machine's run starts without torch
