@@ -185,6 +185,46 @@ class _Tail:
         return "".join(self.lines)
 
 
+def _spawn(command: list[str]) -> subprocess.Popen:
+    """The run, in its own session (a terminal's Ctrl-C reaches this program, which stops it in
+    order), told to die with this process (PARENT_ENV: cli.main sets its parent-death signal)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _spawn_kept(command: list[str]) -> subprocess.Popen:
+    """`_spawn` from a thread that lives as long as the run: Linux sends the parent-death signal
+    when the *thread* that forked a process ends, and the caller's thread (a web request's, a
+    notebook cell's) may end long before the pipeline it started."""
+    started: list[subprocess.Popen | BaseException] = []
+    ready = threading.Event()
+
+    def keep() -> None:
+        try:
+            proc = _spawn(command)
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            started.append(e)
+            ready.set()
+            return
+        started.append(proc)
+        ready.set()
+        proc.wait()
+
+    threading.Thread(target=keep, name="streamseg-run", daemon=True).start()
+    ready.wait()
+    if isinstance(started[0], BaseException):
+        raise started[0]
+    return started[0]
+
+
 def _stop(proc: subprocess.Popen, stop_s: float) -> None:
     """Stop a run and wait for it: SIGTERM (it stops its stages in order), SIGKILL after
     `stop_s` (its stages then die with it: parent-death signal)."""
@@ -305,16 +345,7 @@ class Pipeline:
             self._sock = sockets.router(
                 self.endpoint, hwm=self.buffer + 2, max_msg_bytes=sockets.DEFAULT_MAX_MSG_BYTES
             )
-            env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
-            self._proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
+            self._proc = _spawn_kept(self.command)
             self._tail = _Tail(self._proc.stderr, echo=not self.quiet)
             self._finalizer.detach()
             self._finalizer = weakref.finalize(
@@ -483,16 +514,7 @@ def annotate(
         str(report_path),
         "--quiet",
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    proc = _spawn(command)  # this thread waits for it: the run's parent lives as long as it
     tail = _Tail(proc.stderr, echo=not quiet)
     try:
         code = proc.wait()

@@ -111,6 +111,13 @@ def _output_args(p: argparse.ArgumentParser) -> None:
         "down, results wait up to max_pending, then the oldest are dropped (counted)",
     )
     p.add_argument(
+        "--rtsp-out",
+        metavar="[HOST:]PORT",
+        help="also serve each stream's annotated video as rtsp://HOST:PORT/STREAM (H.264; VLC, "
+        "ffplay, a video management system); PORT alone is this host only (127.0.0.1). Drawn "
+        "and encoded only while someone plays it; a slow client skips frames (docs/sinks.md)",
+    )
+    p.add_argument(
         "--report",
         metavar="FILE",
         help="also write the end-of-run figures as JSON: counters per stage and stream, drops "
@@ -207,10 +214,19 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
     sinks = _check_sinks([*args.sink, *pipeline.sinks], live=pipeline.live or bool(live))
     if sinks is None:
         return 2
-    if (
-        not (args.output or args.results or args.publish or pipeline.publish or serve or args.push)
-        and not sinks
-    ):
+    rtsp_out = getattr(args, "rtsp_out", None)
+    if rtsp_out:
+        from streamseg.sink_urls import rtsp_listen, rtsp_problem
+
+        problem = rtsp_problem(rtsp_out)  # (ConfigError for a malformed one: exit 2, main)
+        if problem:
+            print(f"streamseg: error: {problem}", file=sys.stderr)
+            return 2
+        host, port = rtsp_listen(rtsp_out)
+        print(f"streamseg: annotated streams on rtsp://{host}:{port}/STREAM", file=sys.stderr)
+    if not (
+        args.output or args.results or args.publish or pipeline.publish or serve or args.push
+    ) and not (sinks or rtsp_out):
         print(
             "streamseg: error: nothing to write: give -o VIDEO, --results FILE, --publish, "
             "--sink or --serve",
@@ -272,6 +288,7 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         push=args.push,
         push_buffer=args.push_buffer,
         sinks=args.sink,
+        rtsp_out=rtsp_out,
     )
     print(summary(report), file=sys.stderr)
     if args.report:
@@ -313,7 +330,13 @@ def _print_plan(args, pipeline, model, specs, publish, security, *, serve: bool)
 
     pipeline, budget, cuda = this_host(pipeline, model)
     outputs = Outputs(
-        args.output, args.results, publish, security, preview=serve, sinks=tuple(args.sink)
+        args.output,
+        args.results,
+        publish,
+        security,
+        preview=serve,
+        sinks=tuple(args.sink),
+        rtsp_out=getattr(args, "rtsp_out", None),
     )
     keys = ("retry_max_s", "give_up_s", "stall_s")
     live = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}

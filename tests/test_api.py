@@ -230,3 +230,24 @@ def test_examples_run(script, args, expect, clip30, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert expect in out.stdout
+
+
+def test_pipeline_started_by_a_thread_that_ended_runs_on(clip30, random_config):
+    """A run dies with the thread that forked it (Linux's parent-death signal): the pipeline
+    keeps its own, so a web request's thread may start one that the server reads later."""
+    made: list[tuple[streamseg.Pipeline, int]] = []
+
+    def starter() -> None:  # starts the run, takes a result (the run is up), and ends
+        p = streamseg.Pipeline(clip30, config=random_config)
+        first = p.next(timeout_s=120)
+        assert first is not None
+        made.append((p, first.frame))
+
+    thread = threading.Thread(target=starter)
+    thread.start()
+    thread.join()
+    p, first = made[0]
+    with p:
+        frames = [first, *(r.frame for r in p)]
+    assert frames == list(range(30))
+    assert p.report is not None and p.report.exit_code == 0
