@@ -751,6 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     subscribe.register(sub)
     keys.register(sub)
+    fleet_cli.register(sub)
     for name in ("stage", "bench"):  # they run a model too
         sub.choices[name].epilog = OWN_MODEL
     return parser

@@ -5,9 +5,11 @@ runner.py, ray_backend.py and cells.py."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 CORPUS_HELP = (
     "Corpus mode: when the single INPUT is a folder (its video files, recursively), a quoted glob "
@@ -32,7 +34,17 @@ PASSTHROUGH = (
 )
 """annotate's options that each file's run gets as they were given."""
 
-NOT_IN_CORPUS = ("publish", "keys", "allow_keys", "push", "sink", "report", "serve", "plan")
+NOT_IN_CORPUS = (
+    "publish",
+    "keys",
+    "allow_keys",
+    "push",
+    "sink",
+    "report",
+    "serve",
+    "plan",
+    "rtsp_out",
+)
 
 
 def add_corpus_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +57,8 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
         "--ray",
         metavar="ADDRESS",
         help="corpus: run each file as a Ray task on the cluster at ADDRESS (host:port of `ray "
-        "start --head`, or auto); OUTDIR must be a folder every node sees (needs streamseg[ray])",
+        "start --head`, auto, or local: a Ray started here); OUTDIR must be a folder every node "
+        "sees (needs streamseg[ray])",
     )
     g.add_argument("--video", action="store_true", help="corpus: also write each annotated video")
     g.add_argument(
@@ -125,8 +138,9 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             if args.ray is not None:
                 from streamseg.fleet import ray_backend
 
+                address = None if args.ray == "local" else args.ray
                 outcome = ray_backend.run_corpus(
-                    args.ray, todo, outdir, recorder, video=args.video, argv=_argv(args),
+                    address, todo, outdir, recorder, video=args.video, argv=_argv(args),
                     retries=args.retries,
                 )  # fmt: skip
             else:
@@ -161,3 +175,116 @@ def _sizes(outdir: Path, done: dict) -> dict[str, int | None]:
             p = outdir / rel
             sizes[rel] = p.stat().st_size if p.is_file() else None
     return sizes
+
+
+# -- streamseg fleet ---------------------------------------------------------------------------
+
+FLEET_HELP = (
+    "Run a fleet of cameras on a Ray cluster: FLEET.toml lists the cameras and the cells' "
+    "settings (docs/fleet.md); the cameras are spread over cells, each cell is one pipeline "
+    "(`streamseg watch` of its cameras) run by a Ray actor on the node Ray picks. When a node is "
+    "lost, Ray starts its cells on nodes with room and their cameras resume there; a camera is "
+    "never run by two cells at once (leases with epochs). Results are published by each cell "
+    "(ZeroMQ); read them all with `streamseg subscribe --fleet ADDRESS`. Runs until Ctrl-C. "
+    "`streamseg fleet status` prints every camera's cell, host and state, and the moves."
+)
+
+
+def register(sub: Any) -> None:
+    """Add the `fleet` command to the CLI's subparsers."""
+    p = sub.add_parser("fleet", help="cameras in cells on a Ray cluster", description=FLEET_HELP)
+    p.add_argument("fleet", metavar="FLEET.toml|status", help="a fleet file to run, or status")
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default="auto",
+        help="the Ray cluster: HOST:PORT of `ray start --head`, auto (the one this machine "
+        "joined; default) or local (start one here, for a single machine)",
+    )
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.set_defaults(func=cmd_fleet)
+
+
+def _connect(address: str) -> Any:
+    from streamseg.fleet.ray_backend import connect
+
+    return connect(None if address == "local" else address)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from streamseg.fleet.cells import FleetError, read
+    from streamseg.fleet.ray_backend import RayUnavailable
+
+    try:
+        if args.fleet == "status":
+            return _status(_connect(args.ray), as_json=args.json)
+        fleet = read(args.fleet)
+        return _run_fleet(_connect(args.ray), fleet)
+    except (FleetError, RayUnavailable) as e:
+        print(f"streamseg fleet: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _status(ray: Any, *, as_json: bool) -> int:
+    import json
+
+    from streamseg.fleet.ray_backend import registry_of
+
+    status = ray.get(registry_of(ray).status.remote())
+    if as_json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"{'camera':16s} {'cell':8s} {'epoch':>5s} {'host':16s} {'state':10s} endpoint")
+    for row in status["cameras"]:
+        print(f"{row['camera']:16s} {row['cell']:8s} {row['epoch']:5d} {row['host']:16s} "
+              f"{row['state']:10s} {row['endpoint']}")  # fmt: skip
+    for m in status["moves"]:
+        print(f"moved: {m['cell']} ({', '.join(m['cameras'])}) epoch {m['from_epoch']} on "
+              f"{m['from_host']} -> epoch {m['to_epoch']} on {m['to_host']} after "
+              f"{m['gap_s']:.1f} s without a holder")  # fmt: skip
+    return 0
+
+
+def _run_fleet(ray: Any, fleet: Any) -> int:
+    import signal
+    import threading
+
+    from streamseg.fleet.ray_backend import start_fleet
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = [signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)]
+    registry, cells = start_fleet(ray, fleet)
+    print(f"fleet: {len(fleet.cameras)} cameras in {len(cells)} cells; Ctrl-C stops",
+          file=sys.stderr, flush=True)  # fmt: skip
+    seen: dict[str, tuple[int, str]] = {}
+    moves = 0
+    try:
+        while not stop.wait(1.0):
+            try:
+                status = ray.get(registry.status.remote(), timeout=10)
+            except ray.exceptions.RayError as e:
+                print(f"fleet: registry unreachable ({type(e).__name__})", file=sys.stderr)
+                continue
+            for row in status["cameras"]:
+                now = (row["epoch"], row["state"])
+                if seen.get(row["camera"]) != now:
+                    seen[row["camera"]] = now
+                    line = (f"fleet: {row['camera']}: {row['cell']} epoch {row['epoch']} on "
+                            f"{row['host']}: {row['state']}")  # fmt: skip
+                    print(line, file=sys.stderr, flush=True)
+            for m in status["moves"][moves:]:
+                print(f"fleet: moved {m['cell']} ({', '.join(m['cameras'])}) from "
+                      f"{m['from_host']} to {m['to_host']} after {m['gap_s']:.1f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            moves = len(status["moves"])
+    finally:
+        for s, handler in zip((signal.SIGINT, signal.SIGTERM), old, strict=True):
+            signal.signal(s, handler)
+        with contextlib.suppress(Exception):  # best effort: the actors die with this driver
+            ray.get([c.stop.remote() for c in cells.values()], timeout=30)
+        print(f"fleet: stopped ({moves} moves)", file=sys.stderr)
+    return 0

@@ -1,0 +1,170 @@
+"""The fleet registry: which cell holds which cameras, where, under which epoch.
+
+A cell runs its cameras only while it holds its cell's lease. `Leases` (pure; the clock is
+passed in) grants a lease with a new epoch only when no earlier holder's lease is still live,
+and a holder renews it every `lease_s / 4`; a renewal with a stale epoch, or after the lease
+ran out, is refused. A holder that is refused, or that could not renew for `fence_s(lease_s)`
+by its own clock, stops its pipeline at once. So when a node is lost (or cut off), its cell's
+cameras start elsewhere only after the old holder has stopped or is gone: a camera is never
+processed by two cells at once. Each grant that follows another holder is a move, counted with
+the time the cell's cameras had no holder.
+
+`Registry` is the same core as a Ray actor (named, on the head node), created by
+`streamseg fleet`; cells, `fleet status` and the fleet subscriber ask it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+REGISTRY_NAME = "streamseg-fleet-registry"
+"""The Ray actor name of the registry (in namespace ray_backend.NAMESPACE)."""
+
+
+def fence_s(lease_s: float) -> float:
+    """How long a holder runs on without a successful renewal, measured from when it sent its
+    last successful one: less than the lease, so it has stopped before the registry grants the
+    cell again (the registry counts the lease from when that renewal arrived, later)."""
+    return 0.75 * lease_s
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One cell's holder.
+
+    epoch: grows by one per grant of this cell. host, node: the address and Ray node id it
+    runs on. endpoint: where its
+    results are published (ZeroMQ PUB). state: what the holder last said (starting, running,
+    restarting). granted, renewed: registry clock, seconds.
+    """
+
+    cell: str
+    epoch: int
+    host: str
+    node: str
+    endpoint: str
+    cameras: tuple[str, ...]
+    state: str
+    granted: float
+    renewed: float
+
+
+@dataclass(frozen=True)
+class Move:
+    """A cell granted to a new holder after an earlier one: `gap_s` is the time from the old
+    holder's last renewal to the new grant (its cameras had no running cell meanwhile)."""
+
+    cell: str
+    cameras: tuple[str, ...]
+    from_host: str
+    to_host: str
+    from_node: str
+    to_node: str
+    from_epoch: int
+    to_epoch: int
+    gap_s: float
+    at: float
+
+
+@dataclass
+class Leases:
+    """The registry's state and rules. Pure: every call takes `now` (seconds)."""
+
+    lease_s: float = 4.0
+    leases: dict[str, Lease] = field(default_factory=dict)
+    moves: list[Move] = field(default_factory=list)
+
+    def live(self, cell: str, now: float) -> bool:
+        lease = self.leases.get(cell)
+        return lease is not None and now - lease.renewed < self.lease_s
+
+    def claim(
+        self, cell: str, cameras: tuple[str, ...], host: str, node: str, endpoint: str, now: float
+    ) -> int | None:
+        """A new holder for `cell`: its epoch, or None while an earlier holder's lease is
+        live (ask again later)."""
+        old = self.leases.get(cell)
+        if old is not None and self.live(cell, now):
+            return None
+        epoch = (old.epoch if old else 0) + 1
+        if old is not None:
+            gap = now - old.renewed
+            self.moves.append(
+                Move(cell, cameras, old.host, host, old.node, node, old.epoch, epoch, gap, now)
+            )
+        self.leases[cell] = Lease(cell, epoch, host, node, endpoint, cameras, "starting", now, now)
+        return epoch
+
+    def renew(self, cell: str, epoch: int, state: str, now: float) -> bool:
+        """Whether the holder of `epoch` still holds `cell` (then its lease runs on from now);
+        False: it must stop its pipeline now."""
+        lease = self.leases.get(cell)
+        if lease is None or lease.epoch != epoch or not self.live(cell, now):
+            return False
+        self.leases[cell] = replace(lease, state=state, renewed=now)
+        return True
+
+    def release(self, cell: str, epoch: int, now: float) -> None:
+        """The holder of `epoch` stopped its pipeline: the cell may be granted at once."""
+        lease = self.leases.get(cell)
+        if lease is not None and lease.epoch == epoch:
+            self.leases[cell] = replace(lease, state="stopped", renewed=now - self.lease_s)
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        """Per camera: its cell, epoch, host, endpoint and state (lost: no live holder)."""
+        rows = []
+        for lease in sorted(self.leases.values(), key=lambda x: x.cell):
+            state = lease.state if self.live(lease.cell, now) else "lost"
+            for camera in lease.cameras:
+                rows.append(
+                    {"camera": camera, "cell": lease.cell, "epoch": lease.epoch,
+                     "host": lease.host, "node": lease.node, "endpoint": lease.endpoint,
+                     "state": state, "since_s": round(now - lease.granted, 1)}
+                )  # fmt: skip
+        return rows
+
+    def endpoints(self, now: float) -> list[dict[str, Any]]:
+        """The cells with a live holder: cell, epoch, host, endpoint, cameras."""
+        return [
+            {"cell": x.cell, "epoch": x.epoch, "host": x.host, "node": x.node,
+             "endpoint": x.endpoint,
+             "cameras": list(x.cameras)}
+            for x in sorted(self.leases.values(), key=lambda x: x.cell)
+            if self.live(x.cell, now)
+        ]  # fmt: skip
+
+
+class Registry:
+    """The Leases as a Ray actor (ray.remote(Registry) in ray_backend): wall clock, plain
+    dicts in and out."""
+
+    def __init__(self, lease_s: float) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.core = Leases(lease_s=lease_s)
+
+    def lease_s(self) -> float:
+        return self.core.lease_s
+
+    def claim(
+        self, cell: str, cameras: list[str], host: str, node: str, endpoint: str
+    ) -> int | None:
+        return self.core.claim(cell, tuple(cameras), host, node, endpoint, self._clock())
+
+    def renew(self, cell: str, epoch: int, state: str) -> bool:
+        return self.core.renew(cell, epoch, state, self._clock())
+
+    def release(self, cell: str, epoch: int) -> None:
+        self.core.release(cell, epoch, self._clock())
+
+    def status(self) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            "cameras": self.core.status(now),
+            "moves": [asdict(m) for m in self.core.moves],
+        }
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return self.core.endpoints(self._clock())
