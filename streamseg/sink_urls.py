@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -311,3 +312,49 @@ def number(spec: SinkUrl, key: str, default: float) -> float:
     """A checked numeric option of `spec` (parse checked it), or `default`."""
     text = spec.options.get(key)
     return default if text is None else float(text)
+
+
+# -- --rtsp-out ----------------------------------------------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+"""The python that has GStreamer's RTSP server (python3-gi): postprocess.sinks.rtsp_server."""
+
+_RTSP_PROBE = (
+    "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')\n"
+    "from gi.repository import Gst, GstRtspServer; Gst.init(None)\n"
+    "names = ['appsrc', 'videoconvert', 'openh264enc', 'h264parse', 'rtph264pay']\n"
+    "missing = ' '.join(n for n in names if Gst.ElementFactory.find(n) is None)\n"
+    "raise SystemExit(missing and 'missing GStreamer elements: ' + missing or None)\n"
+)
+
+
+def rtsp_listen(value: str) -> tuple[str, int]:
+    """--rtsp-out's [HOST:]PORT as (host, port): a port alone is loopback (this host only),
+    like --serve. ConfigError with one line for anything else."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--rtsp-out {value}: give [HOST:]PORT with a port in 1..65535")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def rtsp_problem(value: str) -> str | None:
+    """Why --rtsp-out VALUE cannot work here (no GStreamer RTSP server, the port taken), or
+    None. ConfigError for a malformed value."""
+    host, port = rtsp_listen(value)
+    try:
+        probe = subprocess.run([SYSTEM_PYTHON, "-c", _RTSP_PROBE], capture_output=True, timeout=60)
+        lines = probe.stderr.decode(errors="replace").strip().splitlines()
+        why = None if probe.returncode == 0 else (lines[-1] if lines else "it failed")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = str(e)
+    if why is not None:
+        return (
+            f"--rtsp-out needs GStreamer's RTSP server under {SYSTEM_PYTHON} ({why}): "
+            "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-bad"
+        )
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as e:
+        return f"--rtsp-out {value}: cannot listen on {host}:{port} ({e.strerror or e})"
+    return None

@@ -51,6 +51,8 @@ class Outputs:
     sinks: tuple[str, ...] = ()
     """Broker sinks' URLs (--sink; MQTT, Redis Streams, webhooks: streamseg.sink_urls), checked;
     the pipeline file's [[sinks]] are added to them."""
+    rtsp_out: str | None = None
+    """[HOST:]PORT: each stream's annotated video as rtsp://HOST:PORT/STREAM (--rtsp-out)."""
     push: str | None = None
     """Where one reader program takes every result (--push; streamseg.Pipeline), waiting for it
     in a file run, dropping what it cannot take in a live run (postprocess.sinks.push)."""
@@ -160,7 +162,7 @@ def plan(
         ep,
         streams=n,
         model_threads=budget.model,
-        forward_images=bool(outputs.video) or outputs.preview,
+        forward_images=bool(outputs.video or outputs.rtsp_out) or outputs.preview,
     )
     # who may send to whom (stage.trust): frames from the sources (and a dispatcher's workers'
     # credits), detections from inference or its workers
@@ -405,6 +407,7 @@ def _postprocess(
         preview_endpoint=preview_endpoint,
         encoder_threads=encoder_threads,
         sinks=(*outputs.sinks, *pipeline.sinks),
+        rtsp_out=outputs.rtsp_out,
     )
 
 

@@ -132,6 +132,7 @@ def run(
     push: str | None = None,
     push_buffer: int = 16,
     sinks: Sequence[str] = (),
+    rtsp_out: str | None = None,
 ) -> RunReport:
     """Run the pipeline over `sources` until every stream ended, a stage failed (file runs) or
     the user stopped it (Ctrl-C, SIGTERM); never leaves a stage process behind.
@@ -139,7 +140,8 @@ def run(
     /metrics and /healthz from, while it runs. `drain_s`: DRAIN_S's wait, for this run.
     `claim`: other files this run writes (the CLI's --report), locked with its outputs.
     `push`, `push_buffer`: one reader program's endpoint for every result (plan.Outputs.push).
-    `sinks`: broker sinks' URLs, checked (--sink; plan.Outputs.sinks).
+    `sinks`: broker sinks' URLs, checked (--sink; plan.Outputs.sinks). `rtsp_out`: [HOST:]PORT
+    to serve the annotated streams on over RTSP (plan.Outputs.rtsp_out).
 
     lock.OutputBusy (before any stage starts) when another run holds one of its files."""
     streams = [s.stream for s in sources]
@@ -162,6 +164,7 @@ def run(
                 push=push,
                 push_buffer=push_buffer,
                 sinks=tuple(sinks),
+                rtsp_out=rtsp_out,
             )
             the_plan = planning.plan(
                 pipeline,

@@ -36,6 +36,7 @@ from streamseg.postprocess.sinks.preview import Preview
 from streamseg.postprocess.sinks.publish import Publish
 from streamseg.postprocess.sinks.push import Push
 from streamseg.postprocess.sinks.results import ResultsFiles
+from streamseg.postprocess.sinks.rtsp_out import RtspOut
 from streamseg.postprocess.sinks.video import VideoFiles
 from streamseg.postprocess.streams import StreamBook
 from streamseg.postprocess.tracking import Tracker
@@ -71,6 +72,7 @@ def build_outputs(
     push_buffer: int = 16,
     live: bool = False,
     brokers: Sequence[str] = (),
+    rtsp_out: str | None = None,
 ) -> Outputs:
     """The stage's sinks, in the order each frame reaches them (a new output: one line here).
     Templates name one file per stream (outputs.output_path). `brokers`: broker sinks' URLs
@@ -86,6 +88,8 @@ def build_outputs(
         sinks.append(Preview(previewer))
     for spec in parse_all(brokers):  # MQTT, Redis, webhooks: off the frame path (Threaded)
         sinks.append(build_broker(spec, live=live))
+    if rtsp_out:  # annotated streams over RTSP, drawn only while someone plays them
+        sinks.append(RtspOut(rtsp_out))
     if push:  # last: in a file run it waits for its reader, after the files have the frame
         sinks.append(Push(push, live=live, buffer=push_buffer, should_stop=stop_held))
     return Outputs(sinks)
@@ -130,6 +134,7 @@ def serve(
     push: str | None = None,
     push_buffer: int = 16,
     sinks: Sequence[str] = (),
+    rtsp_out: str | None = None,
 ) -> int:
     """track: the Tracker's settings (None: no track ids). mask_nms, mask_nms_cross_label,
     score_threshold: see frame.Rules (track_score_threshold in the model config lets inference
@@ -174,6 +179,7 @@ def serve(
         push_buffer=push_buffer,
         live=live,
         brokers=sinks,
+        rtsp_out=rtsp_out,
     )
     trackers: dict[str, Tracker] = {}  # per stream, made on its first frame
     # several inference workers: results back in each stream's order (postprocess.reorder)
@@ -285,6 +291,7 @@ def main(args: PostprocessArgs) -> int:
         push=args.push,
         push_buffer=args.push_buffer,
         sinks=args.sinks,
+        rtsp_out=args.rtsp_out,
         n_outputs=args.n_outputs,
         track={"max_missed": args.track_max_missed} if args.track else None,
         restarted=args.part if args.restarted else 0,

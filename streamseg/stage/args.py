@@ -159,6 +159,8 @@ class PostprocessArgs(_Links):
     """libx264 threads (0: its default), from the run's thread budget."""
     sinks: tuple[str, ...] = ()
     """Broker sinks' URLs (--sink, [[sinks]]; streamseg.sink_urls): MQTT, Redis, webhooks."""
+    rtsp_out: str | None = None
+    """[HOST:]PORT to serve each stream's annotated video on over RTSP (None: none)."""
 
 
 StageArgs = SourceArgs | InferenceArgs | DispatcherArgs | WorkerArgs | PostprocessArgs
