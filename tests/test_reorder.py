@@ -24,6 +24,15 @@ def test_results_wait_for_their_predecessor():
     assert r.held("a") == 0 and r.chained("a") and r.seen("a") == 3
 
 
+def test_released_says_whether_a_frame_and_all_before_it_are_out():
+    r = Reorder(clock=Clock())
+    assert not r.released("a", 0)
+    r.push("a", 1, 0, "a1")  # held: 0 is at another worker
+    assert not r.released("a", 1)
+    r.push("a", 0, -1, "a0")
+    assert r.released("a", 0) and r.released("a", 1) and not r.released("a", 2)
+
+
 def test_streams_are_independent():
     r = Reorder(clock=Clock())
     assert r.push("a", 1, 0, "a1") == (RELEASED, [])
@@ -149,3 +158,53 @@ def test_results_that_overtake_their_streams_start_wait_for_it():
     adopted = OrderedInput(Counters(), live=True, adopt=True, clock=clock)
     adopted.put(_det("c", 7, -1))
     assert [d.frame for d in adopted.take()] == [7]
+
+
+def test_end_of_stream_that_overtook_all_its_results_waits_for_the_last_handed_out():
+    """A clip shorter than a batch: the dispatcher handed every frame out and passed the end on
+    before any result came (it once passed at once: every frame of the stream was lost)."""
+    from streamseg.accounting import Counters
+    from streamseg.postprocess.reorder import OrderedInput
+    from streamseg.wire.messages import EndOfStream
+
+    o = OrderedInput(Counters(), live=False, clock=Clock())
+    for stream in ("one", "three"):
+        o.start(stream)
+    o.put(EndOfStream("one", 1, prev=0))
+    o.put(EndOfStream("three", 3, prev=2))
+    assert o.take() == []
+    o.put(_det("three", 0, -1))  # a result without a predecessor says nothing of workers
+    assert [(d.stream, d.frame) for d in o.take()] == [("three", 0)]
+    o.put(_det("one", 0, -1))
+    assert [getattr(d, "frame", "end") for d in o.take()] == [0, "end"]
+    o.put(_det("three", 2, 1))
+    assert o.take() == []
+    o.put(_det("three", 1, 0))
+    assert [getattr(d, "frame", "end") for d in o.take()] == [1, 2, "end"]
+
+
+def test_end_of_stream_with_nothing_handed_out_passes_at_once():
+    """A file with no decodable frame: its end is all that comes."""
+    from streamseg.accounting import Counters
+    from streamseg.postprocess.reorder import OrderedInput
+    from streamseg.wire.messages import EndOfStream
+
+    o = OrderedInput(Counters(), live=False, clock=Clock())
+    o.start("a")
+    o.put(EndOfStream("a", 0, prev=-1))
+    assert [type(m).__name__ for m in o.take()] == ["EndOfStream"]
+
+
+def test_end_of_stream_waits_for_its_last_frame_at_most_its_limit():
+    from streamseg.accounting import Counters
+    from streamseg.postprocess.reorder import END_WAIT_S, OrderedInput
+    from streamseg.wire.messages import EndOfStream
+
+    clock = Clock()
+    o = OrderedInput(Counters(), live=False, clock=clock)
+    o.start("a")
+    o.put(EndOfStream("a", 2, prev=1))  # frame 1's worker went down with it, never sent again
+    o.put(_det("a", 0, -1))
+    assert [d.frame for d in o.take()] == [0]
+    clock.t = END_WAIT_S[False]
+    assert [type(m).__name__ for m in o.take()] == ["EndOfStream"]

@@ -142,6 +142,7 @@ VALID_CONTROL = [
     EndOfStream("clip", 120, "", False),  # source.file, all sent
     EndOfStream("clip", 0, "no such file: x.mp4", True),  # source.main, unreadable
     EndOfStream("cam 1", 7, "gone: down for 30 s (stalled)", lost=True),  # source.live
+    EndOfStream("clip", 3, prev=2),  # inference.dispatcher: frame 2 the last handed out
     stats_postprocess(),
     stats_source(),
     stats_inference(),
@@ -548,10 +549,17 @@ def test_detections_scalar_contents(field: str, value: Any) -> None:
     [("stream", v) for v in BAD_NAMES]
     + [("frames", v) for v in (-1, "3", None, 3.0, True)]
     + [("error", v) for v in (None, 5, ["x"])]
-    + [("lost", v) for v in ("no", 0, None)],
+    + [("lost", v) for v in ("no", 0, None)]
+    + [("prev", v) for v in (-2, "2", None, 2.0, True)],
 )
 def test_end_of_stream_contents(field: str, value: Any) -> None:
     _refused(_with(EndOfStream("clip", 3, "", False), **{field: value}), f"EndOfStream: {field}")
+
+
+def test_end_of_stream_prev_is_optional_on_the_wire() -> None:
+    """A sender from before the dispatcher named its last frame: absent reads as -1."""
+    msg = decode(_with(EndOfStream("clip", 3, prev=2), prev=...))
+    assert msg == EndOfStream("clip", 3) and msg.prev == -1
 
 
 def _instance(**changes: Any) -> dict[str, Any]:

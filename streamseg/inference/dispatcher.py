@@ -6,8 +6,9 @@ sources). Workers (streamseg.inference.worker) connect to the work endpoint and 
 when they are free (credit); each batch goes to the worker idle longest. Each frame is stamped
 with `prev`, the frame of its stream handed out before it, by which postprocess restores order.
 Stream starts and ends go straight to postprocess, an end after its stream's last frame was
-handed out. A worker that goes silent (`lost_s`: dead or frozen) is lost: its frames are sent
-again to another worker (file runs) or counted dropped as `worker_lost` (live runs).
+handed out, stamped with that frame (`prev`: postprocess waits for its result). A worker that
+goes silent (`lost_s`: dead or frozen) is lost: its frames are sent again to another worker
+(file runs) or counted dropped as `worker_lost` (live runs).
 
 It reports as the inference stage ("inference"): in = frames from sources, out = frames whose
 results a worker sent, dropped by reason.
@@ -105,8 +106,13 @@ def serve(
     def pass_on(controls: list[Any]) -> None:
         nonlocal ended
         for ctl in controls:
+            if isinstance(ctl, EndOfStream):
+                # its stream's results come from workers, on other connections, and may still
+                # be running (a clip shorter than a batch: all of them): postprocess passes
+                # the end on once the last frame handed out is out
+                ctl = replace(ctl, prev=last.get(ctl.stream, -1))
+                ended += 1
             links.send(push, ctl)
-            ended += isinstance(ctl, EndOfStream)
 
     def stamp(f: Frame) -> Frame:
         """The frame with its stream's previous frame (a frame sent again keeps its own)."""

@@ -116,6 +116,11 @@ class Reorder(Generic[T]):
         s = self.streams.get(stream)
         return bool(s and s.chained)
 
+    def released(self, stream: str, frame: int) -> bool:
+        """Whether `stream`'s results up to `frame` are out (released, or their gap skipped)."""
+        s = self.streams.get(stream)
+        return bool(s and s.last is not None and s.last >= frame)
+
     def skipped(self, stream: str) -> int:
         s = self.streams.get(stream)
         return s.skipped if s else 0
@@ -142,8 +147,8 @@ REORDER_WAIT_S = 1.0
 an inference worker."""
 END_WAIT_S = {False: 30.0, True: 1.0}
 """Results from several workers: how long (file runs, live runs) an end-of-stream waits for
-results of its stream still on their way from other workers (a file run's count says when all
-came; a live stream's never does)."""
+results of its stream still on their way from other workers (they all came once the last frame
+the dispatcher handed out is out; a frame lost with a worker in a live run never comes)."""
 
 
 class OrderedInput:
@@ -218,9 +223,20 @@ class OrderedInput:
         out += [det for _, det in self.reorder.expire()]
         for eos, deadline in list(self.ending.values()):
             s = eos.stream
-            if self.reorder.chained(s) and self.reorder.seen(s) < eos.frames and now < deadline:
+            if self._on_their_way(eos) and now < deadline:
                 continue  # results of other workers on their way
             del self.ending[s]
             out += self.reorder.flush(s)
             out.append(eos)
         return out
+
+    def _on_their_way(self, eos: EndOfStream) -> bool:
+        """Whether results of `eos`'s stream are still at workers. The dispatcher names the
+        last frame it handed out (`eos.prev`); all came once that one is out. Without one (a
+        single inference process: its results came before the end, on the same connection; or
+        a dispatcher that named none), only results that came chained say there are workers,
+        and the count says whether all came."""
+        s = eos.stream
+        if eos.prev >= 0:
+            return not self.reorder.released(s, eos.prev)
+        return self.reorder.chained(s) and self.reorder.seen(s) < eos.frames

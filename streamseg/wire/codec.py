@@ -64,6 +64,7 @@ _OPTIONAL_FIELDS: dict[type, dict[str, Any]] = {
     # prev: senders from before several workers; Stats: control fields typed after extra
     Frame: {"prev": -1},
     Detections: {"prev": -1},
+    EndOfStream: {"prev": -1},
     Stats: {"name": "", "ready": False, "ended": False, "heartbeat": False, "busy": False},
 }
 _TYPES: dict[str, type] = {

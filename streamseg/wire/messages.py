@@ -97,6 +97,10 @@ class EndOfStream:
     error: str = ""
     lost: bool = False
     """True when the source knows frames were lost (truncated file, stream gone for good)."""
+    prev: int = -1
+    """The last frame of the stream that the dispatcher handed out to a worker (-1: none, or
+    not from a dispatcher): postprocess passes the end on once that frame's result is out, as
+    it does a result once its `Frame.prev` is. Optional on the wire: absent means -1."""
 
 
 @dataclass(frozen=True)

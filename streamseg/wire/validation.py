@@ -142,6 +142,7 @@ def _check_eos(f: dict[str, Any]) -> dict[str, Any]:
         "frames": integer(f["frames"], "frames"),
         "error": text(f["error"], "error"),
         "lost": boolean(f["lost"], "lost"),
+        "prev": integer(f["prev"], "prev", lo=-1),
     }
 
 
