@@ -73,3 +73,10 @@ def test_locks_are_released_and_removed_at_the_end(tmp_path):
 def test_a_folder_without_a_lock_is_left_to_the_output_checks(tmp_path):
     with lock_outputs([tmp_path / "missing" / "r.jsonl"]):
         pass
+
+
+def test_what_is_not_a_regular_file_takes_no_lock(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with lock_outputs([os.devnull, fifo]):
+        assert not lock_path(os.devnull).exists() and not lock_path(fifo).exists()

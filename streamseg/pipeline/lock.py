@@ -75,8 +75,8 @@ def lock_outputs(outputs: Sequence[str | os.PathLike[str] | None]) -> Iterator[N
             if output is None:
                 continue
             path = Path(output).absolute()
-            if path in seen:
-                continue
+            if path in seen or (path.exists() and not path.is_file()):
+                continue  # (not a file a run owns: /dev/null, a FIFO someone reads)
             seen.add(path)
             try:
                 held.append((path, _take(path)))
