@@ -16,7 +16,8 @@ asks for verdicts; no clock of its own and no processes, so every decision is te
   restarted again: FAIL, with why.
 - Until it is ready a stage must show progress: a report, a heartbeat or, fed in by the
   supervisor, CPU time used (imports run before a stage can report). Silent and idle for
-  `start_idle_s` while starting, it is frozen: KILL. `start_s` bounds start-up as a whole.
+  `start_idle_s` while starting, it is frozen: KILL, naming the step it froze in (importing,
+  before its first report; loading, after). `start_s` bounds start-up as a whole.
 - Verdicts only on evidence: a gap of more than `pause_s` between two checks means the
   supervisor itself was stopped (Ctrl-Z, SIGSTOP) or starved, and saw nothing meanwhile. Every
   stage then gets a fresh `hang_s` (and start-up allowance) from that moment, time for the
@@ -202,8 +203,12 @@ class StageWatch:
                 if not s.ready and now - s.started >= self.start_s:
                     s.killed_for = f"not ready {self.start_s:g} s after starting"
                 elif not s.ready and now - s.progress >= self.start_idle_s:
+                    # the step it froze in: before its first report a stage imports its
+                    # modules (torch: seconds); then it loads (a model, its sockets)
+                    step = "importing" if s.seen is None else "loading"
                     s.killed_for = (
-                        f"frozen while starting: no sign of progress for {now - s.progress:.1f} s"
+                        f"frozen while starting ({step}): no sign of progress for "
+                        f"{now - s.progress:.1f} s"
                     )
                 elif s.ready and not s.final and s.seen is not None and now - s.seen >= self.hang_s:
                     s.killed_for = f"hung: no heartbeat for {now - s.seen:.1f} s"

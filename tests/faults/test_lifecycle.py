@@ -91,7 +91,7 @@ def test_a_stage_frozen_while_starting_is_found_without_waiting_300_s(
     took = time.monotonic() - t_stop
     err = run.stderr()
     assert code == 1, err
-    assert "postprocess frozen while starting: no sign of progress for" in err
+    assert "postprocess frozen while starting (importing): no sign of progress for" in err
     assert "postprocess killed by SIGKILL while starting" in err
     assert took < 60, f"found after {took:.0f} s"  # (before: 300 s)
     assert stage_pids(run.proc.pid, "") == []
