@@ -38,13 +38,12 @@ READY_S = 30.0
 """How long the helper may take to listen (importing GStreamer on a busy machine)."""
 
 
-def frame_message(stream: str, image: np.ndarray) -> bytes:
-    """One frame for the helper: uint32 big-endian N, N bytes of JSON, the RGB bytes.
-
-    image: uint8[H, W, 3] RGB."""
+def frame_header(stream: str, image: np.ndarray) -> bytes:
+    """What goes before a frame's RGB bytes to the helper: uint32 big-endian N, N bytes of
+    JSON {"stream", "width", "height"}. image: uint8[H, W, 3] RGB."""
     h, w = image.shape[:2]
     head = json.dumps({"stream": stream, "width": w, "height": h}).encode()
-    return struct.pack(">I", len(head)) + head + np.ascontiguousarray(image, np.uint8).tobytes()
+    return struct.pack(">I", len(head)) + head
 
 
 class RtspOut(Threaded):
@@ -109,7 +108,9 @@ class RtspOut(Threaded):
                 raise Dropped("no_client")
             if frame.annotated is None:
                 raise Dropped("no_pixels")  # inference forwarded none (nothing renders)
-            self.pipe.write(frame_message(frame.stream, frame.annotated()))
+            image = np.ascontiguousarray(frame.annotated(), np.uint8)
+            self.pipe.write(frame_header(frame.stream, image))
+            self.pipe.write(memoryview(image).cast("B"))  # no copy: the pipe takes the array
             self.pipe.flush()
             with self._lock:
                 self.mounted.add(frame.stream)
