@@ -12,10 +12,14 @@ With `threads = "auto"` (the default) the run decides, from the cores it may use
                 is the heaviest work, and one core stays for decoding, pasting, rendering and
                 encoding, which run in other processes at the same time.
   model (CUDA)  1: the CPU side of a GPU model only feeds the device.
-  encoder       what the model leaves, 1 to 4 (libx264's own pool; 0 would mean its default,
-                about 1.5 x all cores).
-  decoder       1 per source with a CPU model (frames arrive as fast as the model takes them),
-                FFmpeg's choice (0) with a GPU model.
+  encoder       CPU model: what the model leaves, 1 to 4 (libx264's own pool; 0 would mean its
+                default, about 1.5 x all cores).
+  decoder       CPU model: 1 per source (frames arrive as fast as the model takes them).
+  GPU model     decoders and encoders share the cores the feeder leaves, per stream (each
+                stream has a decoder and an encoder): decoder 1-2, encoder 2-4 (1 below 4
+                cores). Left to the libraries, 8 streams on 16 cores would start about 8 x 17
+                decoder and 8 x 24 encoder threads, competing with the one thread that feeds
+                the GPU and with postprocess's drawing.
 
 Inference workers (`[inference] workers = "auto"`, the default): on CPU one single-threaded model
 per core, up to MAX_CPU_WORKERS. Torch's intra-op threads pay poorly for a small model on
@@ -58,21 +62,30 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def plan(requested: int | str, *, cores: int, cuda: bool, workers: int = 1) -> ThreadPlan:
-    """The thread budget for a run on `cores` cores with `workers` inference processes.
+def plan(
+    requested: int | str, *, cores: int, cuda: bool, workers: int = 1, streams: int = 1
+) -> ThreadPlan:
+    """The thread budget for a run on `cores` cores with `workers` inference processes and
+    `streams` sources (with a GPU model each stream's decoder and encoder share what is left).
 
     requested: the config's `threads` ("auto", or a model thread count per worker, 0 for
-    torch's default).
+    every library's default).
     """
-    if cores < 1 or workers < 1:
-        raise ValueError(f"need cores >= 1 and workers >= 1, got {cores} and {workers}")
+    if cores < 1 or workers < 1 or streams < 0:
+        raise ValueError(
+            f"need cores >= 1, workers >= 1 and streams >= 0, got {cores}, {workers}, {streams}"
+        )
     if requested != AUTO and (not isinstance(requested, int) or requested < 0):
         raise ValueError(f'threads must be "auto" or an integer >= 0, got {requested!r}')
-    if cuda:
-        model = 1 if requested == AUTO else requested
-        return ThreadPlan(model=model, encoder=0, decoder=0, cores=cores)
     if requested == 0:
         return ThreadPlan(model=0, encoder=0, decoder=0, cores=cores)
+    if cuda:
+        model = 1 if requested == AUTO else int(requested)
+        share = max(1, (cores - model * workers) // max(1, streams))  # cores per stream
+        decoder = min(2, max(1, share // 3))  # 1080p H.264: one thread decodes well over 30 fps
+        least = 2 if cores >= 4 else 1  # one x264 thread is near 30 fps at 1080p (veryfast)
+        encoder = min(MAX_ENCODER_THREADS, max(least, share - decoder))
+        return ThreadPlan(model=model, encoder=encoder, decoder=decoder, cores=cores)
     model = max(1, (cores - 1) // workers) if requested == AUTO else int(requested)
     spare = cores - min(cores, model * workers)
     encoder = min(MAX_ENCODER_THREADS, max(1, spare))

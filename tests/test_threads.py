@@ -44,8 +44,32 @@ def test_zero_keeps_every_library_default() -> None:
 
 
 def test_cuda_model_needs_one_cpu_thread() -> None:
-    assert plan("auto", cores=16, cuda=True) == ThreadPlan(model=1, encoder=0, decoder=0, cores=16)
+    assert plan("auto", cores=16, cuda=True).model == 1
     assert plan(3, cores=16, cuda=True).model == 3
+
+
+@pytest.mark.parametrize(
+    ("cores", "streams", "encoder", "decoder"),
+    [
+        (16, 1, 4, 2),  # one stream: room to spare, still capped
+        (16, 4, 2, 1),  # 15 cores beside the feeder / 4 streams
+        (16, 8, 2, 1),
+        (16, 64, 2, 1),  # more streams than cores: never 0 (a library default)
+        (2, 1, 1, 1),  # a small machine: one x264 thread
+    ],
+)
+def test_cuda_gives_decoders_and_encoders_modest_explicit_threads(
+    cores: int, streams: int, encoder: int, decoder: int
+) -> None:
+    """With the model on a GPU every stream's decoder and encoder get a fixed, small pool (not
+    the libraries' defaults: about cores + 1 and 1.5 x cores threads each); together they stay
+    near the cores the GPU feeder leaves."""
+    p = plan("auto", cores=cores, cuda=True, streams=streams)
+    assert (p.model, p.encoder, p.decoder) == (1, encoder, decoder)
+    if streams * 3 <= cores:
+        assert streams * (p.encoder + p.decoder) <= cores - p.model
+    assert plan(2, cores=16, cuda=True, workers=2, streams=8).encoder >= 1  # never 0
+    assert plan(0, cores=16, cuda=True, streams=8) == ThreadPlan(0, 0, 0, 16)  # 0: defaults
 
 
 @pytest.mark.parametrize("bad", ["many", -1, 1.5])
