@@ -211,6 +211,13 @@ MAX_POLYGON_PATH = 2_000_000
 pycocotools draws it at 5x in memory (8 bytes a point: 80 MB here)."""
 
 
+def outlines(polys: list[list[float]]) -> list[list[float]]:
+    """The polygons of a segmentation that outline an area (3 points or more). pycocotools
+    reads a first polygon of 4 numbers as a box and fails on a shorter one or on none; real COCO
+    files have a few such degenerate polygons beside proper ones."""
+    return [p for p in polys if len(p) >= 6]
+
+
 def check_polygons(polys: list[list[float]], height: int, width: int, what: str) -> None:
     """Polygons [[x1, y1, x2, y2, ...], ...] (numbers already) that pycocotools can rasterise:
     finite, within one image size outside the image (x in [-width, 2 * width], y likewise),
@@ -333,6 +340,8 @@ def ground_truth_problem(data: Any) -> str | None:
             elif isinstance(seg, list) and all(
                 isinstance(p, list) and len(p) % 2 == 0 and all(_number(v) for v in p) for p in seg
             ):
+                if not outlines(seg):
+                    return f"{what} has no polygon of 3 points or more"
                 check_polygons(seg, height, width, what)
             else:
                 return f"{what} has no segmentation (polygons or an RLE)"
