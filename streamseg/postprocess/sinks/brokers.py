@@ -7,7 +7,7 @@ Delivery policy (docs/sinks.md): a sink never slows the frame loop or another si
 server is down or slow, results wait in its queue, at most `max_pending` of them; beyond that
 the oldest are dropped and counted ("queue_full"). It reconnects with backoff and logs the
 outage once and the recovery once. At the end of the run it has `drain_s` to deliver what is
-queued (a file run 10 s, a live run 2 s); the rest is counted "closed".
+queued (a file run 4 s, a live run 2 s); the rest is counted "closed".
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from streamseg.sink_urls import SinkUrl
 
 log = logging.getLogger(__name__)
 
-DRAIN_S = {False: 10.0, True: 2.0}
-"""live -> how long a sink may still deliver at the end, unless its URL says (drain_s=)."""
+DRAIN_S = {False: 4.0, True: 2.0}
+"""live -> how long a sink may still deliver at the end, unless its URL says (drain_s=): within
+the 5 s the supervisor gives a finished run's stages to exit before it stops them."""
 
 
 def build(spec: SinkUrl, *, live: bool) -> Sink:

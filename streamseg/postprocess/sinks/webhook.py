@@ -119,6 +119,7 @@ class Webhook(BrokerSink):
                 if left <= 0:
                     break
                 self._cond.wait(min(left, _POLL_S))
+        self.drain_s = max(0.0, deadline - self.clock())  # one drain time in all
         super().close()
 
     # -- the sink's thread ---------------------------------------------------------------------
