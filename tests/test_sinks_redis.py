@@ -16,6 +16,7 @@ from harness import Run
 from rtspfixture import free_port
 from test_sink_interface import frame_out
 
+from streamseg.pipeline.report import summary
 from streamseg.postprocess.sinks import Rendered
 from streamseg.postprocess.sinks.brokers import build
 from streamseg.sink_urls import parse
@@ -149,3 +150,20 @@ def test_results_held_through_an_outage_do_not_hold_the_frames_pixels():
     assert sink.counts().pending == 1
     sink.close()
     assert sink.counts().dropped == {"closed": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_file_run_does_not_wait_for_a_server_that_went_away(tmp_path, clip, random_config):
+    """(The CLI refuses to start a file run whose server is down; one that goes away later
+    costs the run its sink's drain time, and every result is counted.)"""
+    server = redis_server(tmp_path)
+    server.stop()
+    report, records = file_run(
+        tmp_path, random_config, clip[0], f"redis://127.0.0.1:{server.port}?drain_s=1"
+    )
+    assert report.exit_code == 0, report.errors  # the results file has every frame
+    assert len(records) == 10
+    counts = report.extra["postprocess"]["sinks"]["redis"]
+    assert counts == {"delivered": 0, "dropped": {"closed": 10}, "pending": 0}
+    assert "sinks: redis delivered 0, dropped 10 (closed 10), pending 0" in summary(report)
