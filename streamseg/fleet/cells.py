@@ -218,11 +218,14 @@ class Cell:
     supervisor gets SIGTERM when the parent dies), so a lost node takes its pipelines with it.
     """
 
-    def __init__(self, cell: str, fleet: Fleet, cameras: Sequence[Camera], registry: Any) -> None:
+    def __init__(self, cell: str, fleet: Fleet, cameras: Sequence[Camera]) -> None:
         import ray
 
+        from streamseg.fleet.registry import NAMESPACE, REGISTRY_NAME
+
         self.cell, self.fleet, self.cameras = cell, fleet, list(cameras)
-        self.registry = registry
+        # by name, not a handle passed in: a restarted cell finds the registry on its own
+        self.registry = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
         self.host = ray.util.get_node_ip_address()
         self.node = ray.get_runtime_context().get_node_id()
         self.epoch = 0

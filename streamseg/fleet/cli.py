@@ -240,9 +240,15 @@ def _status(ray: Any, *, as_json: bool) -> int:
               f"{row['state']:10s} {row['endpoint']}")  # fmt: skip
     for m in status["moves"]:
         print(f"moved: {m['cell']} ({', '.join(m['cameras'])}) epoch {m['from_epoch']} on "
-              f"{m['from_host']} -> epoch {m['to_epoch']} on {m['to_host']} after "
-              f"{m['gap_s']:.1f} s without a holder")  # fmt: skip
+              f"{_where(m['from_host'], m['from_node'])} -> epoch {m['to_epoch']} on "
+              f"{_where(m['to_host'], m['to_node'])} after {m['gap_s']:.1f} s without a "
+              "holder")  # fmt: skip
     return 0
+
+
+def _where(host: str, node: str) -> str:
+    """host (node abcdef12): several Ray nodes may share a host."""
+    return f"{host} (node {node[:8]})"
 
 
 def _run_fleet(ray: Any, fleet: Any) -> int:
@@ -278,8 +284,9 @@ def _run_fleet(ray: Any, fleet: Any) -> int:
                     print(line, file=sys.stderr, flush=True)
             for m in status["moves"][moves:]:
                 print(f"fleet: moved {m['cell']} ({', '.join(m['cameras'])}) from "
-                      f"{m['from_host']} to {m['to_host']} after {m['gap_s']:.1f} s",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                      f"{_where(m['from_host'], m['from_node'])} to "
+                      f"{_where(m['to_host'], m['to_node'])} after {m['gap_s']:.1f} s without "
+                      "a holder", file=sys.stderr, flush=True)  # fmt: skip
             moves = len(status["moves"])
     finally:
         for s, handler in zip((signal.SIGINT, signal.SIGTERM), old, strict=True):

@@ -25,10 +25,8 @@ from typing import Any
 from streamseg.fleet import manifest
 from streamseg.fleet.cells import Fleet
 from streamseg.fleet.corpus import Task
+from streamseg.fleet.registry import NAMESPACE
 from streamseg.fleet.runner import Outcome, Recorder, TaskFailed, annotate_one
-
-NAMESPACE = "streamseg"
-"""The Ray namespace of streamseg's named actors (the fleet registry)."""
 
 
 class RayUnavailable(Exception):
@@ -169,7 +167,7 @@ def start_fleet(ray: ModuleType, fleet: Fleet) -> tuple[Any, dict[str, Any]]:
             max_restarts=-1,  # a lost node's cell starts again wherever there is room
             max_task_retries=-1,
             max_concurrency=4,
-        ).remote(name, fleet, cameras, registry)
+        ).remote(name, fleet, cameras)
     return registry, cells
 
 

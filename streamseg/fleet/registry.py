@@ -18,8 +18,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+NAMESPACE = "streamseg"
+"""The Ray namespace of streamseg's drivers and named actors."""
+
 REGISTRY_NAME = "streamseg-fleet-registry"
-"""The Ray actor name of the registry (in namespace ray_backend.NAMESPACE)."""
+"""The Ray actor name of the registry (in NAMESPACE)."""
 
 
 def fence_s(lease_s: float) -> float:

@@ -1,0 +1,208 @@
+"""The Ray side of tests/test_fleet_ray.py, run inside a network namespace with only loopback.
+
+Ray advertises this machine's interface address even when told 127.0.0.1; inside
+`unshare -n` (root) the only interface is loopback, so the whole multi-node cluster binds and
+advertises 127.0.0.1 and nothing of it is reachable from outside. The test starts
+
+    unshare -n sh -c "ip link set lo up && python fleet_ray_driver.py SCENARIO ARGS... FACTS"
+
+and asserts on the facts (JSON) this script writes; it asserts nothing itself. Scenarios:
+
+  corpus CLIPS OUTDIR CONFIG FACTS   `streamseg annotate --ray` with a worker node removed once
+                                     two files are done, then the same command again
+  fleet FLEET.toml FACTS             `streamseg fleet` with 2 cells; the node of a cell that is
+                                     not the head's is removed once every camera delivered
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+STORE = 80 * 2**20  # the smallest object store Ray takes: nothing big goes through it
+SYSTEM = {  # a lost node is noticed in ~3 s (default: 15 s)
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
+
+
+def cluster() -> Cluster:
+    """A head and two worker nodes, one CPU each (the head's also runs the registry)."""
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "object_store_memory": STORE,
+            "include_dashboard": False,
+            "_system_config": SYSTEM,
+        },
+    )
+    for _ in range(2):
+        c.add_node(num_cpus=1, object_store_memory=STORE)
+    c.wait_for_nodes()
+    return c
+
+
+def streamseg(*args: str, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "streamseg.cli", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def until(what, timeout: float, interval: float = 0.2):
+    """what()'s first truthy value within `timeout` s, else None (the facts say so)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(interval)
+    return None
+
+
+def manifest_lines(outdir: Path) -> int:
+    try:
+        return len((outdir / "manifest.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def corpus(clips: str, outdir: str, config: str, facts: dict) -> None:
+    c = cluster()
+    try:
+        args = ("annotate", clips, "-o", outdir, "--ray", c.address, "--retries", "4",
+                "--config", config)  # fmt: skip
+        t0 = time.monotonic()
+        first = streamseg(*args)
+        facts["done_before_removal"] = until(
+            lambda: manifest_lines(Path(outdir)) >= 2 or first.poll() is not None, 240
+        ) and manifest_lines(Path(outdir))
+        workers = [n for n in c.list_all_nodes() if n is not c.head_node]
+        c.remove_node(workers[0], allow_graceful=False)
+        facts["removed_at_s"] = time.monotonic() - t0
+        _, err = first.communicate(timeout=400)
+        facts["first"] = {"rc": first.returncode, "stderr": err, "s": time.monotonic() - t0}
+        second = streamseg(*args)
+        _, err = second.communicate(timeout=120)
+        facts["second"] = {"rc": second.returncode, "stderr": err}
+    finally:
+        c.shutdown()
+
+
+class Collector(threading.Thread):
+    """Every fleet result received: (receive time, cell, epoch, stream, frame)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        from streamseg.fleet.ray_backend import fleet_subscriber
+
+        self.sub = fleet_subscriber(address, refresh_s=0.5)
+        self.rows: list[tuple[float, str, int, str, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            r = self.sub.recv(0.2)
+            if r is not None:
+                self.rows.append((time.monotonic(), r.cell, r.epoch, r.result.stream,
+                                  r.result.frame))  # fmt: skip
+
+    def streams_since(self, t: float, epoch_above: dict[str, int] | None = None) -> set[str]:
+        above = epoch_above or {}
+        return {s for (when, cell, epoch, s, _) in list(self.rows)
+                if when >= t and epoch > above.get(cell, 0)}  # fmt: skip
+
+
+def status(address: str) -> dict:
+    proc = streamseg("fleet", "status", "--ray", address, "--json")
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        return {"error": err}
+    return json.loads(out)
+
+
+def fleet(fleet_file: str, facts: dict) -> None:
+    c = cluster()
+    proc = None
+    try:
+        t0 = time.monotonic()
+        proc = streamseg("fleet", fleet_file, "--ray", c.address)
+        ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
+        until(lambda: "error" not in status(c.address), 60, interval=1.0)
+        collector = Collector(c.address)
+        collector.start()
+        cameras = {"cam0", "cam1", "cam2", "cam3"}
+        facts["all_before_s"] = until(lambda: collector.streams_since(0) >= cameras, 180) and (
+            time.monotonic() - t0
+        )
+        before = status(c.address)
+        facts["status_before"] = before
+        head = c.head_node.node_id
+        rows = before.get("cameras", [])
+        moved = next((r for r in rows if r["node"] != head), None)
+        if moved is None:
+            facts["error"] = "no cell off the head node"
+            return
+        cell, node = moved["cell"], moved["node"]
+        facts["moved_cell"] = cell
+        facts["moved_cameras"] = sorted(r["camera"] for r in rows if r["cell"] == cell)
+        epochs = {r["cell"]: r["epoch"] for r in rows}
+        target = next(n for n in c.list_all_nodes() if n.node_id == node)
+        t_remove = time.monotonic()
+        c.remove_node(target, allow_graceful=False)
+        back = until(
+            lambda: (
+                collector.streams_since(t_remove, {cell: epochs[cell]})
+                >= set(facts["moved_cameras"])
+            ),
+            90,
+        )
+        facts["back_after_s"] = back and time.monotonic() - t_remove
+        t_after = time.monotonic()
+        facts["all_after"] = sorted(
+            until(lambda: collector.streams_since(t_after) >= cameras and cameras, 60) or []
+        )
+        facts["status_after"] = status(c.address)
+        facts["followed"] = collector.sub.followed
+        collector.stop.set()
+        collector.join(timeout=10)
+        facts["removed_at_s"] = t_remove - t0
+        facts["rows"] = [[round(w - t0, 3), cl, ep, s, f] for (w, cl, ep, s, f) in collector.rows]
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            facts["fleet"] = {"rc": proc.returncode, "stderr": err[-4000:]}
+        ray.shutdown()
+        c.shutdown()
+
+
+def main() -> None:
+    scenario, *args, out = sys.argv[1:]
+    facts: dict = {"scenario": scenario}
+    try:
+        if scenario == "corpus":
+            corpus(*args, facts)
+        else:
+            fleet(*args, facts)
+    finally:
+        Path(out).write_text(json.dumps(facts))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    main()

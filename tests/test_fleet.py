@@ -1,0 +1,144 @@
+"""The fleet's pure cores: leases with epochs (registry.Leases), spreading cameras over cells
+(cells.assign), the fleet file (cells.load) and the cell's command line. No Ray needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamseg.fleet import cells
+from streamseg.fleet.cells import Camera, FleetError
+from streamseg.fleet.registry import Leases, fence_s
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+def claim(leases: Leases, now: float, cell: str = "c0", node: str = "n1") -> int | None:
+    return leases.claim(cell, ("cam1", "cam2"), "10.0.0.1", node, f"tcp://h:{int(now)}", now)
+
+
+def test_a_cell_is_granted_again_only_after_its_holder_lease_ran_out():
+    leases = Leases(lease_s=4.0)
+    assert claim(leases, 0.0) == 1
+    assert leases.renew("c0", 1, "running", 3.0)
+    assert claim(leases, 6.9, node="n2") is None  # the holder renewed at 3.0: live until 7.0
+    assert claim(leases, 7.0, node="n2") == 2
+    assert not leases.renew("c0", 1, "running", 7.1)  # stale epoch: that holder must stop
+    assert leases.renew("c0", 2, "running", 8.0)
+    (move,) = leases.moves
+    assert (move.from_node, move.to_node, move.from_epoch, move.to_epoch) == ("n1", "n2", 1, 2)
+    assert move.gap_s == pytest.approx(4.0) and move.cameras == ("cam1", "cam2")
+
+
+def test_a_late_renewal_is_refused_even_with_the_current_epoch():
+    leases = Leases(lease_s=4.0)
+    assert claim(leases, 0.0) == 1
+    assert not leases.renew("c0", 1, "running", 4.0)
+    assert not leases.renew("c1", 1, "running", 1.0)  # never granted
+
+
+def test_a_holder_fences_itself_before_the_registry_grants_again():
+    # the holder counts from when it sent its last good renewal (earlier than its arrival)
+    assert 0 < fence_s(4.0) < 4.0
+
+
+def test_release_lets_the_cell_be_granted_at_once_and_never_two_holders():
+    leases = Leases(lease_s=4.0)
+    assert claim(leases, 0.0) == 1
+    leases.release("c0", 99, 1.0)  # another epoch's release changes nothing
+    assert claim(leases, 1.0) is None
+    leases.release("c0", 1, 1.0)
+    assert claim(leases, 1.0) == 2
+    holders = [t for t in (1.5, 2.0, 3.0) if claim(leases, t) is not None]
+    assert holders == []
+
+
+def test_status_and_endpoints_say_lost_for_a_cell_without_a_live_holder():
+    leases = Leases(lease_s=4.0)
+    assert leases.status(0.0) == [] and leases.endpoints(0.0) == []
+    claim(leases, 0.0)
+    rows = leases.status(1.0)
+    assert [(r["camera"], r["cell"], r["state"]) for r in rows] == [
+        ("cam1", "c0", "starting"),
+        ("cam2", "c0", "starting"),
+    ]
+    assert [e["endpoint"] for e in leases.endpoints(1.0)] == ["tcp://h:0"]
+    assert {r["state"] for r in leases.status(5.0)} == {"lost"}
+    assert leases.endpoints(5.0) == []
+
+
+# -- spreading cameras --------------------------------------------------------------------------
+
+
+def cams(*weights: float) -> list[Camera]:
+    return [Camera(f"cam{i}", f"rtsp://h/{i}", w) for i, w in enumerate(weights)]
+
+
+def test_assign_spreads_evenly_and_keeps_the_file_order():
+    shards = cells.assign(cams(1, 1, 1, 1), cells=2, max_per_cell=2)
+    assert [[c.name for c in s] for s in shards] == [["cam0", "cam2"], ["cam1", "cam3"]]
+    assert [len(s) for s in cells.assign(cams(*[1] * 7), 0, 3)] == [3, 2, 2]
+
+
+def test_assign_by_weight_and_room():
+    shards = cells.assign(cams(4, 1, 1, 1, 1), cells=2, max_per_cell=4)
+    assert [[c.name for c in s] for s in shards] == [["cam0"], ["cam1", "cam2", "cam3", "cam4"]]
+    shards = cells.assign(cams(4, 1, 1, 1, 1), cells=2, max_per_cell=3)
+    assert sorted(len(s) for s in shards) == [2, 3]  # room beats weight
+
+
+def test_assign_empty_and_fewer_cameras_than_cells():
+    assert cells.assign([], 0, 4) == []
+    assert [len(s) for s in cells.assign(cams(1), cells=3, max_per_cell=2)] == [1]
+
+
+# -- the fleet file -----------------------------------------------------------------------------
+
+GOOD = """
+config = "my.toml"
+max_cameras_per_cell = 2
+lease_s = 3
+options = ["--device", "cpu"]
+[[cameras]]
+name = "gate"
+url = "rtsp://10.0.0.5/gate"
+[[cameras]]
+url = "clips/door.mp4"
+weight = 2
+"""
+
+
+def test_load_a_fleet_file():
+    fleet = cells.load(GOOD, path="f.toml", base=Path("/srv/fleet"))
+    assert fleet.config == "/srv/fleet/my.toml" and fleet.pipeline == "watch"
+    assert fleet.cameras == (
+        Camera("gate", "rtsp://10.0.0.5/gate", 1.0),
+        Camera("cam2", "/srv/fleet/clips/door.mp4", 2.0),
+    )
+    assert fleet.lease_s == 3 and fleet.options == ("--device", "cpu")
+    cmd = cells.watch_command(fleet, fleet.cameras, "tcp://10.0.0.9:5000", python="py")
+    assert cmd[:5] == ["py", "-m", "streamseg.cli", "watch", "-q"]
+    assert "gate=rtsp://10.0.0.5/gate" in cmd and cmd[-2:] == ["--device", "cpu"]
+    assert cmd[cmd.index("--publish") + 1] == "tcp://10.0.0.9:5000"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("x = [", "not TOML"),
+        ('colour = "red"\n[[cameras]]\nurl = "a"', "unknown field 'colour'"),
+        ("max_cameras_per_cell = 2", "no cameras"),
+        ("[[cameras]]\nname = 'a'", "needs url"),
+        ('[[cameras]]\nurl = "a"\nname = "x"\n[[cameras]]\nurl = "b"\nname = "x"', "twice"),
+        ('[[cameras]]\nurl = "a"\nweight = 0', "weight must be"),
+        ('lease_s = "3"\n[[cameras]]\nurl = "a"', "wrong type"),
+        ('keys = "k/a"\n[[cameras]]\nurl = "a"', "both keys and allow_keys"),
+        ('cells = 1\nmax_cameras_per_cell = 1\n[[cameras]]\nurl = "a"\n[[cameras]]\nurl = "b"',
+         "do not fit"),
+    ],
+)  # fmt: skip
+def test_a_bad_fleet_file_is_one_line_naming_it(text, says):
+    with pytest.raises(FleetError, match=says) as e:
+        cells.load(text, path="f.toml")
+    assert str(e.value).startswith("f.toml: ") and "\n" not in str(e.value)
