@@ -214,6 +214,7 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
     sinks = _check_sinks([*args.sink, *pipeline.sinks], live=pipeline.live or bool(live))
     if sinks is None:
         return 2
+    pipeline = type(pipeline)(**{**pipeline.__dict__, "sinks": ()})  # now in `sinks`
     rtsp_out = getattr(args, "rtsp_out", None)
     if rtsp_out:
         from streamseg.sink_urls import rtsp_listen, rtsp_problem
@@ -287,7 +288,7 @@ def _run_pipeline(args: argparse.Namespace, pipeline_path: str, sources: list[st
         claim=[args.report],  # one run per output file, the report included (pipeline.lock)
         push=args.push,
         push_buffer=args.push_buffer,
-        sinks=args.sink,
+        sinks=sinks,
         rtsp_out=rtsp_out,
     )
     print(summary(report), file=sys.stderr)
@@ -304,7 +305,9 @@ def _check_sinks(urls: list[str], *, live: bool) -> list[str] | None:
     """The broker sinks' URLs, checked before any stage starts (streamseg.sink_urls): a bad
     URL or option, a missing extra, an unreadable CA file is one line and None (exit 2); so is
     a server that cannot be reached in a file run. A live run only says so: it keeps trying."""
-    from streamseg.sink_urls import check_extra, parse_all, unreachable
+    import os
+
+    from streamseg.sink_urls import check_extra, hide_secrets, parse_all, unreachable
 
     if not urls:
         return []
@@ -321,7 +324,15 @@ def _check_sinks(urls: list[str], *, live: bool) -> list[str] | None:
         else:
             print(f"streamseg: error: {problem}; start it, or leave out that --sink",
                   file=sys.stderr)  # fmt: skip
-    return None if problems and not live else urls
+    if problems and not live:
+        return None
+    # passwords and secrets reach the stages by the environment, not their command lines
+    hidden = []
+    for i, url in enumerate(urls):
+        url, env = hide_secrets(url, f"STREAMSEG_SINK{i}")
+        os.environ.update(env)
+        hidden.append(url)
+    return hidden
 
 
 def _print_plan(args, pipeline, model, specs, publish, security, *, serve: bool) -> int:

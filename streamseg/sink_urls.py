@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from streamseg.config import ConfigError
 
@@ -150,8 +150,8 @@ def parse(url: str, *, origin: str = "--sink") -> SinkUrl:
         host=parts.hostname,
         port=port or DEFAULT_PORTS[scheme],
         path=parts.path,
-        username=parts.username or None,
-        password=parts.password,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
         options=options,
         payload=_choice(where, options, "payload", ("full", "slim"), "full"),
         polygons=_flag(where, options, "polygons"),
@@ -184,6 +184,32 @@ def parse_all(urls: Sequence[str]) -> tuple[SinkUrl, ...]:
         taken.add(name)
         out.append(replace(spec, name=name))
     return tuple(out)
+
+
+def hide_secrets(url: str, env_name: str) -> tuple[str, dict[str, str]]:
+    """`url` with its password and webhook secret moved to environment variables (ENV_NAME
+    _PASSWORD, ENV_NAME_SECRET, named in its query as password_env, secret_env), and those
+    variables: the stage processes get the URL on their command line, which every local user
+    can read; the environment they inherit only its owner can."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    env: dict[str, str] = {}
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{parts.username}@{host}" if parts.username else host
+        if not any(k == "password_env" for k, _ in query):
+            env[f"{env_name}_PASSWORD"] = unquote(parts.password)
+            query.append(("password_env", f"{env_name}_PASSWORD"))
+    secret = [v for k, v in query if k == "secret"]
+    if secret:
+        query = [(k, v) for k, v in query if k != "secret"]
+        env[f"{env_name}_SECRET"] = secret[0]
+        query.append(("secret_env", f"{env_name}_SECRET"))
+    if not env and netloc == parts.netloc:
+        return url, {}
+    text = urlencode(query, safe="{}/")
+    return urlunsplit((parts.scheme, netloc, parts.path, text, parts.fragment)), env
 
 
 def check_extra(spec: SinkUrl) -> None:

@@ -208,3 +208,18 @@ def test_pipeline_file_sinks(tmp_path):
     assert "p.toml: [[sinks]] mqtt://u:***@h" in str(e.value) and ":pw@" not in str(e.value)
     with pytest.raises(ConfigError, match="needs url"):
         _pipeline(tmp_path, "\n[[sinks]]\nqos = 1\n")
+
+
+def test_secrets_leave_the_url_for_the_environment(monkeypatch):
+    from streamseg.sink_urls import hide_secrets
+
+    url, env = hide_secrets("mqtt://u:p%40ss@h:1?qos=1&topic=a/{stream}", "S0")
+    assert url == "mqtt://u@h:1?qos=1&topic=a/{stream}&password_env=S0_PASSWORD"
+    assert env == {"S0_PASSWORD": "p@ss"}
+    url, env = hide_secrets("http://h/x?secret=abc&batch=2", "S1")
+    assert (url, env) == ("http://h/x?batch=2&secret_env=S1_SECRET", {"S1_SECRET": "abc"})
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert parse(url).secret("secret") == "abc"
+    assert hide_secrets("redis://h/0?maxlen=5", "S2") == ("redis://h/0?maxlen=5", {})
+    assert parse("mqtt://u:p%40ss@h").secret("password") == "p@ss"  # as the URL encodes it

@@ -189,3 +189,23 @@ def test_two_sinks_on_one_broker_keep_their_own_connections(broker: Server, capl
         wait_until(lambda t=t: len(sub.payloads(f"{t}/a")) == 50, 10, f"50 results on {t}/a")
     assert "lost" not in caplog.text  # (one client id for both: the broker drops one each time)
     sub.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_password_reaches_the_stage_by_its_environment(broker: Server, tmp_path, clip,
+                                                           random_config):  # fmt: skip
+    """Any local user can read a process's command line: the stage gets the URL without the
+    password, which it reads from its environment (readable by its owner only)."""
+    sub = Subscriber(broker.port)
+    url = f"mqtt://user:hunter2@127.0.0.1:{broker.port}?qos=1"
+    with Run(tmp_path, "annotate", "-q", clip[0], "--config", random_config,
+             "--results", tmp_path / "r.jsonl", "--sink", url) as run:  # fmt: skip
+        pid = run.stage_pid("postprocess")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert b"hunter2" not in cmdline and b"password_env" in cmdline
+        assert run.wait(300) == 0, run.stderr()
+        assert "hunter2" not in run.stderr()
+    topic = f"streamseg/{clip[0].stem}"  # the stream id: the file's name
+    wait_until(lambda: len(sub.results(topic)) == 10, 10, "the 10 results")
+    sub.close()
