@@ -339,7 +339,7 @@ def _print_plan(args, pipeline, model, specs, publish, security, *, serve: bool)
     """--plan: print the processes the run would start (streamseg.pipeline.plan); exit 0."""
     from streamseg.pipeline.plan import Outputs, describe, plan, this_host
 
-    pipeline, budget, cuda = this_host(pipeline, model)
+    pipeline, budget, cuda = this_host(pipeline, model, streams=len(specs))
     outputs = Outputs(
         args.output,
         args.results,

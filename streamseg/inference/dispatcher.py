@@ -19,12 +19,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from streamseg.accounting import Counters
 from streamseg.inference.batching import Batch, Batcher
 from streamseg.inference.dispatch import Workers
+from streamseg.inference.routes import DetectionsOut
 from streamseg.stage.args import DispatcherArgs
 from streamseg.stage.links import Links
 from streamseg.stage.shell import run_stage_loop, setup_process
@@ -50,9 +52,12 @@ def serve(
     weights: dict[str, float] | None = None,
     lost_s: float = 2.0,
     link_keys: str | None = None,
+    shard_endpoints: Sequence[str] = (),
+    shard_of: Mapping[str, int] | None = None,
 ) -> int:
     """Run until `streams` end-of-streams were passed on and every frame is done (0: until
-    interrupted)."""
+    interrupted). shard_endpoints, shard_of: several postprocess processes, each stream's
+    starts and ends go to its own (routes.DetectionsOut, as the workers send its results)."""
     counters = Counters()
     links = Links.from_env("inference", link_keys=link_keys, stats_endpoint=stats_endpoint)
     reporter = links.reporter(counters)
@@ -62,11 +67,8 @@ def serve(
         frames_endpoint, bind=True, hwm=hwm, security=links.security(frames_endpoint, bind=True)
     )
     work = sockets.router(work_endpoint, security=links.security(work_endpoint, bind=True))
-    push = sockets.push(
-        detections_endpoint,
-        bind=False,
-        hwm=hwm,
-        security=links.security(detections_endpoint, bind=False),
+    push = DetectionsOut(
+        links, detections_endpoint, hwm=hwm, shard_endpoints=shard_endpoints, shard_of=shard_of
     )
     frames_in = Receiver(pull, name="dispatcher", accept=from_sources(links.peers))
     work_in = Receiver(work, name="dispatcher", accept=from_workers(links.peers))
@@ -112,7 +114,7 @@ def serve(
                 # the end on once the last frame handed out is out
                 ctl = replace(ctl, prev=last.get(ctl.stream, -1))
                 ended += 1
-            links.send(push, ctl)
+            push.send(ctl)
 
     def stamp(f: Frame) -> Frame:
         """The frame with its stream's previous frame (a frame sent again keeps its own)."""
@@ -229,4 +231,6 @@ def main(args: DispatcherArgs) -> int:
         weights=args.weights,
         lost_s=args.lost_s,
         link_keys=args.link_keys,
+        shard_endpoints=args.shard_endpoints,
+        shard_of=args.shard_of,
     )

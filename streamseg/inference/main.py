@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -18,6 +19,7 @@ from streamseg.accounting import Counters
 from streamseg.config import ModelConfig
 from streamseg.inference.batches import BatchRunner, Submitted, start_executor
 from streamseg.inference.batching import Batch, Batcher
+from streamseg.inference.routes import DetectionsOut
 from streamseg.stage.args import InferenceArgs
 from streamseg.stage.links import Links
 from streamseg.stage.shell import BusyTimer, run_stage_loop, setup_process
@@ -87,9 +89,12 @@ def serve(
     forward_images: bool,
     link_keys: str | None = None,
     weights: dict[str, float] | None = None,
+    shard_endpoints: Sequence[str] = (),
+    shard_of: Mapping[str, int] | None = None,
 ) -> int:
     """Run until `streams` end-of-streams have passed (0: until interrupted). weights: each
-    stream's share when streams offer more than the model can do (default 1.0)."""
+    stream's share when streams offer more than the model can do (default 1.0).
+    shard_endpoints, shard_of: several postprocess processes (routes.DetectionsOut)."""
     counters = Counters()
     links = Links.from_env("inference", link_keys=link_keys, stats_endpoint=stats_endpoint)
     reporter = links.reporter(counters)
@@ -102,11 +107,8 @@ def serve(
     pull = sockets.pull(
         frames_endpoint, bind=True, hwm=hwm, security=links.security(frames_endpoint, bind=True)
     )
-    push = sockets.push(
-        detections_endpoint,
-        bind=False,
-        hwm=hwm,
-        security=links.security(detections_endpoint, bind=False),
+    out = DetectionsOut(
+        links, detections_endpoint, hwm=hwm, shard_endpoints=shard_endpoints, shard_of=shard_of
     )
     receiver = Receiver(pull, name="inference", accept=from_sources(links.peers))
     clock = time.monotonic
@@ -129,7 +131,7 @@ def serve(
 
     def send(det: Detections) -> None:
         with BusyTimer(reporter, what="wait_out"):  # postprocess behind
-            links.send(push, det)
+            out.send(det)
 
     runner = BatchRunner(
         executor,
@@ -179,7 +181,7 @@ def serve(
                 runner.finish(held)
                 held = None
             for ctl in batch.controls if batch else []:
-                links.send(push, ctl)
+                out.send(ctl)
                 ended += isinstance(ctl, EndOfStream)
             if submitted is not None:
                 if runner.overlaps:
@@ -219,4 +221,6 @@ def main(args: InferenceArgs) -> int:
         forward_images=args.forward_images,
         link_keys=args.link_keys,
         weights=args.weights,
+        shard_endpoints=args.shard_endpoints,
+        shard_of=args.shard_of,
     )

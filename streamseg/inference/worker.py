@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from streamseg.accounting import Counters
 from streamseg.config import ModelConfig
 from streamseg.inference.batches import BatchRunner, start_executor
+from streamseg.inference.routes import DetectionsOut
 from streamseg.stage.args import WorkerArgs
 from streamseg.stage.links import Links
 from streamseg.stage.shell import run_stage_loop, setup_process
@@ -56,18 +58,22 @@ def serve(
     stats_endpoint: str | None,
     forward_images: bool,
     link_keys: str | None = None,
+    shard_endpoints: Sequence[str] = (),
+    shard_of: Mapping[str, int] | None = None,
 ) -> int:
+    """shard_endpoints, shard_of: several postprocess processes (routes.DetectionsOut)."""
     counters = Counters()
     links = Links.from_env(name, link_keys=link_keys, stats_endpoint=stats_endpoint)
     reporter = links.reporter(counters)
     reporter.start_heartbeat()
     executor = start_executor(cfg)
     work = sockets.dealer(work_endpoint, security=links.security(work_endpoint, bind=False))
-    push = sockets.push(
+    out = DetectionsOut(
+        links,
         detections_endpoint,
-        bind=False,
         hwm=max(4, cfg.max_batch),
-        security=links.security(detections_endpoint, bind=False),
+        shard_endpoints=shard_endpoints,
+        shard_of=shard_of,
     )
     receiver = Receiver(work, name=name, accept=from_dispatcher(links.peers))
     stop = threading.Event()
@@ -77,7 +83,7 @@ def serve(
         executor,
         reporter,
         counters,
-        lambda det: links.send(push, det),
+        out.send,
         mask_threshold=cfg.mask_threshold,
         forward_images=forward_images,
         max_batch=cfg.max_batch,
@@ -143,4 +149,6 @@ def main(args: WorkerArgs) -> int:
         stats_endpoint=args.stats_endpoint,
         forward_images=args.forward_images,
         link_keys=args.link_keys,
+        shard_endpoints=args.shard_endpoints,
+        shard_of=args.shard_of,
     )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from streamseg import threads
+from streamseg import shards, threads
 from streamseg.config import ConfigError, ModelConfig
 from streamseg.pipeline.spec import WORK_ENDPOINT, Pipeline, resolve_workers
 from streamseg.source.spec import SourceSpec
@@ -94,6 +94,11 @@ class RunPlan:
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.processes)
 
+    @property
+    def postprocess(self) -> tuple[str, ...]:
+        """The postprocess processes' names: ("postprocess",), or one per shard."""
+        return tuple(p.name for p in self.processes if p.stage == "postprocess")
+
     def get(self, name: str) -> ProcessSpec:
         return next(p for p in self.processes if p.name == name)
 
@@ -104,9 +109,12 @@ def worker_names(pipeline: Pipeline) -> tuple[str, ...]:
     return tuple(f"inference[{i}]" for i in range(n)) if n > 1 else ()
 
 
-def this_host(pipeline: Pipeline, model: ModelConfig) -> tuple[Pipeline, threads.ThreadPlan, bool]:
+def this_host(
+    pipeline: Pipeline, model: ModelConfig, *, streams: int = 1
+) -> tuple[Pipeline, threads.ThreadPlan, bool]:
     """`pipeline` with its workers resolved, the thread budget and whether the model runs on a
-    GPU, for a run on this host (its cores, its GPU device node): what `plan` needs."""
+    GPU, for a run of `streams` sources on this host (its cores, its GPU device node): what
+    `plan` needs."""
     pipeline = resolve_workers(pipeline, model.device)
     cuda = threads.is_cuda(model.device)
     budget = threads.plan(
@@ -114,6 +122,7 @@ def this_host(pipeline: Pipeline, model: ModelConfig) -> tuple[Pipeline, threads
         cores=threads.usable_cores(),
         cuda=cuda,
         workers=max(1, len(worker_names(pipeline))),
+        streams=streams,
     )
     return pipeline, budget, cuda
 
@@ -131,8 +140,9 @@ def plan(
     verbose: bool = False,
 ) -> RunPlan:
     """The processes of a supervised run on this host, in start order: postprocess first (its
-    imports, the longest start-up, overlap everything else), inference (or its dispatcher and
-    workers), then the sources, after the others are ready.
+    imports, the longest start-up, overlap everything else; with `[postprocess] shards` one
+    process per shard, each owning some streams: streamseg.shards), inference (or its
+    dispatcher and workers), then the sources, after the others are ready.
 
     pipeline: workers resolved (this_host); rundir: the run's private folder ({run} in the
     endpoints); budget: threads per process (streamseg.threads); cuda: the model runs on a GPU
@@ -155,6 +165,7 @@ def plan(
         encoder_threads=budget.encoder,
         preview_endpoint=ep["preview"] if outputs.preview else None,
     )
+    posts, routes = _shards(pipeline, post, [s.stream for s in sources], cuda=cuda, budget=budget)
     inference = _inference(
         pipeline,
         model,
@@ -167,8 +178,13 @@ def plan(
     # who may send to whom (stage.trust): frames from the sources (and a dispatcher's workers'
     # credits), detections from inference or its workers
     to_inference = (*names.values(), *workers)
-    procs = [ProcessSpec("postprocess", "postprocess", post, senders=("inference", *workers))]
+    procs = [
+        ProcessSpec(args.name, "postprocess", args, senders=("inference", *workers))
+        for args in posts
+    ]
     for name, stage, args in inference:
+        if routes:  # several postprocess processes: each stream's results to its own
+            args = replace(args, **routes)  # type: ignore[arg-type]
         senders = ("inference",) if stage == "worker" else to_inference
         forked = stage == "worker" and len(workers) > 1 and not cuda
         procs.append(ProcessSpec(name, stage, args, senders=senders, forked=forked))
@@ -212,7 +228,9 @@ def stage_plan(
     - inference always sends pixels (postprocess, on another host, may render), and there are
       no live views (no supervisor serves them) nor publisher keys;
     - a source exits after its end-of-stream (no supervisor stops it) with the default live
-      options.
+      options;
+    - one postprocess on the detections endpoint (`[postprocess] shards` is for supervised
+      runs, where the plan gives every shard its streams and endpoint).
     """
     if type(pipeline.workers) is not int:  # "auto": each host would count its own cores
         if name in ("inference", "worker"):
@@ -278,12 +296,18 @@ def stage_plan(
 
 
 def restart(
-    spec: ProcessSpec, *, frames_in: int, ended_sources: int, first_pts: float
+    spec: ProcessSpec,
+    *,
+    frames_in: int,
+    ended_sources: int,
+    first_pts: float,
+    ended_streams: Sequence[str] = (),
 ) -> ProcessSpec:
     """A dead process's next life. frames_in: the frames a source's lives sent so far (its
     last report); ended_sources: sources that sent their end-of-stream (a restarted stage
     waits for the others' only); first_pts: seconds since the run began (a live source's
-    timestamps go on from there)."""
+    timestamps go on from there); ended_streams: those sources' stream ids (a postprocess
+    shard waits for the ends of the others of its own streams)."""
     args = spec.args
     if isinstance(args, SourceArgs):
         # Frame numbers go on from where the last life got to (and well past what it may have
@@ -291,6 +315,8 @@ def restart(
         first = args.first_frame + frames_in + 1000
         return replace(spec, args=replace(args, first_frame=first, first_pts=first_pts))
     changes: dict[str, Any] = {"restarted": True}
+    if isinstance(args, PostprocessArgs) and args.own_streams:
+        ended_sources = sum(1 for s in set(ended_streams) if s in args.own_streams)
     if isinstance(args, InferenceArgs | DispatcherArgs | PostprocessArgs) and args.streams:
         changes["streams"] = max(1, args.streams - ended_sources)  # (0: live, stays 0)
     if isinstance(args, PostprocessArgs):
@@ -304,7 +330,9 @@ def describe(run: RunPlan) -> str:
     p = run.pipeline
     kind = "live run" if p.live else "file run"
     inference = f"{len(run.workers)} inference workers" if run.workers else "1 inference process"
-    lines = [f"pipeline {p.path or '(unnamed)'}: {kind}, {inference}"]
+    n_post = len(run.postprocess)
+    post = f", {n_post} postprocess shards" if n_post > 1 else ""
+    lines = [f"pipeline {p.path or '(unnamed)'}: {kind}, {inference}{post}"]
     stats = run.endpoints["stats"]
     rows = [
         (
@@ -372,6 +400,52 @@ def _source(
         decode_threads=decode_threads,
         **live_options,
     )
+
+
+def _shards(
+    pipeline: Pipeline,
+    post: PostprocessArgs,
+    streams: Sequence[str],
+    *,
+    cuda: bool,
+    budget: threads.ThreadPlan,
+) -> tuple[list[PostprocessArgs], dict[str, Any]]:
+    """The postprocess processes of a run (one per shard; `post`: the one of a run without
+    shards) and what inference's records need to route to them ({}: one process, as without
+    shards). ConfigError when the pipeline's shards cannot be had."""
+    single = [
+        k
+        for k, on in (
+            ("publish", post.publish),
+            ("preview", post.preview_endpoint),
+            ("push", post.push),
+            ("rtsp_out", post.rtsp_out),
+        )
+        if on
+    ]
+    try:
+        n = shards.count(
+            pipeline.shards, cuda=cuda, streams=len(streams), cores=budget.cores, single=single
+        )
+        endpoints = tuple(shards.endpoint(post.detections_endpoint, i) for i in range(n))
+    except ValueError as e:
+        raise ConfigError(f"{pipeline.path}: [postprocess] {e}") from None
+    if n == 1:
+        return [post], {}
+    table = shards.assign(streams, n)
+    posts = []
+    for i, endpoint in enumerate(endpoints):
+        own = tuple(s for s in streams if table[s] == i)
+        posts.append(
+            replace(
+                post,
+                name=shards.name(i, n),
+                detections_endpoint=endpoint,
+                own_streams=own,
+                streams=len(own) if post.streams else 0,
+            )
+        )
+    return posts, {"shard_endpoints": endpoints, "shard_of": table}
 
 
 def _postprocess(
@@ -482,14 +556,16 @@ def _links(args: StageArgs) -> tuple[list[tuple[str, str]], list[tuple[str, str]
     connects: list[tuple[str, str | None]] = []
     if isinstance(args, SourceArgs):
         connects = [("frames", args.frames_endpoint)]
-    elif isinstance(args, InferenceArgs):
-        binds = [("frames", args.frames_endpoint)]
-        connects = [("detections", args.detections_endpoint)]
-    elif isinstance(args, DispatcherArgs):
-        binds = [("frames", args.frames_endpoint), ("work", args.work_endpoint)]
-        connects = [("detections", args.detections_endpoint)]
-    elif isinstance(args, WorkerArgs):
-        connects = [("work", args.work_endpoint), ("detections", args.detections_endpoint)]
+    elif isinstance(args, InferenceArgs | DispatcherArgs | WorkerArgs):
+        # several postprocess shards: one detections link to each
+        detections = [("detections", e) for e in args.shard_endpoints or [args.detections_endpoint]]
+        if isinstance(args, InferenceArgs):
+            binds = [("frames", args.frames_endpoint)]
+        elif isinstance(args, DispatcherArgs):
+            binds = [("frames", args.frames_endpoint), ("work", args.work_endpoint)]
+        else:
+            connects = [("work", args.work_endpoint)]
+        connects += detections
     else:
         binds = [
             ("detections", args.detections_endpoint),
@@ -506,7 +582,8 @@ def _resources(args: StageArgs) -> list[str]:
     if isinstance(args, InferenceArgs | WorkerArgs):
         return [f"model threads {args.model.threads or 'default'}", f"device {args.model.device}"]
     if isinstance(args, PostprocessArgs):
-        return [f"encoder threads {args.encoder_threads or 'default'}"]
+        owns = [f"streams {', '.join(args.own_streams)}"] if args.own_streams else []
+        return [*owns, f"encoder threads {args.encoder_threads or 'default'}"]
     return []
 
 

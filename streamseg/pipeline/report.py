@@ -11,6 +11,7 @@ Exit codes (the same every time, documented in the README):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,40 @@ def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if key in a or key in b:
             out[key] = a.get(key, 0) + b.get(key, 0)
     return out
+
+
+def merge_shards(reports: Sequence[Stats]) -> Stats | None:
+    """The postprocess stage's report from its shards' (streamseg.shards; each owns other
+    streams, so their per-stream counters sit side by side): busy seconds, sinks' figures
+    (by sink: delivered, dropped by reason, pending) and rejected messages add up; ready and
+    final when every shard's is. None without any report; one report as it is."""
+    if len(reports) <= 1:
+        return reports[0] if reports else None
+    counters: dict[str, Any] = {}
+    sinks: dict[str, dict[str, Any]] = {}
+    for r in reports:
+        counters.update(r.counters)
+        for name, c in (r.extra.get("sinks") or {}).items():
+            have = sinks.setdefault(name, {"delivered": 0, "dropped": {}, "pending": 0})
+            have["delivered"] += int(c.get("delivered", 0))
+            have["pending"] += int(c.get("pending", 0))
+            for reason, n in (c.get("dropped") or {}).items():
+                have["dropped"][reason] = have["dropped"].get(reason, 0) + int(n)
+    extra = {
+        **reports[0].extra,
+        "sinks": sinks,
+        "rejected": sum(int(r.extra.get("rejected", 0)) for r in reports),
+        "shards": len(reports),
+    }
+    return dataclasses.replace(
+        reports[0],
+        name="postprocess",
+        counters=counters,
+        busy_s=sum(r.busy_s for r in reports),
+        extra=extra,
+        ready=all(r.ready for r in reports),
+        final=all(r.final for r in reports),
+    )
 
 
 class Tally:

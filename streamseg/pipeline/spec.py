@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from streamseg import shipped, threads
+from streamseg import shards, shipped, threads
 from streamseg.config import ConfigError, read_toml
 
 ENDPOINTS = ("frames", "detections", "stats")
@@ -48,6 +48,9 @@ class Pipeline:
     """[HOST:]PORT to serve the run's page, live views, /metrics and /healthz on ("": none)."""
     sinks: tuple[str, ...] = ()
     """[[sinks]]: broker sinks' URLs, each table's options in its query (streamseg.sink_urls)."""
+    shards: int | str = 1
+    """Postprocess processes, each owning some streams (streamseg.shards); "auto": 1 on CPU,
+    more with the model on a GPU and several streams. 1: one process, as without shards."""
     path: str = ""
 
 
@@ -75,6 +78,15 @@ def _workers(path: Path, value: object) -> int | str:
     if value != threads.AUTO and (type(value) is not int or not 1 <= value <= MAX_WORKERS):
         raise ConfigError(
             f'{path}: [inference] workers must be "auto" or a whole number in [1, {MAX_WORKERS}]'
+        )
+    return value  # type: ignore[return-value]
+
+
+def _shards(path: Path, value: object) -> int | str:
+    if value != shards.AUTO and (type(value) is not int or not 1 <= value <= shards.MAX_SHARDS):
+        raise ConfigError(
+            f'{path}: [postprocess] shards must be "auto" or a whole number in '
+            f"[1, {shards.MAX_SHARDS}]"
         )
     return value  # type: ignore[return-value]
 
@@ -208,6 +220,7 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         weights=_weights(path, inf.values.get("weights", {})),
         serve=sup.text("serve", ""),
         sinks=_sinks(path, data.get("sinks", [])),
+        shards=_shards(path, post.values.get("shards", 1)),
         keys=_keys_path(path, security.text("keys", "")),
         path=str(path),
     )

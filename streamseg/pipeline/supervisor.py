@@ -41,6 +41,7 @@ from streamseg.pipeline.report import (
     Tally,
     add_counts,
     exit_code,
+    merge_shards,
     sinks_line,
     stream_lines,
 )
@@ -152,7 +153,7 @@ def run(
         for stream in streams or ["stream"]
     ]
     with lock_outputs([*map(str, files), *(c for c in claim if c)]):
-        pipeline, budget, cuda = planning.this_host(pipeline, model)
+        pipeline, budget, cuda = planning.this_host(pipeline, model, streams=len(sources))
         rundir = tempfile.mkdtemp(prefix="streamseg-")
         try:
             outputs = Outputs(
@@ -367,7 +368,7 @@ class _Run:
                 states = {k: str(c.get("state", "up")) for k, c in self.source_stats().items()}
                 for line in window_lines(self.board.window.figures(), states):
                     self.bar.line(line)
-                post = self.tally.get("postprocess")
+                post = self.post_stats()
                 if post is not None and (sinks := sinks_line(post.extra.get("sinks"))):
                     self.bar.line(sinks)
 
@@ -398,9 +399,17 @@ class _Run:
         prev = self.tally.get(spec.name)
         stream = getattr(spec.args, "stream", None)
         frames_in = prev.counters.get(stream, {}).get("in", 0) if prev and stream else 0
-        ended = sum(1 for p in self.procs.values() if p.stage == "source" and self.ended(p.name))
+        ended = [
+            p.spec.args.stream  # type: ignore[union-attr]
+            for p in self.procs.values()
+            if p.stage == "source" and self.ended(p.name)
+        ]
         return planning.restart(
-            spec, frames_in=frames_in, ended_sources=ended, first_pts=time.time() - self.epoch
+            spec,
+            frames_in=frames_in,
+            ended_sources=len(ended),
+            first_pts=time.time() - self.epoch,
+            ended_streams=ended,
         )
 
     def shutdown(self, *, prompt: bool) -> None:
@@ -442,15 +451,22 @@ class _Run:
     def drop_empty_parts(self) -> None:
         """Remove the empty files of postprocess lives that died before writing anything (a
         full disk: each new life opens NAME.partN.EXT, then dies at its first write)."""
-        spec = self.specs.get("postprocess")
+        for name in self.plan.postprocess:
+            self._drop_empty_parts(name)
+
+    def _drop_empty_parts(self, name: str) -> None:
+        spec = self.specs.get(name)
         args = spec.args if spec is not None else None
         if not isinstance(args, PostprocessArgs) or not args.part:
             return
-        streams = [p.args.stream for p in self.plan.processes if isinstance(p.args, SourceArgs)]
+        n_streams = sum(1 for p in self.plan.processes if isinstance(p.args, SourceArgs))
+        streams = args.own_streams or [
+            p.args.stream for p in self.plan.processes if isinstance(p.args, SourceArgs)
+        ]
         for part in range(1, args.part + 1):
             for template in (args.video, args.results):
                 for stream in streams if template else ():
-                    path = output_path(part_path(template, part), stream, len(streams))
+                    path = output_path(part_path(template, part), stream, n_streams)
                     try:
                         if path.stat().st_size == 0:
                             path.unlink()
@@ -459,7 +475,7 @@ class _Run:
 
     def report(self, interrupted: bool) -> RunReport:
         elapsed = time.monotonic() - self.t0
-        stats = _stage_stats(self.tally)
+        stats = _stage_stats(self.tally, self.post_stats())
         sources = self.source_stats()
         report = RunReport(
             exit_code=0,
@@ -478,6 +494,11 @@ class _Run:
                     name: {**s.figures(), "busy_s": s.busy_s}
                     for name in self.plan.workers
                     if (s := self.tally.get(name)) is not None
+                },
+                **{  # each postprocess shard's own figures, when there are several
+                    name: {**s.figures(), "busy_s": s.busy_s}
+                    for name in self.plan.postprocess
+                    if len(self.plan.postprocess) > 1 and (s := self.tally.get(name)) is not None
                 },
             },
             restarts=dict(self.watch.restarts),
@@ -560,8 +581,13 @@ class _Run:
         last = self.tally.latest.get(name)
         return p.code in (0, 2, 3) or bool(last is not None and last.ended)
 
+    def post_stats(self) -> Stats | None:
+        """The postprocess stage's report over all its lives, its shards' added up."""
+        shards = [s for name in self.plan.postprocess if (s := self.tally.get(name))]
+        return merge_shards(shards)
+
     def frames_done(self) -> int:
-        post = self.tally.get("postprocess")
+        post = self.post_stats()
         return sum(c.get("out", 0) for c in post.counters.values()) if post else 0
 
     def source_stats(self) -> dict[str, dict[str, Any]]:
@@ -589,14 +615,20 @@ class _Run:
         self.board.update(
             now,
             stages={name: self.watch.problem(name, now) for name in self.procs},
-            reports={name: r for name in self.tally.names() if (r := self.tally.get(name))},
+            reports={
+                **{name: r for name in self.tally.names() if (r := self.tally.get(name))},
+                **({"postprocess": post} if (post := self.post_stats()) else {}),
+            },
             sources=sources,
             restarts=self.watch.restarts,
         )
 
 
-def _stage_stats(tally: Tally) -> dict[str, Stats]:
-    out = {k: s for k in ("inference", "postprocess") if (s := tally.get(k)) is not None}
+def _stage_stats(tally: Tally, post: Stats | None) -> dict[str, Stats]:
+    """inference and postprocess's reports (`post`: postprocess's, its shards added up)."""
+    out = {k: s for k in ("inference",) if (s := tally.get(k)) is not None}
+    if post is not None:
+        out["postprocess"] = post
     workers = [s for n in tally.names() if n.startswith("inference[") and (s := tally.get(n))]
     if "inference" in out and workers:  # the dispatcher's accounting, the workers' model time
         out["inference"] = replace(out["inference"], busy_s=sum(w.busy_s for w in workers))

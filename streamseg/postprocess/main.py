@@ -135,8 +135,10 @@ def serve(
     push_buffer: int = 16,
     sinks: Sequence[str] = (),
     rtsp_out: str | None = None,
+    name: str = "postprocess",
 ) -> int:
-    """track: the Tracker's settings (None: no track ids). mask_nms, mask_nms_cross_label,
+    """name: how it reports ("postprocess[I]": shard I of several, streamseg.shards).
+    track: the Tracker's settings (None: no track ids). mask_nms, mask_nms_cross_label,
     score_threshold: see frame.Rules (track_score_threshold in the model config lets inference
     send instances below score_threshold; they stay only where they continue a track followed
     the frame before). preview_endpoint: where to offer annotated JPEGs of the streams someone
@@ -146,7 +148,7 @@ def serve(
     counters = Counters()
     book = StreamBook(counters, streams=streams, adopt=bool(restarted))
     rules = Rules(mask_threshold, mask_nms, mask_nms_cross_label, score_threshold)
-    links = Links.from_env("postprocess", link_keys=link_keys, stats_endpoint=stats_endpoint)
+    links = Links.from_env(name, link_keys=link_keys, stats_endpoint=stats_endpoint)
     reporter = links.reporter(counters)
     reporter.start_heartbeat()
     if restarted:  # a new life: never overwrite what the last one wrote
@@ -156,7 +158,7 @@ def serve(
         sockets.pull(
             detections_endpoint, hwm=4, security=links.security(detections_endpoint, bind=True)
         ),
-        name="postprocess",
+        name=name,
         accept=from_inference(links.peers),
     )
     outputs = build_outputs(
@@ -272,7 +274,7 @@ def main(args: PostprocessArgs) -> int:
     after the last one died; it takes over the streams already running and writes its outputs
     to NAME.partN.EXT (N = `part`), next to the last life's. `args.encoder_threads`: libx264's,
     from the run's thread budget (streamseg.threads; 0: libx264's default)."""
-    setup_process("postprocess", verbose=args.verbose)
+    setup_process(args.name, verbose=args.verbose)
     torch.set_num_threads(1)  # the model stage needs the cores; paste work here is small
     keys = args.publish_keys
     return serve(
@@ -300,4 +302,5 @@ def main(args: PostprocessArgs) -> int:
         live=args.live,
         reorder_capacity=args.reorder_capacity,
         encoder_threads=args.encoder_threads,
+        name=args.name,
     )

@@ -35,6 +35,17 @@ class _Links:
 
 
 @dataclass(frozen=True, kw_only=True)
+class _Shards:
+    """Where a stage sends Detections and stream controls when the run has several postprocess
+    processes (streamseg.shards; the defaults: one, on detections_endpoint)."""
+
+    shard_endpoints: tuple[str, ...] = ()
+    """Each postprocess shard's detections endpoint, shard I's at I ((): one postprocess)."""
+    shard_of: dict[str, int] | None = None
+    """Each stream's shard (streamseg.shards.assign; a stream not listed: shards.route)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SourceArgs(_Links):
     """One stream: decode it, stamp each frame, send it to inference."""
 
@@ -68,7 +79,7 @@ class SourceArgs(_Links):
 
 
 @dataclass(frozen=True, kw_only=True)
-class InferenceArgs(_Links):
+class InferenceArgs(_Links, _Shards):
     """The single inference process: batches frames, runs the model, sends detections."""
 
     model: ModelConfig
@@ -89,7 +100,7 @@ class InferenceArgs(_Links):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DispatcherArgs(_Links):
+class DispatcherArgs(_Links, _Shards):
     """Inference with several workers: batches frames and hands them to whichever worker is
     free; the stage's accounting is its own."""
 
@@ -108,7 +119,7 @@ class DispatcherArgs(_Links):
 
 
 @dataclass(frozen=True, kw_only=True)
-class WorkerArgs(_Links):
+class WorkerArgs(_Links, _Shards):
     """One inference worker of a dispatcher: runs the model on the batches it is handed."""
 
     model: ModelConfig
@@ -129,6 +140,10 @@ class PostprocessArgs(_Links):
     """Order restore, masks, tracking, and the outputs (results, video, PUB, previews)."""
 
     detections_endpoint: str
+    name: str = "postprocess"
+    """"postprocess", or "postprocess[I]" for shard I of several (streamseg.shards)."""
+    own_streams: tuple[str, ...] = ()
+    """The streams this shard owns (a restart counts their ends only); (): every stream."""
     streams: int = 1
     """End-of-streams that end the run (0: live, never)."""
     mask_threshold: float = 0.5
