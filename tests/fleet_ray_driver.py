@@ -173,6 +173,13 @@ def fleet(fleet_file: str, facts: dict) -> None:
             until(lambda: collector.streams_since(t_after) >= cameras and cameras, 60) or []
         )
         facts["status_after"] = status(c.address)
+        sub = streamseg("subscribe", "--fleet", c.address, "--count", "60", "--timeout", "30")
+        out, err = sub.communicate(timeout=120)
+        facts["subscribe_cli"] = {
+            "rc": sub.returncode,
+            "stdout": out[-6000:],
+            "stderr": err[-2000:],
+        }
         facts["followed"] = collector.sub.followed
         collector.stop.set()
         collector.join(timeout=10)

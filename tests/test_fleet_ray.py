@@ -133,6 +133,10 @@ def test_a_lost_node_cell_moves_and_its_cameras_resume_within_30_s(netns, fleet_
     assert facts["back_after_s"] and facts["back_after_s"] <= 30, facts
     assert facts["all_after"] == ["cam0", "cam1", "cam2", "cam3"]  # the --fleet subscriber too
     assert facts["followed"] >= 1  # it followed the cell to its new endpoint
+    cli = facts["subscribe_cli"]  # `streamseg subscribe --fleet`, after the move
+    assert cli["rc"] == 0, cli["stderr"]
+    lines = cli["stdout"].splitlines()
+    assert len(lines) == 60 and {line.split()[1] for line in lines} == {f"cam{i}" for i in range(4)}
 
     after = facts["status_after"]
     (move,) = after["moves"]

@@ -37,6 +37,13 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     except curve.KeyFileError as e:
         print(f"streamseg subscribe: error: {e}", file=sys.stderr)
         return 2
+    if (args.endpoint is None) == (args.fleet is None):
+        print("streamseg subscribe: error: give an ENDPOINT or --fleet ADDRESS", file=sys.stderr)
+        return 2
+    if args.fleet is not None:
+        from streamseg.fleet.cli import subscribe_fleet
+
+        return subscribe_fleet(args, security)
     sub = Subscriber(args.endpoint, args.streams, timeout_s=args.timeout, security=security)
     n = 0
     timed_out = False
@@ -82,7 +89,15 @@ def register(sub: Any) -> None:
         "because this subscriber was too slow are counted from gaps in the publish sequence.",
     )
     p.add_argument(
-        "endpoint", help="ZeroMQ endpoint the pipeline publishes on, e.g. tcp://HOST:5555"
+        "endpoint",
+        nargs="?",
+        help="ZeroMQ endpoint the pipeline publishes on, e.g. tcp://HOST:5555",
+    )
+    p.add_argument(
+        "--fleet",
+        metavar="ADDRESS",
+        help="instead of ENDPOINT: every cell of the fleet on the Ray cluster at ADDRESS "
+        "(`streamseg fleet`), following cells that move; lines start with the cell",
     )
     p.add_argument("--streams", nargs="+", metavar="STREAM", help="only these stream ids")
     p.add_argument("--count", type=int, help="stop after N results")

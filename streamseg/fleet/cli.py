@@ -135,7 +135,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             )
             recorder = runner.Recorder(path, say)
             t0 = time.monotonic()
-            if args.ray is not None:
+            if args.ray is not None and todo:  # nothing to do: no cluster needed
                 from streamseg.fleet import ray_backend
 
                 address = None if args.ray == "local" else args.ray
@@ -294,4 +294,35 @@ def _run_fleet(ray: Any, fleet: Any) -> int:
         with contextlib.suppress(Exception):  # best effort: the actors die with this driver
             ray.get([c.stop.remote() for c in cells.values()], timeout=30)
         print(f"fleet: stopped ({moves} moves)", file=sys.stderr)
+    return 0
+
+
+def subscribe_fleet(args: argparse.Namespace, security: Any) -> int:
+    """`streamseg subscribe --fleet ADDRESS`: every cell's results, one line per frame."""
+    from streamseg.commands.subscribe import format_line
+    from streamseg.fleet.ray_backend import RayUnavailable, fleet_subscriber
+    from streamseg.wire import sockets
+
+    try:
+        sub = fleet_subscriber(args.fleet, args.streams, timeout_s=args.timeout,
+                               security=security)  # fmt: skip
+    except RayUnavailable as e:
+        print(f"streamseg subscribe: error: {e}", file=sys.stderr)
+        return 2
+    n = 0
+    try:
+        for r in sub:
+            print(f"{r.cell}@{r.host} {format_line(r.result)}", flush=True)
+            n += 1
+            if args.count and n >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    except sockets.HandshakeError as e:
+        print(f"streamseg subscribe: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        sub.close()
+        sockets.close_all(abort=True)
+    print(f"received {n} results from the fleet ({sub.followed} moves followed)", file=sys.stderr)
     return 0
