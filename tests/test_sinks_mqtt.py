@@ -209,3 +209,22 @@ def test_the_password_reaches_the_stage_by_its_environment(broker: Server, tmp_p
     topic = f"streamseg/{clip[0].stem}"  # the stream id: the file's name
     wait_until(lambda: len(sub.results(topic)) == 10, 10, "the 10 results")
     sub.close()
+
+
+def test_a_broker_that_is_not_up_yet_is_waited_for(tmp_path, caplog):
+    server = mosquitto(tmp_path)
+    server.stop()  # its port, nothing listening yet
+    sink = build(parse(f"mqtt://127.0.0.1:{server.port}?qos=1&drain_s=60"), live=True)
+    sink.open(StreamStart("a", 32, 24, 30.0))
+    for n in range(5):
+        sink.write(frame_out(n, "a"))  # never blocks
+    wait_until(lambda: "not reachable yet" in caplog.text, 30, "the sink saying so")
+    assert sink.counts().delivered == 0
+    server.start()
+    try:
+        # (QoS 1: delivered = acknowledged by the broker)
+        wait_until(lambda: sink.counts().delivered == 5, 60, "delivery once the broker is up")
+        sink.close()
+        assert caplog.text.count("not reachable yet") == 1  # once, not once per retry
+    finally:
+        server.stop()
