@@ -88,12 +88,14 @@ def test_torch_hub_dir_is_torchs(tmp_path, monkeypatch):
     assert preflight.torch_hub_dir() == Path(torch.hub.get_dir()) == tmp_path / "hub"
 
 
+@pytest.mark.slow  # loads weights in child processes that import torch: heavy
 def test_weights_that_fit_pass(shapes_ckpt, bare_ckpt):
     assert preflight.check_weights(load_config("shapes", weights=str(shapes_ckpt))) == []
     cfg = load_config("shapes", weights=str(bare_ckpt), labels=THREE)
     assert preflight.check_weights(cfg) == []
 
 
+@pytest.mark.slow  # loads weights in child processes that import torch: heavy
 def test_weights_of_another_class_count_or_arch_name_the_fix(bare_ckpt, shapes_ckpt, tmp_path):
     cfg = load_config("shapes", weights=str(bare_ckpt))  # the shapes config's 4 labels
     (problem,) = preflight.check_weights(cfg)
@@ -156,6 +158,7 @@ def test_parse_labels(tmp_path):
             parse_labels(bad)
 
 
+@pytest.mark.slow  # loads weights in child processes that import torch: heavy
 def test_cli_refuses_weights_that_do_not_fit_before_any_stage(clip, bare_ckpt, tmp_path):
     video, _ = clip
     out = tmp_path / "out.jsonl"

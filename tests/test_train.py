@@ -44,6 +44,7 @@ def _loss(model, images, targets) -> float:
         return float(sum(model(images, targets).values()))
 
 
+@pytest.mark.slow  # trains a model: heavy, not a unit test (make test runs it)
 def test_short_training_lowers_loss_and_resumes(random_config, tmp_path):
     torch.manual_seed(0)
     cfg = load_config(random_config)
@@ -75,6 +76,7 @@ def test_short_training_lowers_loss_and_resumes(random_config, tmp_path):
     assert not model.training
 
 
+@pytest.mark.slow  # trains a model: heavy, not a unit test (make test runs it)
 def test_multi_scale_training_sizes_come_from_the_train_table(random_config, tmp_path):
     """[train] input_sizes: torchvision's transform picks one per image while training; the
     trained model then runs at the config's own min_size."""

@@ -111,6 +111,7 @@ def test_split_is_seeded_by_image_and_never_empty():
     assert coco_data.split(5, 0.0, 0) == ([0, 1, 2, 3, 4], [])
 
 
+@pytest.mark.slow  # trains a model: heavy, not a unit test (make test runs it)
 def test_training_lowers_the_loss_and_resumes_exactly(dataset, config, tmp_path):
     data = coco_data.load_dataset(dataset / "images", dataset / "annotations.json")
     cfg = load_config(config)
@@ -136,6 +137,7 @@ def test_training_lowers_the_loss_and_resumes_exactly(dataset, config, tmp_path)
     )
 
 
+@pytest.mark.slow  # trains a model: heavy, not a unit test (make test runs it)
 def test_finetuning_swaps_the_class_layers_and_labels_by_name(
     two_classes, dataset, config, tmp_path, capsys
 ):
