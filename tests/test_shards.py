@@ -3,11 +3,15 @@ and endpoints, inference's routing over real sockets, the merged report, and a f
 results equal the run without shards."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from harness import Run, stage_pids
 
 from streamseg import shards, threads
 from streamseg.config import ConfigError, load_config
@@ -324,3 +328,53 @@ def test_two_streams_on_two_shards_give_the_results_of_one_process(tmp_path):
         assert len(one.splitlines()) == 6
         assert (out[2] / f"r.{stream}.jsonl").read_bytes() == one
         assert (out[2] / f"v.{stream}.mp4").stat().st_size > 0
+
+
+def _shard_pid(run: Run, name: str) -> int | None:
+    """The pid of the postprocess process named `name` (its arguments say its name)."""
+    for pid in stage_pids(run.proc.pid, "postprocess"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if json.loads(cmd[cmd.index(b"postprocess") + 1]).get("name") == name:
+            return pid
+    return None
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.rtsp
+def test_a_killed_shard_restarts_alone_and_the_other_never_stops(camera, random_config, tmp_path):
+    """Live: postprocess[1] killed with SIGKILL is restarted (its stream's results go on in
+    NAME.part1), while postprocess[0]'s stream keeps its one file all along."""
+    text = open(load_pipeline("watch").path, encoding="utf-8").read()
+    text = text.replace('publish = "tcp://127.0.0.1:5555"', 'publish = ""')
+    text = text.replace("[postprocess]\n", "[postprocess]\nshards = 2\n")
+    text = text.replace('workers = "auto"', "workers = 1")
+    (tmp_path / "live.toml").write_text(text)
+    run = Run(
+        tmp_path, "run", "live.toml", f"c1={camera.url}", f"c2={camera.url}", "-q",
+        "--config", random_config, "--results", "w.jsonl",
+    )  # fmt: skip
+    one, two = tmp_path / "w.c1.jsonl", tmp_path / "w.c2.jsonl"
+    try:
+        run.wait_for(lambda: _lines(one) >= 3 and _lines(two) >= 3, 180, "results of both")
+        pid = run.wait_for(lambda: _shard_pid(run, "postprocess[1]"), 10, "postprocess[1]")
+        os.kill(pid, signal.SIGKILL)
+        run.wait_for(lambda: "postprocess[1]" in run.stderr() and "restart 1" in run.stderr(),
+                     10, "the restart")  # fmt: skip
+        before = _lines(one)
+        run.wait_for(lambda: _lines(tmp_path / "w.part1.c2.jsonl") >= 3, 120, "c2 again")
+        run.wait_for(lambda: _lines(one) >= before + 3, 60, "c1 going on")
+    finally:
+        code = run.interrupt()
+    err = run.stderr()
+    assert code == 0, err
+    assert "restarted after dying or hanging: postprocess[1]" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "w.part1.c1.jsonl").exists()  # shard 0 lived on
+    assert stage_pids(run.proc.pid, "") == []
