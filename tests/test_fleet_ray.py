@@ -11,6 +11,8 @@ the assertions are here. Without Ray installed, or without root for the namespac
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -42,9 +44,16 @@ def drive(tmp_path: Path, *args: str | Path, timeout: float) -> dict:
     script = f"ip link set lo up && exec {sys.executable} {DRIVER} " + " ".join(
         f"'{a}'" for a in (*args, facts)
     )
+    # Ray's token authentication, with a token of this test's own (not ~/.ray/auth_token):
+    # every node, driver and `streamseg` command below inherits it
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=timeout
-    )
+        ["unshare", "-n", "sh", "-c", script],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
     assert facts.exists(), proc.stderr[-3000:]
     got = json.loads(facts.read_text())
     got["driver_stderr"] = proc.stderr[-3000:]
