@@ -32,6 +32,25 @@ def test_batch_forms_when_oldest_frame_waited_max_wait():
     assert frames(b.next_batch()) == ["a0"]
 
 
+def test_live_replacements_do_not_restart_the_wait():
+    """Two cameras at 60 fps, max_batch 8, max_wait 0.2 s, one frame kept per stream: each new
+    frame replaces the waiting one, and the batch still forms 0.2 s after the first arrival
+    (it never did: each replacement restarted the wait)."""
+    clock = Clock()
+    b = Batcher(max_batch=8, max_wait_s=0.2, depth=1, clock=clock)
+    dropped = 0
+    for k in range(13):  # 0 .. 0.2 s in steps of 1/60 s
+        clock.t = k / 60
+        dropped += len(b.put("a", f"a{k}", is_frame=True)) + len(b.put("b", f"b{k}", is_frame=True))
+        batch = b.next_batch()
+        if isinstance(batch, Batch):
+            break
+    assert isinstance(batch, Batch), "a batch forms within max_wait of the first frame"
+    assert clock.t == pytest.approx(0.2)
+    assert frames(batch) == ["a12", "b12"]  # the newest frame of each stream
+    assert dropped == 24
+
+
 def test_frames_from_streams_interleave_by_arrival():
     clock = Clock()
     b = Batcher(max_batch=3, max_wait_s=0.0, clock=clock)

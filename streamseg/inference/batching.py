@@ -93,6 +93,13 @@ class Batcher:
                             q.remove(it)
                             dropped.append(it.msg)
                             break
+                    # The stream's wait goes on from its oldest frame's arrival: were it to
+                    # start over with each replacement, frames arriving more often than
+                    # max_wait_s would hold off every batch short of max_batch for ever.
+                    for later in q:
+                        if later.is_frame:
+                            later.arrival = min(later.arrival, it.arrival)
+                            break
                     waiting -= 1
                     self.n_frames -= 1
         return dropped
