@@ -37,6 +37,13 @@ def model(random_config):
     return load_config(random_config)
 
 
+def with_shards(text: str, value: str) -> str:
+    """A pipeline file's text with `shards = value` in [postprocess] (in place of its own)."""
+    lines = [ln for ln in text.splitlines(keepends=True) if not ln.startswith("shards =")]
+    text = "".join(lines)
+    return text.replace("[postprocess]\n", f"[postprocess]\nshards = {value}\n")
+
+
 def make(model, *, shards_=2, workers=1, outputs=None, cuda=False, sources=SOURCES):
     pipeline = replace(load_pipeline("annotate"), workers=workers, shards=shards_)
     return plan(
@@ -175,11 +182,11 @@ def test_pipeline_files_take_shards_in_type_and_range(tmp_path):
     text = open(base, encoding="utf-8").read()
     for value, want in (("2", 2), ('"auto"', "auto")):
         path = tmp_path / "p.toml"
-        path.write_text(text.replace("[postprocess]\n", f"[postprocess]\nshards = {value}\n"))
+        path.write_text(with_shards(text, value))
         assert load_pipeline(path).shards == want
     assert load_pipeline("annotate").shards == 1
     for bad in ("0", "65", '"many"', "1.5"):
-        path.write_text(text.replace("[postprocess]\n", f"[postprocess]\nshards = {bad}\n"))
+        path.write_text(with_shards(text, bad))
         with pytest.raises(ConfigError, match=r"\[postprocess\] shards must be"):
             load_pipeline(path)
 
@@ -307,7 +314,7 @@ def test_two_streams_on_two_shards_give_the_results_of_one_process(tmp_path):
     out = {}
     for n in (1, 2):
         pipeline = tmp_path / f"shards{n}.toml"
-        pipeline.write_text(text.replace("[postprocess]\n", f"[postprocess]\nshards = {n}\n"))
+        pipeline.write_text(with_shards(text, str(n)))
         d = tmp_path / f"out{n}"
         cmd = [sys.executable, "-m", "streamseg.cli", "run", str(pipeline), *inputs,
                "--config", str(config), "--results", str(d / "r.jsonl"),
@@ -353,7 +360,7 @@ def test_a_killed_shard_restarts_alone_and_the_other_never_stops(camera, random_
     NAME.part1), while postprocess[0]'s stream keeps its one file all along."""
     text = open(load_pipeline("watch").path, encoding="utf-8").read()
     text = text.replace('publish = "tcp://127.0.0.1:5555"', 'publish = ""')
-    text = text.replace("[postprocess]\n", "[postprocess]\nshards = 2\n")
+    text = with_shards(text, "2")
     text = text.replace('workers = "auto"', "workers = 1")
     (tmp_path / "live.toml").write_text(text)
     run = Run(
