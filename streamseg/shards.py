@@ -3,8 +3,8 @@ Pure.
 
 One postprocess process does every stream's paste, RLE, tracking, drawing and encoding on one
 thread: with the model on a GPU it is the first stage to run out of time (a 1080p frame with 20
-large instances and a video took about 350 ms on a loaded 2-core machine, paste and tracking,
-drawing and encoding about a third each: docs/benchmarks.md). With
+large instances and a video costs about 65 ms of CPU, most of it tracking, drawing and encoding:
+docs/benchmarks.md). With
 `[postprocess] shards = N` the run has N postprocess processes, "postprocess[0]" ..
 "postprocess[N-1]", each owning a fixed set of streams and binding its own detections endpoint;
 inference (or its dispatcher and workers) sends each stream's Detections, StreamStart and
