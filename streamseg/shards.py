@@ -53,9 +53,10 @@ def count(
     if type(requested) is not int or not 1 <= requested <= MAX_SHARDS:
         raise ValueError(f'shards must be "auto" or a whole number in [1, {MAX_SHARDS}]')
     if requested > 1 and single:
+        need = "needs" if len(single) == 1 else "need"
         raise ValueError(
-            f"shards = {requested}: {', '.join(single)} need one postprocess process "
-            "(they serve every stream on one endpoint); set shards = 1"
+            f"shards = {requested}: {' and '.join(single)} {need} one postprocess process "
+            "(every stream served on one endpoint); set shards = 1"
         )
     return max(1, min(requested, streams))
 

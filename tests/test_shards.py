@@ -75,7 +75,7 @@ def test_count_takes_a_number_as_asked_but_never_more_than_streams():
     assert shards.count(3, cuda=False, streams=8, cores=2) == 3
     assert shards.count(3, cuda=False, streams=2, cores=2) == 2
     assert shards.count(4, cuda=False, streams=0, cores=2) == 1  # no source yet: one process
-    with pytest.raises(ValueError, match="publish, push need one postprocess process"):
+    with pytest.raises(ValueError, match="publish and push need one postprocess process"):
         shards.count(2, cuda=True, streams=4, cores=16, single=["publish", "push"])
     assert shards.count(1, cuda=True, streams=4, cores=16, single=["publish"]) == 1
     for bad in (0, -1, 65, 1.5, "many", True):
@@ -159,7 +159,7 @@ def test_shards_each_own_streams_and_bind_their_own_endpoint(model, workers):
 
 
 def test_outputs_on_one_endpoint_refuse_shards_and_auto_gives_one(model):
-    with pytest.raises(ConfigError, match=r"\[postprocess\] shards = 2: publish need one"):
+    with pytest.raises(ConfigError, match=r"\[postprocess\] shards = 2: publish needs one"):
         make(model, outputs=Outputs(results="r.jsonl", publish="tcp://127.0.0.1:5999"))
     run = make(model, shards_="auto", cuda=True, sources=[f"s{i}=/v/{i}.mp4" for i in range(8)])
     assert len(run.postprocess) == 7  # 8 streams, 16 cores (1 for the feeder, 2 a shard)
