@@ -363,6 +363,15 @@ def rtsp_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def rtsp_urls(value: str, streams: Sequence[str]) -> dict[str, str]:
+    """Each stream's URL on --rtsp-out [HOST:]PORT (a wildcard host: this host's name)."""
+    host, port = rtsp_listen(value)
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    host = f"[{host}]" if ":" in host else host
+    return {s: f"rtsp://{host}:{port}/{quote(s, safe='')}" for s in streams}
+
+
 def rtsp_problem(value: str) -> str | None:
     """Why --rtsp-out VALUE cannot work here (no GStreamer RTSP server, the port taken), or
     None. ConfigError for a malformed value."""

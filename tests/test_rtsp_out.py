@@ -17,7 +17,8 @@ from rtspfixture import free_port
 from streamseg.config import ConfigError, load_config
 from streamseg.pipeline.spec import load_pipeline
 from streamseg.pipeline.supervisor import run
-from streamseg.sink_urls import rtsp_listen
+from streamseg.serve.board import Board
+from streamseg.sink_urls import rtsp_listen, rtsp_urls
 from streamseg.source.spec import SourceSpec
 from streamseg.tools import synth
 
@@ -30,6 +31,18 @@ def test_listen_address():
     for bad in ("", "x", "host:", "70000"):
         with pytest.raises(ConfigError, match="give \\[HOST:\\]PORT"):
             rtsp_listen(bad)
+
+
+def test_the_page_lists_each_streams_rtsp_url():
+    assert rtsp_urls("8554", ["cam", "door"]) == {
+        "cam": "rtsp://127.0.0.1:8554/cam",
+        "door": "rtsp://127.0.0.1:8554/door",
+    }
+    assert rtsp_urls("[::1]:9000", ["cam"]) == {"cam": "rtsp://[::1]:9000/cam"}
+    board = Board(live=True)
+    board.rtsp = rtsp_urls("8554", ["cam"])
+    snap = board.update(0.0, stages={}, reports={}, sources={"cam": {"in": 1}}, restarts={})
+    assert snap.to_json()["streams"]["cam"]["rtsp"] == "rtsp://127.0.0.1:8554/cam"
 
 
 class Player:

@@ -52,6 +52,7 @@ from streamseg.serve.board import Board
 from streamseg.serve.http import WebServer
 from streamseg.serve.views import PreviewHub
 from streamseg.serve.window import window_lines
+from streamseg.sink_urls import rtsp_urls
 from streamseg.source.spec import SourceSpec
 from streamseg.stage import SUPERVISOR_ENV
 from streamseg.stage.args import PostprocessArgs, SourceArgs, to_json
@@ -180,6 +181,8 @@ def run(
             )
             stall_s = float((live_options or {}).get("stall_s") or 5.0)
             r = _Run(the_plan, stats_every_s=stats_every_s, quiet=quiet, stall_s=stall_s)
+            if rtsp_out:  # the page links each stream's annotated video
+                r.board.rtsp = rtsp_urls(rtsp_out, [s.stream for s in sources])
             return r.run(serve, drain_s=DRAIN_S[pipeline.live] if drain_s is None else drain_s)
         finally:
             shutil.rmtree(rundir, ignore_errors=True)

@@ -43,6 +43,8 @@ class Snapshot:
     streams: Mapping[str, StreamView] = field(default_factory=dict)
     problems: tuple[str, ...] = ("starting",)
     """Why the run is not healthy (empty: it is)."""
+    rtsp: Mapping[str, str] = field(default_factory=dict)
+    """Per stream: where its annotated video plays over RTSP (--rtsp-out), if it does."""
 
     def to_json(self) -> dict[str, Any]:
         """The page's data: per stream its state and figures; the stages; health."""
@@ -66,6 +68,7 @@ class Snapshot:
                 "latency_p50_ms": num(w.latency_p50_ms) if w else None,
                 "latency_p99_ms": num(w.latency_p99_ms) if w else None,
                 "window_s": num(w.span_s) if w else None,
+                "rtsp": self.rtsp.get(name),
             }
         return {
             "healthy": not self.problems,
@@ -117,6 +120,8 @@ class Board:
         self._lock = threading.Lock()
         self._snapshot = Snapshot(t=0.0, live=live)
         self._sampled = -math.inf
+        self.rtsp: dict[str, str] = {}
+        """Per stream: its --rtsp-out URL (set by the supervisor), shown on the page."""
 
     def update(
         self,
@@ -153,6 +158,7 @@ class Board:
             restarts=dict(restarts),
             streams=views,
             problems=tuple(problems(stages, health, stall_s=self.stall_s)),
+            rtsp=dict(self.rtsp),
         )
         with self._lock:
             self._snapshot = snap

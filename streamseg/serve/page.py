@@ -21,6 +21,7 @@ PAGE = """<!doctype html>
   .connected { background: #264d26; } .reconnecting, .starting { background: #5a4a14; }
   .lost { background: #5a1c1c; } .ended { background: #333; }
   .figures { margin-top: 6px; font-variant-numeric: tabular-nums; color: #bbb; }
+  .rtsp { margin-top: 4px; color: #8ab4f8; font-family: monospace; user-select: all; }
   a { color: #8ab4f8; }
 </style>
 </head>
@@ -38,7 +39,7 @@ function card(name) {
   const div = document.createElement("div");
   div.className = "card";
   div.innerHTML = '<span class="state"></span><div class="name"></div>' +
-    '<img alt="live view"><div class="figures"></div>';
+    '<img alt="live view"><div class="figures"></div><div class="rtsp"></div>';
   div.querySelector(".name").textContent = name;
   div.querySelector("img").src = "/view/" + encodeURIComponent(name);
   document.getElementById("streams").appendChild(div);
@@ -59,6 +60,7 @@ async function refresh() {
         `in ${fmt(s.fps_in, 1)} fps · processed ${fmt(s.fps_out, 1)} fps · ` +
         `latency p50 ${fmt(s.latency_p50_ms, 0)} ms p99 ${fmt(s.latency_p99_ms, 0)} ms · ` +
         `dropped ${s.dropped} · reconnects ${s.reconnects}`;
+      div.querySelector(".rtsp").textContent = s.rtsp ? "RTSP: " + s.rtsp : "";
     }
   } catch (e) {
     const health = document.getElementById("health");
