@@ -200,6 +200,29 @@ def watch_command(
 
 # -- the actor's body (runs on a Ray node) -----------------------------------------------------
 
+BAD_INPUT = 2
+"""`streamseg watch`'s exit code for unusable settings: starting it again cannot help."""
+
+
+class _Tail:
+    """Reads a run's stderr in a thread: each line goes on to this process's stderr (the Ray
+    worker's log), and the last one is kept for `fleet status`."""
+
+    def __init__(self, stream: Any) -> None:
+        self._last = "no message"
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            sys.stderr.write(line)
+            if line.strip():
+                self._last = line.strip()
+
+    def get(self) -> str:
+        self._thread.join(timeout=1.0)  # the run ended: its last lines are on their way
+        return self._last[:300]
+
 
 def free_port(host: str) -> int:
     with socket.socket() as s:
@@ -271,7 +294,10 @@ class Cell:
         lease_s = self.fleet.lease_s
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
         cmd = watch_command(self.fleet, self.cameras, endpoint)
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        last_line = _Tail(proc.stderr)  # forwards the run's stderr to this worker's log
         self.pid, self.state_name = proc.pid, "running"
         self.started += 1
         last_ok = time.monotonic()
@@ -280,7 +306,7 @@ class Cell:
                 sent = time.monotonic()
                 try:
                     ok = ray.get(
-                        self.registry.renew.remote(self.cell, self.epoch, "running"),
+                        self.registry.renew.remote(self.cell, self.epoch, self.state_name),
                         timeout=lease_s / 4,
                     )
                 except ray.exceptions.RayError:  # the registry is out of reach: no renewal
@@ -290,7 +316,11 @@ class Cell:
                 if ok is False or time.monotonic() - last_ok >= fence_s(lease_s):
                     self.state_name = "fenced"
                     return  # finally: the pipeline stops before the lease can be granted again
-                if proc.poll() is not None:
+                if proc.poll() == BAD_INPUT and self.state_name == "running":
+                    # a wrong setting (a camera URL, keys) is not mended by starting again:
+                    # the cell keeps its lease and says why in `fleet status`
+                    self.state_name = f"error: {last_line.get()}"
+                elif proc.poll() is not None and proc.returncode != BAD_INPUT:
                     self.state_name = "restarting"
                     self.registry.release.remote(self.cell, self.epoch)
                     self._stop.wait(1.0)  # a pipeline that cannot start does not spin
