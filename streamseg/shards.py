@@ -29,7 +29,7 @@ STREAMS_PER_SHARD = 1
 """With "auto" on a GPU: streams one postprocess process takes. One: a process did not keep up
 with one 1080p30 stream with 20 large instances and a video (docs/benchmarks.md), so more
 streams a process would only add to its backlog."""
-SINGLE_OUTPUTS = ("publish", "preview", "push", "rtsp_out")
+SINGLE_OUTPUTS = ("publish", "push", "rtsp_out")
 """Outputs that bind one endpoint or port for every stream: one postprocess process only."""
 
 

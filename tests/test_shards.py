@@ -7,11 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from harness import Run, stage_pids
+from rtspfixture import free_port
 
 from streamseg import shards, threads
 from streamseg.config import ConfigError, load_config
@@ -19,6 +24,8 @@ from streamseg.inference.routes import DetectionsOut
 from streamseg.pipeline.plan import Outputs, describe, plan, restart
 from streamseg.pipeline.report import merge_shards
 from streamseg.pipeline.spec import load_pipeline
+from streamseg.postprocess.preview import Previewer
+from streamseg.serve.views import PreviewHub
 from streamseg.source.spec import parse_sources
 from streamseg.stage.args import PostprocessArgs, as_dict, from_json, to_json
 from streamseg.stage.links import Links
@@ -163,9 +170,17 @@ def test_outputs_on_one_endpoint_refuse_shards_and_auto_gives_one(model):
         make(model, outputs=Outputs(results="r.jsonl", publish="tcp://127.0.0.1:5999"))
     run = make(model, shards_="auto", cuda=True, sources=[f"s{i}=/v/{i}.mp4" for i in range(8)])
     assert len(run.postprocess) == 7  # 8 streams, 16 cores (1 for the feeder, 2 a shard)
-    run = make(model, shards_="auto", cuda=True, outputs=Outputs(preview=True), sources=SOURCES)
+    run = make(model, shards_="auto", cuda=True, outputs=Outputs(rtsp_out="8554"))
     assert run.postprocess == ("postprocess",)
     assert make(model, shards_="auto", cuda=False).postprocess == ("postprocess",)
+
+
+def test_live_views_come_from_every_shard(model):
+    """--serve: each shard offers its own streams' previews on its own endpoint."""
+    run = make(model, outputs=Outputs(preview=True, video="v.mp4"))
+    ep = run.endpoints["preview"]
+    assert [run.get(n).args.preview_endpoint for n in run.postprocess] == [ep, f"{ep}-1"]
+    assert run.get("inference").args.forward_images  # pixels travel for the views
 
 
 def test_a_restarted_shard_waits_for_the_ends_of_its_own_streams_only(model):
@@ -235,6 +250,34 @@ def test_one_endpoint_without_shards(tmp_path):
         assert out.send(EndOfStream(stream, 0))
     assert [pull.recv(2000).stream for _ in range(3)] == ["a", "b", "zz"]
     sockets.close_all(abort=True)
+
+
+def test_the_preview_hub_reads_every_shard_and_only_the_runs_shards(tmp_path):
+    """The supervisor's side of live views: one hub on each shard's preview endpoint takes the
+    previews signed by a shard of the run, and refuses one signed by anything else."""
+    eps = [f"ipc://{tmp_path}/preview", f"ipc://{tmp_path}/preview-1", f"ipc://{tmp_path}/p-x"]
+    offers = [Previewer(eps[0], auth="t0"), Previewer(eps[1], auth="t1"),
+              Previewer(eps[2], auth="stranger")]  # fmt: skip
+    hub = PreviewHub(eps[0], expect_auth=["t0", "t1"], more_endpoints=eps[1:], poll_ms=20)
+    hub.start()
+    image = np.zeros((48, 64, 3), np.uint8)
+    got: dict[str, object] = {}
+    try:
+        with hub.watching("a"), hub.watching("b"), hub.watching("c"):
+            deadline = time.monotonic() + 20
+            while (len(got) < 2 or not hub.rejected) and time.monotonic() < deadline:
+                for previewer, stream in zip(offers, "abc", strict=True):
+                    previewer.poll()  # the subscriptions that reached it
+                    if previewer.wanted(stream):
+                        previewer.offer(stream, 0, time.time(), image)
+                for stream in "abc":
+                    if (shot := hub.next(stream, 0, 0.02)) is not None:
+                        got[stream] = shot
+        assert set(got) == {"a", "b"} and hub.rejected >= 1
+    finally:
+        hub.close()
+        for previewer in offers:
+            previewer.sock.close(0)
 
 
 # -- the report --
@@ -349,6 +392,14 @@ def _shard_pid(run: Run, name: str) -> int | None:
     return None
 
 
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
 def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -357,19 +408,34 @@ def _lines(path: Path) -> int:
 @pytest.mark.rtsp
 def test_a_killed_shard_restarts_alone_and_the_other_never_stops(camera, random_config, tmp_path):
     """Live: postprocess[1] killed with SIGKILL is restarted (its stream's results go on in
-    NAME.part1), while postprocess[0]'s stream keeps its one file all along."""
+    NAME.part1), while postprocess[0]'s stream keeps its one file all along. The live views
+    show each shard's streams; /metrics counts the stage once."""
     text = open(load_pipeline("watch").path, encoding="utf-8").read()
     text = text.replace('publish = "tcp://127.0.0.1:5555"', 'publish = ""')
     text = with_shards(text, "2")
     text = text.replace('workers = "auto"', "workers = 1")
     (tmp_path / "live.toml").write_text(text)
+    port = free_port()
     run = Run(
         tmp_path, "run", "live.toml", f"c1={camera.url}", f"c2={camera.url}", "-q",
-        "--config", random_config, "--results", "w.jsonl",
+        "--config", random_config, "--results", "w.jsonl", "--serve", f"127.0.0.1:{port}",
     )  # fmt: skip
     one, two = tmp_path / "w.c1.jsonl", tmp_path / "w.c2.jsonl"
     try:
         run.wait_for(lambda: _lines(one) >= 3 and _lines(two) >= 3, 180, "results of both")
+        for stream in ("c1", "c2"):  # a preview from each shard
+            status, jpeg = run.wait_for(
+                lambda s=stream: (
+                    (got := _get(f"http://127.0.0.1:{port}/view/{s}.jpg"))[0] == 200 and got
+                ),
+                60,
+                f"a view of {stream}",
+            )
+            assert jpeg[:2] == b"\xff\xd8"
+        metrics = _get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+        out = [ln for ln in metrics.splitlines() if ln.startswith("streamseg_frames_out_total{")]
+        assert any('process="postprocess"' in ln and 'stream="c2"' in ln for ln in out), out
+        assert not any('process="postprocess[' in ln for ln in out), out  # once, not per shard
         pid = run.wait_for(lambda: _shard_pid(run, "postprocess[1]"), 10, "postprocess[1]")
         os.kill(pid, signal.SIGKILL)
         run.wait_for(lambda: "postprocess[1]" in run.stderr() and "restart 1" in run.stderr(),

@@ -417,7 +417,6 @@ def _shards(
         k
         for k, on in (
             ("publish", post.publish),
-            ("preview", post.preview_endpoint),
             ("push", post.push),
             ("rtsp_out", post.rtsp_out),
         )
@@ -428,6 +427,10 @@ def _shards(
             pipeline.shards, cuda=cuda, streams=len(streams), cores=budget.cores, single=single
         )
         endpoints = tuple(shards.endpoint(post.detections_endpoint, i) for i in range(n))
+        previews = [  # live views: each shard offers its own streams' (the supervisor reads all)
+            shards.endpoint(post.preview_endpoint, i) if post.preview_endpoint else None
+            for i in range(n)
+        ]
     except ValueError as e:
         raise ConfigError(f"{pipeline.path}: [postprocess] {e}") from None
     if n == 1:
@@ -441,6 +444,7 @@ def _shards(
                 post,
                 name=shards.name(i, n),
                 detections_endpoint=endpoint,
+                preview_endpoint=previews[i],
                 own_streams=own,
                 streams=len(own) if post.streams else 0,
             )

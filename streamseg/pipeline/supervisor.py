@@ -240,10 +240,16 @@ class _Run:
         try:
             if serve is not None:
                 ep = self.plan.endpoints["preview"]
+                shards = [self.plan.get(name).args for name in self.plan.postprocess]
                 hub = PreviewHub(
                     ep,
                     security=self.links.security(ep, bind=False),
-                    expect_auth=self.tokens["postprocess"],
+                    expect_auth=[self.tokens[name] for name in self.plan.postprocess],
+                    more_endpoints=[
+                        a.preview_endpoint  # type: ignore[union-attr]
+                        for a in shards[1:]
+                        if a.preview_endpoint  # type: ignore[union-attr]
+                    ],
                 )
                 hub.start()
                 serve.start(self.board, hub)
@@ -618,8 +624,12 @@ class _Run:
         self.board.update(
             now,
             stages={name: self.watch.problem(name, now) for name in self.procs},
-            reports={
-                **{name: r for name in self.tally.names() if (r := self.tally.get(name))},
+            reports={  # postprocess as one stage, its shards added up (no frame counted twice)
+                **{
+                    name: r
+                    for name in self.tally.names()
+                    if name not in self.plan.postprocess and (r := self.tally.get(name))
+                },
                 **({"postprocess": post} if (post := self.post_stats()) else {}),
             },
             sources=sources,

@@ -12,7 +12,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,19 +35,23 @@ class Shot:
 
 
 class PreviewHub:
-    """expect_auth: the postprocess stage's token; previews signed otherwise are dropped."""
+    """expect_auth: the postprocess stage's token (or each of its shards' tokens); previews
+    signed otherwise are dropped. more_endpoints: the preview endpoints of postprocess shards
+    beyond the first (ipc://; streamseg.shards), all read by the same socket."""
 
     def __init__(
         self,
         endpoint: str,
         *,
         security: security.Security | None = None,
-        expect_auth: str = "",
+        expect_auth: str | Sequence[str] = "",
         poll_ms: int = 50,
+        more_endpoints: Sequence[str] = (),
     ) -> None:
         self.endpoint = endpoint
+        self.more_endpoints = tuple(more_endpoints)
         self.security = security
-        self.expect_auth = expect_auth
+        self.expect_auth = (expect_auth,) if isinstance(expect_auth, str) else tuple(expect_auth)
         self.poll_ms = poll_ms
         self.viewers: dict[str, int] = {}
         self.shots: dict[str, Shot] = {}
@@ -102,6 +106,8 @@ class PreviewHub:
 
     def _run(self) -> None:
         sock = sockets.preview_subscriber(self.endpoint, security=self.security)
+        for endpoint in self.more_endpoints:  # a SUB reads every publisher it connects to
+            sock.connect(endpoint)
         subscribed: set[str] = set()
         try:
             while not self._stop.is_set():
@@ -127,7 +133,9 @@ class PreviewHub:
             self.rejected += 1
             log.debug("preview rejected: %s", e)
             return
-        if self.expect_auth and not hmac.compare_digest(auth, self.expect_auth):
+        if any(self.expect_auth) and not any(
+            hmac.compare_digest(auth, token) for token in self.expect_auth
+        ):
             self.rejected += 1
             return
         with self._cond:
