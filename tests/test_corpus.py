@@ -286,3 +286,40 @@ def test_corpus_refuses_bad_use_in_one_line(clips, tmp_path):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, (args, err)
         assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def runs_writing_into(outdir: Path) -> list[int]:
+    """Pids of processes whose command line names OUTDIR/.partial (the corpus's runs)."""
+    needle = str(outdir / ".partial").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and needle in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_stops_the_corpus_and_its_runs_leaving_only_whole_files(
+    clips, trained_config, tmp_path
+):
+    outdir = tmp_path / "out"
+    runner = annotate(clips, "-o", outdir, "--jobs", "2", "--config", trained_config)
+    wait_until(
+        lambda: manifest_names(outdir),
+        240,
+        "the corpus run recorded a file",
+        ended=lambda: runner.poll() is not None,
+    )
+    wait_until(lambda: runs_writing_into(outdir), 60, "a run under way")
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 130, err
+    assert "run the same command again" in err
+    wait_until(lambda: not runs_writing_into(outdir), 30, "the runs stopped with the corpus")
+    recorded = manifest_names(outdir)
+    present = sorted(p.relative_to(outdir).as_posix() for p in outdir.rglob("*.jsonl"))
+    assert present == sorted([manifest.MANIFEST, *(n.replace(".mp4", ".jsonl") for n in recorded)])
