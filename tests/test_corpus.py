@@ -107,6 +107,21 @@ def test_outputs_of_a_task():
     assert corpus.outputs_of("a.mkv", video=True) == {"results": "a.jsonl", "video": "a.mp4"}
 
 
+def test_outdir_checks(tmp_path):
+    a, b = tmp_path / "a.mp4", tmp_path / "a.mkv"
+    for p in (a, b):
+        p.write_bytes(b"x")
+    with pytest.raises(corpus.CorpusError, match="would both write"):
+        corpus.check_outdir(tmp_path / "out", corpus.tasks([a, b]), video=False)
+    with pytest.raises(corpus.CorpusError, match="would overwrite an input"):
+        corpus.check_outdir(tmp_path, corpus.tasks([a]), video=True)
+    with pytest.raises(corpus.CorpusError, match="not a folder"):
+        corpus.check_outdir(a, corpus.tasks([b]), video=False)
+    corpus.check_outdir(tmp_path / "out", corpus.tasks([a]), video=True)
+    inside = tmp_path / "out" / "a.mp4"
+    assert corpus.outside([a, inside], tmp_path / "out") == [a]
+
+
 def test_todo_is_what_has_no_valid_entry():
     ts = [Task(f"{n}.mp4", Path(f"/c/{n}.mp4"), InputKey(10, 5)) for n in "abc"]
     done = {"a.mp4": entry("a.mp4"), "b.mp4": entry("b.mp4")}

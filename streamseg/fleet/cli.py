@@ -113,7 +113,10 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         return _err("give --jobs (this machine) or --ray ADDRESS (a cluster), not both")
     outdir = Path(args.output)
     try:
-        tasks = corpus.tasks(corpus.expand(args.inputs))
+        files = corpus.outside(corpus.expand(args.inputs), outdir)
+        if not files:
+            raise corpus.CorpusError(f"{' '.join(args.inputs)}: no inputs outside {outdir}")
+        tasks = corpus.tasks(files)
         corpus.check_outdir(outdir, tasks, video=args.video)
     except corpus.CorpusError as e:
         return _err(str(e))

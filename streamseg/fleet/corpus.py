@@ -157,9 +157,23 @@ def check_outdir(outdir: Path, corpus: Sequence[Task], *, video: bool) -> None:
     if outdir.exists() and not outdir.is_dir():
         raise CorpusError(f"{outdir}: exists and is not a folder; give -o a folder for a corpus")
     inputs = {t.path.resolve() for t in corpus}
+    writer: dict[str, str] = {}
     for t in corpus:
         for rel in outputs_of(t.name, video=video).values():
             if (outdir / rel).resolve() in inputs:
                 raise CorpusError(
                     f"{outdir / rel}: the output would overwrite an input; choose another -o"
                 )
+            if rel in writer:
+                raise CorpusError(
+                    f"{writer[rel]} and {t.name} would both write {outdir / rel}; rename one, "
+                    "or annotate them in two corpora"
+                )
+            writer[rel] = t.name
+
+
+def outside(paths: Sequence[Path], outdir: Path) -> list[Path]:
+    """`paths` without those inside OUTDIR: a corpus folder that holds its own OUTDIR does not
+    take its outputs (annotated videos) for inputs on the next run."""
+    out = outdir.resolve()
+    return [p for p in paths if not p.resolve().is_relative_to(out)]
