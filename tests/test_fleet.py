@@ -142,3 +142,30 @@ def test_a_bad_fleet_file_is_one_line_naming_it(text, says):
     with pytest.raises(FleetError, match=says) as e:
         cells.load(text, path="f.toml")
     assert str(e.value).startswith("f.toml: ") and "\n" not in str(e.value)
+
+
+# -- without Ray ---------------------------------------------------------------------------------
+
+WITHOUT_RAY = "import sys; sys.modules['ray'] = None  # import ray: ImportError\n"
+
+
+def test_everything_imports_without_ray_and_ray_commands_name_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[cameras]]\nurl = "rtsp://h/a"\n')
+    code = WITHOUT_RAY + (
+        "import streamseg.cli, streamseg.fleet.cli, streamseg.fleet.ray_backend\n"
+        "import streamseg.fleet.cells, streamseg.fleet.subscriber, streamseg.fleet.runner\n"
+        "from streamseg.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    corpus = ["annotate", str(tmp_path), "-o", str(tmp_path / "o"), "--ray", "auto"]
+    for args in (["fleet", "status"], ["fleet", str(fleet)], ["subscribe", "--fleet", "a"], corpus):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "pip install 'streamseg[ray]'" in proc.stderr and "Traceback" not in proc.stderr
