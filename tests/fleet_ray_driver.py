@@ -131,6 +131,12 @@ def status(address: str) -> dict:
     return json.loads(out)
 
 
+def measured(st: dict) -> dict | None:
+    """The status when every camera's cell has measured its rate (else None)."""
+    rows = st.get("cameras", [])
+    return st if rows and all(r.get("fps") for r in rows) else None
+
+
 def fleet(fleet_file: str, facts: dict) -> None:
     c = cluster()
     proc = None
@@ -145,7 +151,7 @@ def fleet(fleet_file: str, facts: dict) -> None:
         facts["all_before_s"] = until(lambda: collector.streams_since(0) >= cameras, 180) and (
             time.monotonic() - t0
         )
-        before = status(c.address)
+        before = until(lambda: measured(status(c.address)), 30, interval=1.0) or status(c.address)
         facts["status_before"] = before
         head = c.head_node.node_id
         rows = before.get("cameras", [])
@@ -172,7 +178,8 @@ def fleet(fleet_file: str, facts: dict) -> None:
         facts["all_after"] = sorted(
             until(lambda: collector.streams_since(t_after) >= cameras and cameras, 60) or []
         )
-        facts["status_after"] = status(c.address)
+        after = until(lambda: measured(status(c.address)), 30, interval=1.0)
+        facts["status_after"] = after or status(c.address)
         sub = streamseg("subscribe", "--fleet", c.address, "--count", "60", "--timeout", "30")
         out, err = sub.communicate(timeout=120)
         facts["subscribe_cli"] = {

@@ -169,3 +169,32 @@ def test_everything_imports_without_ray_and_ray_commands_name_the_extra(tmp_path
         )
         assert proc.returncode == 2, (args, proc.stderr)
         assert "pip install 'streamseg[ray]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- a cell's figures ----------------------------------------------------------------------------
+
+
+def test_figures_rate_latency_and_drops_per_camera():
+    from streamseg.fleet.figures import Figures
+
+    f = Figures(window_s=10.0)
+    assert f.figures(0.0) == {}
+    for i, frame in enumerate([0, 1, 2, 5, 6]):  # frames 3 and 4 dropped
+        f.add("gate", frame, 0.1 * (i + 1), now=100.0 + 0.5 * i)
+    got = f.figures(102.0)["gate"]
+    assert got["fps"] == pytest.approx(5 / 2.0) and got["latency_ms"] == pytest.approx(300.0)
+    assert (got["dropped"], got["results"], got["age_s"]) == (2, 5, 0.0)
+    f.add("door", 0, 0.2, now=102.5)
+    assert f.figures(102.5)["door"]["fps"] is None  # younger than a second: no rate yet
+    later = f.figures(120.0)["gate"]  # nothing for longer than the window
+    assert later["fps"] == 0.0 and later["latency_ms"] is None and later["age_s"] == 18.0
+
+
+def test_status_carries_each_camera_figures_until_the_next_grant():
+    leases = Leases(lease_s=4.0)
+    claim(leases, 0.0)
+    assert leases.renew("c0", 1, "running", 1.0, {"cam1": {"fps": 5.0}})
+    rows = {r["camera"]: r for r in leases.status(1.0)}
+    assert rows["cam1"]["fps"] == 5.0 and "fps" not in rows["cam2"]
+    claim(leases, 6.0)
+    assert all("fps" not in r for r in leases.status(6.0))  # a new holder starts without

@@ -153,6 +153,9 @@ def test_a_lost_node_cell_moves_and_its_cameras_resume_within_30_s(netns, fleet_
     assert move["from_node"] != move["to_node"] and move["to_epoch"] == move["from_epoch"] + 1
     rows = {r["camera"]: r for r in after["cameras"]}
     assert {rows[c]["state"] for c in rows} == {"running"}
+    for status in (facts["status_before"], after):  # each cell measures its cameras
+        for r in status["cameras"]:
+            assert r["fps"] > 0 and r["latency_ms"] > 0 and r["dropped"] >= 0, r
     assert all(rows[c]["epoch"] == move["to_epoch"] for c in moved)
     assert facts["fleet"]["rc"] == 0 and "moved" in facts["fleet"]["stderr"]
 

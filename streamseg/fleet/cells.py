@@ -224,6 +224,39 @@ class _Tail:
         return self._last[:300]
 
 
+class _Meter:
+    """Subscribes to the cell's own results (loopback to its node's endpoint) and keeps each
+    camera's figures (figures.Figures) for the lease renewals. Not where the publisher needs
+    CURVE keys: the cell is no allowed subscriber of itself."""
+
+    def __init__(self, endpoint: str, cameras: Sequence[str]) -> None:
+        from streamseg.client import Subscriber
+        from streamseg.fleet.figures import Figures
+
+        self._sub = Subscriber(endpoint, cameras)
+        self._figures = Figures()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="cell-meter", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            r = self._sub.recv(0.5)
+            if r is not None:
+                with self._lock:
+                    self._figures.add(r.stream, r.frame, r.latency, time.monotonic())
+
+    def figures(self) -> dict[str, Any]:
+        with self._lock:
+            return self._figures.figures(time.monotonic())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sub.close()
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -298,6 +331,7 @@ class Cell:
             cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         last_line = _Tail(proc.stderr)  # forwards the run's stderr to this worker's log
+        meter = None if self.fleet.keys else _Meter(endpoint, [c.name for c in self.cameras])
         self.pid, self.state_name = proc.pid, "running"
         self.started += 1
         last_ok = time.monotonic()
@@ -306,7 +340,9 @@ class Cell:
                 sent = time.monotonic()
                 try:
                     ok = ray.get(
-                        self.registry.renew.remote(self.cell, self.epoch, self.state_name),
+                        self.registry.renew.remote(
+                            self.cell, self.epoch, self.state_name, meter and meter.figures()
+                        ),
                         timeout=lease_s / 4,
                     )
                 except ray.exceptions.RayError:  # the registry is out of reach: no renewal
@@ -327,6 +363,8 @@ class Cell:
                     return
                 self._stop.wait(lease_s / 4)
         finally:
+            if meter is not None:
+                meter.close()
             if proc.poll() is None:
                 # fenced: at once (its stages get SIGTERM as their supervisor dies); stopping
                 # the fleet: SIGTERM, the run closes its outputs

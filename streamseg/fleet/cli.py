@@ -237,10 +237,14 @@ def _status(ray: Any, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(status, indent=1))
         return 0
-    print(f"{'camera':16s} {'cell':8s} {'epoch':>5s} {'host':16s} {'state':10s} endpoint")
+    print(f"{'camera':12s} {'cell':7s} {'epoch':>5s} {'host':15s} {'fps':>6s} {'latency':>8s} "
+          f"{'dropped':>7s} {'state':9s} endpoint")  # fmt: skip
     for row in status["cameras"]:
-        print(f"{row['camera']:16s} {row['cell']:8s} {row['epoch']:5d} {row['host']:16s} "
-              f"{row['state']:10s} {row['endpoint']}")  # fmt: skip
+        fps, lat = row.get("fps"), row.get("latency_ms")
+        print(f"{row['camera']:12s} {row['cell']:7s} {row['epoch']:5d} {row['host']:15s} "
+              f"{'-' if fps is None else f'{fps:.1f}':>6s} "
+              f"{'-' if lat is None else f'{lat:.0f} ms':>8s} {row.get('dropped', '-'):>7} "
+              f"{row['state']:9s} {row['endpoint']}")  # fmt: skip
     for m in status["moves"]:
         print(f"moved: {m['cell']} ({', '.join(m['cameras'])}) epoch {m['from_epoch']} on "
               f"{_where(m['from_host'], m['from_node'])} -> epoch {m['to_epoch']} on "

@@ -15,6 +15,7 @@ the time the cell's cameras had no holder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -51,6 +52,8 @@ class Lease:
     state: str
     granted: float
     renewed: float
+    figures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Camera -> its figures as the holder last sent them (figures.Figures)."""
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,20 @@ class Leases:
         self.leases[cell] = Lease(cell, epoch, host, node, endpoint, cameras, "starting", now, now)
         return epoch
 
-    def renew(self, cell: str, epoch: int, state: str, now: float) -> bool:
-        """Whether the holder of `epoch` still holds `cell` (then its lease runs on from now);
-        False: it must stop its pipeline now."""
+    def renew(
+        self,
+        cell: str,
+        epoch: int,
+        state: str,
+        now: float,
+        figures: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> bool:
+        """Whether the holder of `epoch` still holds `cell` (then its lease runs on from now,
+        with its state and its cameras' figures); False: it must stop its pipeline now."""
         lease = self.leases.get(cell)
         if lease is None or lease.epoch != epoch or not self.live(cell, now):
             return False
-        self.leases[cell] = replace(lease, state=state, renewed=now)
+        self.leases[cell] = replace(lease, state=state, renewed=now, figures=figures or {})
         return True
 
     def release(self, cell: str, epoch: int, now: float) -> None:
@@ -123,7 +133,8 @@ class Leases:
                 rows.append(
                     {"camera": camera, "cell": lease.cell, "epoch": lease.epoch,
                      "host": lease.host, "node": lease.node, "endpoint": lease.endpoint,
-                     "state": state, "since_s": round(now - lease.granted, 1)}
+                     "state": state, "since_s": round(now - lease.granted, 1),
+                     **lease.figures.get(camera, {})}
                 )  # fmt: skip
         return rows
 
@@ -156,8 +167,10 @@ class Registry:
     ) -> int | None:
         return self.core.claim(cell, tuple(cameras), host, node, endpoint, self._clock())
 
-    def renew(self, cell: str, epoch: int, state: str) -> bool:
-        return self.core.renew(cell, epoch, state, self._clock())
+    def renew(
+        self, cell: str, epoch: int, state: str, figures: dict[str, Any] | None = None
+    ) -> bool:
+        return self.core.renew(cell, epoch, state, self._clock(), figures)
 
     def release(self, cell: str, epoch: int) -> None:
         self.core.release(cell, epoch, self._clock())
