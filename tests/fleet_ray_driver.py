@@ -11,7 +11,8 @@ and asserts on the facts (JSON) this script writes; it asserts nothing itself. S
   corpus CLIPS OUTDIR CONFIG FACTS   `streamseg annotate --ray` with a worker node removed once
                                      two files are done, then the same command again
   fleet FLEET.toml FACTS             `streamseg fleet` with 2 cells; the node of a cell that is
-                                     not the head's is removed once every camera delivered
+                                     not the head's is removed once every camera delivered;
+                                     results are read with FLEET.toml's folder's keys/ (CURVE)
 """
 
 from __future__ import annotations
@@ -102,11 +103,13 @@ def corpus(clips: str, outdir: str, config: str, facts: dict) -> None:
 class Collector(threading.Thread):
     """Every fleet result received: (receive time, cell, epoch, stream, frame)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, keys: Path) -> None:
         super().__init__(daemon=True)
         from streamseg.fleet.ray_backend import fleet_subscriber
+        from streamseg.wire import curve
 
-        self.sub = fleet_subscriber(address, refresh_s=0.5)
+        security = curve.client_security(keys / "allowed" / "viewer", keys / "cell.key")
+        self.sub = fleet_subscriber(address, refresh_s=0.5, security=security)
         self.rows: list[tuple[float, str, int, str, int]] = []
         self.stop = threading.Event()
 
@@ -145,7 +148,8 @@ def fleet(fleet_file: str, facts: dict) -> None:
         proc = streamseg("fleet", fleet_file, "--ray", c.address)
         ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
         until(lambda: "error" not in status(c.address), 60, interval=1.0)
-        collector = Collector(c.address)
+        keys = Path(fleet_file).parent / "keys"  # CURVE: the cells' and a viewer's keypairs
+        collector = Collector(c.address, keys)
         collector.start()
         cameras = {"cam0", "cam1", "cam2", "cam3"}
         facts["all_before_s"] = until(lambda: collector.streams_since(0) >= cameras, 180) and (
@@ -180,7 +184,9 @@ def fleet(fleet_file: str, facts: dict) -> None:
         )
         after = until(lambda: measured(status(c.address)), 30, interval=1.0)
         facts["status_after"] = after or status(c.address)
-        sub = streamseg("subscribe", "--fleet", c.address, "--count", "60", "--timeout", "30")
+        sub = streamseg("subscribe", "--fleet", c.address, "--count", "60", "--timeout", "30",
+                        "--keys", str(keys / "allowed" / "viewer"),
+                        "--server-key", str(keys / "cell.key"))  # fmt: skip
         out, err = sub.communicate(timeout=120)
         facts["subscribe_cli"] = {
             "rc": sub.returncode,

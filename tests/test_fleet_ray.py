@@ -118,18 +118,27 @@ def test_corpus_on_ray_survives_a_lost_node_and_does_each_file_once(
 
 @pytest.fixture(scope="module")
 def fleet_file(tmp_path_factory, tiny_config) -> Path:
-    """4 cameras (files played live: 2 minutes at 5 fps each), 2 cells of 2."""
+    """4 cameras (files played live: 2 minutes at 5 fps each), 2 cells of 2, CURVE keys."""
     from streamseg.tools import synth
 
     d = tmp_path_factory.mktemp("fleet")
     for i in range(4):
         synth.write_clip(d / f"cam{i}.mp4", d / "gt.json", seed=i, frames=600, size=(96, 64), fps=5)
     (d / "gt.json").unlink()
+    # CURVE, as between hosts: the cells' keypair, a viewer's, and the cells' own public key
+    # among the allowed (each cell measures its cameras from its own results)
+    for where, name in (("keys", "cell"), ("keys/allowed", "viewer")):
+        made = subprocess.run(
+            [sys.executable, "-m", "streamseg.cli", "keys", d / where, "--name", name],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    shutil.copy(d / "keys" / "cell.key", d / "keys" / "allowed" / "cell.key")
     cameras = "".join(f'[[cameras]]\nname = "cam{i}"\nurl = "cam{i}.mp4"\n' for i in range(4))
     path = d / "fleet.toml"
     path.write_text(
         f'config = "{tiny_config}"\nmax_cameras_per_cell = 2\ncells = 2\ncell_cpus = 1\n'
-        f"lease_s = 3.0\n{cameras}"
+        f'lease_s = 3.0\nkeys = "keys/cell"\nallow_keys = "keys/allowed"\n{cameras}'
     )
     return path
 

@@ -225,24 +225,36 @@ class _Tail:
 
 
 class _Meter:
-    """Subscribes to the cell's own results (loopback to its node's endpoint) and keeps each
-    camera's figures (figures.Figures) for the lease renewals. Not where the publisher needs
-    CURVE keys: the cell is no allowed subscriber of itself."""
+    """Subscribes to the cell's own results and keeps each camera's figures (figures.Figures)
+    for the lease renewals. With CURVE keys it connects with the cell's own keypair: allowed
+    only where the fleet's allow_keys folder holds the cell's public key too; where not, the
+    handshake is refused and the cell reports no figures (nothing else changes)."""
 
-    def __init__(self, endpoint: str, cameras: Sequence[str]) -> None:
+    def __init__(self, endpoint: str, cameras: Sequence[str], keys: str = "") -> None:
         from streamseg.client import Subscriber
         from streamseg.fleet.figures import Figures
+        from streamseg.wire import curve
 
-        self._sub = Subscriber(endpoint, cameras)
         self._figures = Figures()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._sub = None
+        try:
+            security = curve.client_security(keys, f"{keys}.key") if keys else None
+        except curve.KeyFileError:  # the pipeline says so itself (exit 2, `fleet status`)
+            return
+        self._sub = Subscriber(endpoint, cameras, security=security)
         self._thread = threading.Thread(target=self._read, name="cell-meter", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
+        from streamseg.wire.sockets import HandshakeError
+
         while not self._stop.is_set():
-            r = self._sub.recv(0.5)
+            try:
+                r = self._sub.recv(0.5)
+            except HandshakeError:  # the cell's key is not among the allowed: no figures
+                return
             if r is not None:
                 with self._lock:
                     self._figures.add(r.stream, r.frame, r.latency, time.monotonic())
@@ -252,9 +264,10 @@ class _Meter:
             return self._figures.figures(time.monotonic())
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sub.close()
+        if self._sub is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._sub.close()
 
 
 def free_port(host: str) -> int:
@@ -331,7 +344,7 @@ class Cell:
             cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         last_line = _Tail(proc.stderr)  # forwards the run's stderr to this worker's log
-        meter = None if self.fleet.keys else _Meter(endpoint, [c.name for c in self.cameras])
+        meter = _Meter(endpoint, [c.name for c in self.cameras], self.fleet.keys)
         self.pid, self.state_name = proc.pid, "running"
         self.started += 1
         last_ok = time.monotonic()
@@ -341,7 +354,7 @@ class Cell:
                 try:
                     ok = ray.get(
                         self.registry.renew.remote(
-                            self.cell, self.epoch, self.state_name, meter and meter.figures()
+                            self.cell, self.epoch, self.state_name, meter.figures()
                         ),
                         timeout=lease_s / 4,
                     )
@@ -363,8 +376,7 @@ class Cell:
                     return
                 self._stop.wait(lease_s / 4)
         finally:
-            if meter is not None:
-                meter.close()
+            meter.close()
             if proc.poll() is None:
                 # fenced: at once (its stages get SIGTERM as their supervisor dies); stopping
                 # the fleet: SIGTERM, the run closes its outputs
