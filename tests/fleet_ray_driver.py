@@ -13,6 +13,8 @@ and asserts on the facts (JSON) this script writes; it asserts nothing itself. S
   fleet FLEET.toml FACTS             `streamseg fleet` with 2 cells; the node of a cell that is
                                      not the head's is removed once every camera delivered;
                                      results are read with FLEET.toml's folder's keys/ (CURVE)
+  rebalance FLEET.toml FACTS         both cells on one node; a node joins; `streamseg fleet
+                                     rebalance`
 """
 
 from __future__ import annotations
@@ -38,19 +40,19 @@ SYSTEM = {  # a lost node is noticed in ~3 s (default: 15 s)
 }
 
 
-def cluster() -> Cluster:
-    """A head and two worker nodes, one CPU each (the head's also runs the registry)."""
+def cluster(head_cpus: int = 1, workers: tuple[int, ...] = (1, 1)) -> Cluster:
+    """A head and worker nodes with these CPUs (the head also runs the registry)."""
     c = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 1,
+            "num_cpus": head_cpus,
             "object_store_memory": STORE,
             "include_dashboard": False,
             "_system_config": SYSTEM,
         },
     )
-    for _ in range(2):
-        c.add_node(num_cpus=1, object_store_memory=STORE)
+    for cpus in workers:
+        c.add_node(num_cpus=cpus, object_store_memory=STORE)
     c.wait_for_nodes()
     return c
 
@@ -211,12 +213,52 @@ def fleet(fleet_file: str, facts: dict) -> None:
         c.shutdown()
 
 
+def rebalance(fleet_file: str, facts: dict) -> None:
+    """Both cells on one 2-CPU node; a second joins; `streamseg fleet rebalance`."""
+    c = cluster(head_cpus=0, workers=(2,))
+    proc = None
+    try:
+        t0 = time.monotonic()
+        proc = streamseg("fleet", fleet_file, "--ray", c.address)
+        ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
+        until(lambda: "error" not in status(c.address), 60, interval=1.0)
+        collector = Collector(c.address, Path(fleet_file).parent / "keys")
+        collector.start()
+        before = until(lambda: measured(status(c.address)), 180, interval=1.0)
+        facts["status_before"] = before or status(c.address)
+        c.add_node(num_cpus=2, object_store_memory=STORE)
+        c.wait_for_nodes()
+        t_move = time.monotonic()
+        reb = streamseg("fleet", "rebalance", "--ray", c.address)
+        out, err = reb.communicate(timeout=200)
+        facts["rebalance"] = {"rc": reb.returncode, "stdout": out, "stderr": err[-2000:]}
+        after = until(lambda: measured(status(c.address)), 60, interval=1.0)
+        facts["status_after"] = after or status(c.address)
+        facts["moved_at_s"] = t_move - t0
+        collector.stop.set()
+        collector.join(timeout=10)
+        facts["rows"] = [[round(w - t0, 3), cl, ep, s, f] for (w, cl, ep, s, f) in collector.rows]
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            facts["fleet"] = {"rc": proc.returncode, "stderr": err[-4000:]}
+        ray.shutdown()
+        c.shutdown()
+
+
 def main() -> None:
     scenario, *args, out = sys.argv[1:]
     facts: dict = {"scenario": scenario}
     try:
         if scenario == "corpus":
             corpus(*args, facts)
+        elif scenario == "rebalance":
+            rebalance(*args, facts)
         else:
             fleet(*args, facts)
     finally:

@@ -198,3 +198,17 @@ def test_status_carries_each_camera_figures_until_the_next_grant():
     assert rows["cam1"]["fps"] == 5.0 and "fps" not in rows["cam2"]
     claim(leases, 6.0)
     assert all("fps" not in r for r in leases.status(6.0))  # a new holder starts without
+
+
+def test_rebalance_moves_cells_from_crowded_nodes_onto_nodes_with_room():
+    from streamseg.fleet.registry import rebalance_plan
+
+    assert rebalance_plan({"c0": "A", "c1": "A"}, {"A": 0, "B": 2}) == [("c1", "A", "B")]
+    assert rebalance_plan({"c0": "A", "c1": "B"}, {"A": 0, "B": 0, "C": 2}) == []  # off by 1
+    crowded = {f"c{i}": "A" for i in range(4)}
+    assert rebalance_plan(crowded, {"A": 0, "B": 1, "C": 4}) == [
+        ("c3", "A", "B"),
+        ("c2", "A", "C"),
+    ]
+    assert rebalance_plan(crowded, {"A": 0}) == []  # nowhere to go
+    assert rebalance_plan({}, {"A": 3}) == []

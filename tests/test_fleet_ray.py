@@ -181,3 +181,25 @@ def test_a_lost_node_cell_moves_and_its_cameras_resume_within_30_s(netns, fleet_
         old, new = spans[(camera, move["from_epoch"])], spans[(camera, move["to_epoch"])]
         assert old[1] < new[0], (camera, old, new)
         assert old[1] < facts["removed_at_s"] + 1  # the lost cell stopped with its node
+
+
+def test_rebalance_moves_a_cell_onto_a_node_that_joined(netns, fleet_file, tmp_path):
+    facts = drive(tmp_path, "rebalance", fleet_file, timeout=560)
+    before = facts["status_before"]
+    assert len({r["node"] for r in before["cameras"]}) == 1, before  # both cells on one node
+    reb = facts["rebalance"]
+    assert reb["rc"] == 0 and "moved 1 cells" in reb["stdout"], reb
+    after = facts["status_after"]
+    assert len({r["node"] for r in after["cameras"]}) == 2, after  # one cell a node now
+    (move,) = after["moves"]
+    assert move["from_node"] != move["to_node"]
+    assert {r["state"] for r in after["cameras"]} == {"running"}
+    for r in after["cameras"]:
+        assert r["fps"] > 0, r  # every camera delivers, the moved ones from the new node
+    spans: dict[tuple[str, int], list[float]] = {}
+    for when, _cell, epoch, stream, _frame in facts["rows"]:
+        spans.setdefault((stream, epoch), [when, when])[1] = when
+    for camera in move["cameras"]:
+        old, new = spans[(camera, move["from_epoch"])], spans[(camera, move["to_epoch"])]
+        assert old[1] < new[0], (camera, old, new)  # never two cells at once
+    assert "rebalance" in facts["fleet"]["stderr"]

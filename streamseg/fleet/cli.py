@@ -196,7 +196,12 @@ FLEET_HELP = (
 def register(sub: Any) -> None:
     """Add the `fleet` command to the CLI's subparsers."""
     p = sub.add_parser("fleet", help="cameras in cells on a Ray cluster", description=FLEET_HELP)
-    p.add_argument("fleet", metavar="FLEET.toml|status", help="a fleet file to run, or status")
+    p.add_argument(
+        "fleet",
+        metavar="FLEET.toml|status|rebalance",
+        help="a fleet file to run; status; or rebalance: move cells from the nodes with the most "
+        "onto nodes with room (one that joined), and wait until they run there",
+    )
     p.add_argument(
         "--ray",
         metavar="ADDRESS",
@@ -221,6 +226,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     try:
         if args.fleet == "status":
             return _status(_connect(args.ray), as_json=args.json)
+        if args.fleet == "rebalance":
+            return _rebalance(_connect(args.ray))
         fleet = read(args.fleet)
         return _run_fleet(_connect(args.ray), fleet)
     except (FleetError, RayUnavailable) as e:
@@ -253,6 +260,37 @@ def _status(ray: Any, *, as_json: bool) -> int:
     return 0
 
 
+REBALANCE_WAIT_S = 120.0
+"""How long `fleet rebalance` waits for the moved cells to run on their new nodes."""
+
+
+def _rebalance(ray: Any) -> int:
+    from streamseg.fleet.ray_backend import node_room, registry_of
+    from streamseg.fleet.registry import rebalance_plan
+
+    registry = registry_of(ray)
+    cells = {e["cell"]: e["node"] for e in ray.get(registry.endpoints.remote())}
+    cpus, gpus = ray.get(registry.resources.remote())
+    plan = rebalance_plan(cells, node_room(ray, cells, cpus, gpus))
+    if not plan:
+        print("fleet: balanced: nothing to move")
+        return 0
+    t0 = time.monotonic()
+    for cell, src, dst in plan:
+        print(f"fleet: moving {cell} from node {src[:8]} to node {dst[:8]}", flush=True)
+        ray.get(registry.request_move.remote(cell, dst))
+    want = {cell: dst for cell, _, dst in plan}
+    while time.monotonic() - t0 < REBALANCE_WAIT_S:
+        now = {e["cell"]: e["node"] for e in ray.get(registry.endpoints.remote())}
+        if all(now.get(cell) == node for cell, node in want.items()):
+            print(f"fleet: moved {len(plan)} cells in {time.monotonic() - t0:.1f} s")
+            return 0
+        time.sleep(0.5)  # polling the registry for the moves' end
+    print(f"fleet: not all moved within {REBALANCE_WAIT_S:g} s; see `streamseg fleet status`",
+          file=sys.stderr)  # fmt: skip
+    return 1
+
+
 def _where(host: str, node: str) -> str:
     """host (node abcdef12): several Ray nodes may share a host."""
     return f"{host} (node {node[:8]})"
@@ -262,7 +300,7 @@ def _run_fleet(ray: Any, fleet: Any) -> int:
     import signal
     import threading
 
-    from streamseg.fleet.ray_backend import start_fleet
+    from streamseg.fleet.ray_backend import move_cell, start_fleet
 
     stop = threading.Event()
 
@@ -295,11 +333,16 @@ def _run_fleet(ray: Any, fleet: Any) -> int:
                       f"{_where(m['to_host'], m['to_node'])} after {m['gap_s']:.1f} s without "
                       "a holder", file=sys.stderr, flush=True)  # fmt: skip
             moves = len(status["moves"])
+            for name, node in ray.get(registry.take_requests.remote(), timeout=10):
+                if name in cells:  # `streamseg fleet rebalance` asked for it
+                    print(f"fleet: moving {name} to node {node[:8]} (rebalance)",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    move_cell(ray, fleet, cells[name], node)
     finally:
         for s, handler in zip((signal.SIGINT, signal.SIGTERM), old, strict=True):
             signal.signal(s, handler)
         with contextlib.suppress(Exception):  # best effort: the actors die with this driver
-            ray.get([c.stop.remote() for c in cells.values()], timeout=30)
+            ray.get([c.actor.stop.remote() for c in cells.values()], timeout=30)
         print(f"fleet: stopped ({moves} moves)", file=sys.stderr)
     return 0
 

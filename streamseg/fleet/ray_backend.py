@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -139,7 +140,7 @@ def start_fleet(ray: ModuleType, fleet: Fleet) -> tuple[Any, dict[str, Any]]:
     The registry handle and cell name -> actor handle. They live as long as this driver."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from streamseg.fleet.cells import Cell, assign, cell_names
+    from streamseg.fleet.cells import assign, cell_names
     from streamseg.fleet.registry import REGISTRY_NAME, Registry
 
     here = ray.get_runtime_context().get_node_id()
@@ -152,23 +153,79 @@ def start_fleet(ray: ModuleType, fleet: Fleet) -> tuple[Any, dict[str, Any]]:
             max_concurrency=64,  # cells renew while status is read
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         )
-        .remote(fleet.lease_s)
+        .remote(fleet.lease_s, fleet.cell_cpus, fleet.cell_gpus)
     )
     ray.get(registry.lease_s.remote())
     shards = assign(fleet.cameras, fleet.cells, fleet.max_cameras_per_cell)
-    cell_cls = ray.remote(Cell)
     cells = {}
     for name, cameras in zip(cell_names(len(shards)), shards, strict=True):
-        cells[name] = cell_cls.options(
-            name=f"streamseg-{name}",
+        cells[name] = CellHandle(name, cameras, cell_actor(ray, fleet, name, cameras))
+    return registry, cells
+
+
+@dataclass
+class CellHandle:
+    """The driver's view of one cell: its cameras and its current actor."""
+
+    name: str
+    cameras: list[Any]
+    actor: Any
+    generation: int = 0
+
+
+def cell_actor(
+    ray: ModuleType, fleet: Fleet, name: str, cameras: Any, *, node: str | None = None, gen: int = 0
+) -> Any:
+    """A Ray actor for cell `name`: anywhere with room, or on `node` while it has room (a
+    rebalance; soft: when that node is lost, anywhere again)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from streamseg.fleet.cells import Cell
+
+    strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True) if node else "DEFAULT"
+    return (
+        ray.remote(Cell)
+        .options(
+            name=f"streamseg-{name}" + (f"-g{gen}" if gen else ""),
             namespace=NAMESPACE,
             num_cpus=fleet.cell_cpus,
             num_gpus=fleet.cell_gpus,
             max_restarts=-1,  # a lost node's cell starts again wherever there is room
             max_task_retries=-1,
             max_concurrency=4,
-        ).remote(name, fleet, cameras)
-    return registry, cells
+            scheduling_strategy=strategy,
+        )
+        .remote(name, fleet, cameras)
+    )
+
+
+def move_cell(ray: ModuleType, fleet: Fleet, cell: CellHandle, node: str) -> None:
+    """Move a cell to `node` on purpose: its pipeline stops and releases the lease first, then
+    a new actor claims it there (a move, counted like any other)."""
+    try:
+        ray.get(cell.actor.stop.remote(), timeout=30)
+    except ray.exceptions.RayError:
+        pass  # gone already: its lease runs out
+    ray.kill(cell.actor, no_restart=True)
+    cell.generation += 1
+    cell.actor = cell_actor(ray, fleet, cell.name, cell.cameras, node=node, gen=cell.generation)
+
+
+def node_room(
+    ray: ModuleType, cells: dict[str, str], cell_cpus: float, cell_gpus: float
+) -> dict[str, int]:
+    """Alive node id -> how many more cells it takes: its CPUs (and GPUs) over a cell's, less
+    the cells on it now (`cells`: cell -> node). Other work on a node is not counted."""
+    room = {}
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        total = n.get("Resources", {})
+        needs = (("CPU", cell_cpus), ("GPU", cell_gpus))
+        fits = [int(total.get(kind, 0) // need) for kind, need in needs if need > 0]
+        here = sum(1 for node in cells.values() if node == n["NodeID"])
+        room[n["NodeID"]] = max(0, (min(fits) if fits else 1_000) - here)
+    return room
 
 
 def registry_of(ray: ModuleType) -> Any:

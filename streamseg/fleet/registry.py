@@ -149,15 +149,64 @@ class Leases:
         ]  # fmt: skip
 
 
+def rebalance_plan(cells: dict[str, str], room: dict[str, int]) -> list[tuple[str, str, str]]:
+    """Moves that even out the cells over the nodes: (cell, from node, to node), each from a
+    node with the most cells to one with the fewest, while they differ by 2 or more and the
+    target has room. cells: cell -> its node now; room: node -> how many more cells it can take
+    (its free resources / a cell's). Pure; [] when balanced."""
+    load = {node: 0 for node in room}
+    for node in cells.values():
+        load[node] = load.get(node, 0) + 1
+    free = dict(room)
+    where = dict(cells)
+    moves = []
+    while True:
+        targets = [n for n in load if free.get(n, 0) > 0]
+        if not targets:
+            return moves
+        src = max(load, key=lambda n: (load[n], n))
+        dst = min(targets, key=lambda n: (load[n], n))
+        if load[src] - load[dst] < 2:
+            return moves
+        cell = sorted(c for c, n in where.items() if n == src)[-1]
+        moves.append((cell, src, dst))
+        where[cell] = dst
+        load[src] -= 1
+        load[dst] += 1
+        free[dst] -= 1
+        free[src] = free.get(src, 0) + 1
+
+
 class Registry:
     """The Leases as a Ray actor (ray.remote(Registry) in ray_backend): wall clock, plain
     dicts in and out."""
 
-    def __init__(self, lease_s: float) -> None:
+    def __init__(self, lease_s: float, cell_cpus: float = 1.0, cell_gpus: float = 0.0) -> None:
+        import threading
         import time
 
         self._clock = time.monotonic
+        # the actor answers calls from several threads (max_concurrency): one at a time here,
+        # or two claims of one cell could both be granted
+        self._lock = threading.Lock()
         self.core = Leases(lease_s=lease_s)
+        self.cell_resources = (cell_cpus, cell_gpus)
+        self._requests: list[tuple[str, str]] = []
+
+    def resources(self) -> tuple[float, float]:
+        """A cell's CPUs and GPUs (rebalance sizes the nodes' room by them)."""
+        return self.cell_resources
+
+    def request_move(self, cell: str, node: str) -> None:
+        """Ask the fleet's driver to move `cell` to `node` (`streamseg fleet rebalance`)."""
+        with self._lock:
+            self._requests.append((cell, node))
+
+    def take_requests(self) -> list[tuple[str, str]]:
+        """The moves asked for since the last call (the driver carries them out)."""
+        with self._lock:
+            taken, self._requests = self._requests, []
+            return taken
 
     def lease_s(self) -> float:
         return self.core.lease_s
@@ -165,22 +214,27 @@ class Registry:
     def claim(
         self, cell: str, cameras: list[str], host: str, node: str, endpoint: str
     ) -> int | None:
-        return self.core.claim(cell, tuple(cameras), host, node, endpoint, self._clock())
+        with self._lock:
+            return self.core.claim(cell, tuple(cameras), host, node, endpoint, self._clock())
 
     def renew(
         self, cell: str, epoch: int, state: str, figures: dict[str, Any] | None = None
     ) -> bool:
-        return self.core.renew(cell, epoch, state, self._clock(), figures)
+        with self._lock:
+            return self.core.renew(cell, epoch, state, self._clock(), figures)
 
     def release(self, cell: str, epoch: int) -> None:
-        self.core.release(cell, epoch, self._clock())
+        with self._lock:
+            self.core.release(cell, epoch, self._clock())
 
     def status(self) -> dict[str, Any]:
-        now = self._clock()
-        return {
-            "cameras": self.core.status(now),
-            "moves": [asdict(m) for m in self.core.moves],
-        }
+        with self._lock:
+            now = self._clock()
+            return {
+                "cameras": self.core.status(now),
+                "moves": [asdict(m) for m in self.core.moves],
+            }
 
     def endpoints(self) -> list[dict[str, Any]]:
-        return self.core.endpoints(self._clock())
+        with self._lock:
+            return self.core.endpoints(self._clock())
