@@ -22,8 +22,8 @@ demo: setup
 	$(BIN)/streamseg demo
 
 lint: setup
-	$(BIN)/ruff format --check streamseg tests
-	$(BIN)/ruff check streamseg tests
+	$(BIN)/ruff format --check streamseg tests examples
+	$(BIN)/ruff check streamseg tests examples
 
 # markers (pyproject.toml) that test-fast leaves out: real stage processes, servers, a GPU
 FAST_DESELECT := not slow and not rtsp and not cuda and not ray and not mqtt and not redis
