@@ -49,7 +49,8 @@ def test_release_lets_the_cell_be_granted_at_once_and_never_two_holders():
     leases.release("c0", 99, 1.0)  # another epoch's release changes nothing
     assert claim(leases, 1.0) is None
     leases.release("c0", 1, 1.0)
-    assert claim(leases, 1.0) == 2
+    assert claim(leases, 1.5) == 2
+    assert leases.moves[-1].gap_s == pytest.approx(0.5)  # from the release, not a lease
     holders = [t for t in (1.5, 2.0, 3.0) if claim(leases, t) is not None]
     assert holders == []
 

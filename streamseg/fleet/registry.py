@@ -83,7 +83,7 @@ class Leases:
 
     def live(self, cell: str, now: float) -> bool:
         lease = self.leases.get(cell)
-        return lease is not None and now - lease.renewed < self.lease_s
+        return lease is not None and lease.state != "stopped" and now - lease.renewed < self.lease_s
 
     def claim(
         self, cell: str, cameras: tuple[str, ...], host: str, node: str, endpoint: str, now: float
@@ -122,13 +122,14 @@ class Leases:
         """The holder of `epoch` stopped its pipeline: the cell may be granted at once."""
         lease = self.leases.get(cell)
         if lease is not None and lease.epoch == epoch:
-            self.leases[cell] = replace(lease, state="stopped", renewed=now - self.lease_s)
+            self.leases[cell] = replace(lease, state="stopped", renewed=now)
 
     def status(self, now: float) -> list[dict[str, Any]]:
         """Per camera: its cell, epoch, host, endpoint and state (lost: no live holder)."""
         rows = []
         for lease in sorted(self.leases.values(), key=lambda x: x.cell):
-            state = lease.state if self.live(lease.cell, now) else "lost"
+            live = self.live(lease.cell, now) or lease.state == "stopped"
+            state = lease.state if live else "lost"
             for camera in lease.cameras:
                 rows.append(
                     {"camera": camera, "cell": lease.cell, "epoch": lease.epoch,
