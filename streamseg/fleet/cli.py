@@ -189,7 +189,8 @@ FLEET_HELP = (
     "lost, Ray starts its cells on nodes with room and their cameras resume there; a camera is "
     "never run by two cells at once (leases with epochs). Results are published by each cell "
     "(ZeroMQ); read them all with `streamseg subscribe --fleet ADDRESS`. Runs until Ctrl-C. "
-    "`streamseg fleet status` prints every camera's cell, host and state, and the moves."
+    "`streamseg fleet status` prints every camera's cell, host, state, fps and latency, and the "
+    "moves; `streamseg fleet rebalance` moves cells onto a node that joined."
 )
 
 
