@@ -39,6 +39,18 @@ class RateLimit:
         return True
 
 
+class _Deadline:
+    """The time left of a wait of `timeout_ms` (None: no end), for zmq polls."""
+
+    def __init__(self, timeout_ms: float | None) -> None:
+        self.end = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
+
+    def ms(self) -> int | None:
+        if self.end is None:
+            return None
+        return max(0, int((self.end - time.monotonic()) * 1000.0))
+
+
 Accept = Callable[[Message, str], str | None]
 """accept(message, auth) -> None to take the message, or a short reason to reject it."""
 
@@ -68,8 +80,9 @@ class Receiver:
 
     def recv(self, timeout_ms: float | None) -> Message | None:
         """The next accepted message, or None when none came within `timeout_ms` (None: wait)."""
+        left = _Deadline(timeout_ms)
         while True:
-            ready = dict(self.poller.poll(None if timeout_ms is None else int(timeout_ms)))
+            ready = dict(self.poller.poll(left.ms()))
             if not ready:
                 return None
             for sock in self.socks:
@@ -77,20 +90,21 @@ class Receiver:
                     msg = self._check(sock.recv_multipart(copy=False))
                     if msg is not None:
                         return msg
-            timeout_ms = 0  # a rejected message: look once more without waiting
+            # a rejected message: wait on for the rest of the time (not just look once more:
+            # the next message may still be on its way)
 
     def recv_from(self, timeout_ms: float | None) -> tuple[bytes, Message] | None:
         """For a Receiver of one ROUTER socket: (the sender's id, its accepted message), or None
         when none came within `timeout_ms`."""
         (sock,) = self.socks
+        left = _Deadline(timeout_ms)
         while True:
-            if not sock.poll(None if timeout_ms is None else int(timeout_ms)):
+            if not sock.poll(left.ms()):
                 return None
             peer, *parts = sock.recv_multipart(copy=False)
             msg = self._check(parts)
             if msg is not None:
                 return peer.bytes, msg
-            timeout_ms = 0
 
     def _check(self, parts: list[Any]) -> Message | None:
         try:
