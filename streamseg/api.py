@@ -409,12 +409,10 @@ class Pipeline:
                 return None
 
     def _say(self, peer: bytes, *parts: bytes) -> None:
-        import zmq
+        from streamseg.wire import sockets
 
-        try:
-            self._sock.send_multipart([peer, *parts], flags=zmq.NOBLOCK)
-        except zmq.ZMQError:  # that postprocess is gone (a restarted stage says hello again)
-            pass
+        # False: that postprocess is gone (a restarted stage says hello again)
+        sockets.send_raw_to(self._sock, peer, list(parts))
 
     @property
     def running(self) -> bool:

@@ -196,6 +196,16 @@ def send_to(sock: zmq.Socket, peer: bytes, msg: Message, *, auth: str = "") -> b
     return True
 
 
+def send_raw_to(sock: zmq.Socket, peer: bytes, parts: list[bytes]) -> bool:
+    """Send raw `parts` on a ROUTER socket to `peer` (a private link's own messages, e.g.
+    postprocess.sinks.push's credit); False when that peer is gone or full (never blocks)."""
+    try:
+        sock.send_multipart([peer, *parts], flags=zmq.NOBLOCK)
+    except (zmq.Again, zmq.ZMQError):
+        return False
+    return True
+
+
 def publisher(
     endpoint: str, *, hwm: int = 100, security: Security | None = None, insecure: bool = False
 ) -> zmq.Socket:
