@@ -108,7 +108,7 @@ def test_end_of_stream_waits_for_results_of_other_workers():
     o.put(EndOfStream("a", 3))  # frame 1 is still at another worker
     assert [(d.stream, d.frame) for d in o.take()] == [("a", 0)]
     o.put(_det("a", 0, -1))  # a lost worker's frame, sent again: a duplicate
-    assert o.take() == [] and counters["a"].extra["duplicates"] == 1
+    assert o.take() == [] and counters["a"].extra["resent_copies"] == 1
     o.put(_det("a", 1, 0))
     out = o.take()
     assert [getattr(d, "frame", "end") for d in out] == [1, 2, "end"]

@@ -35,7 +35,8 @@ def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for reason, n in b.get("dropped", {}).items():
         dropped[reason] = dropped.get(reason, 0) + n
     out["dropped"] = dropped
-    for key in ("duplicates", "fragments_joined"):  # instances postprocess merged away
+    # instances postprocess merged away; results of a lost worker's frames that came twice
+    for key in ("duplicates", "fragments_joined", "resent_copies"):
         if key in a or key in b:
             out[key] = a.get(key, 0) + b.get(key, 0)
     return out

@@ -204,8 +204,9 @@ class OrderedInput:
     def _push(self, msg: Detections) -> None:
         verdict, ready = self.reorder.push(msg.stream, msg.frame, msg.prev, msg)
         if verdict == DUPLICATE:  # a lost worker's frame, sent again, came twice
+            # (not "duplicates": that key counts instances dropped as duplicate masks)
             extra = self.counters[msg.stream].extra
-            extra["duplicates"] = extra.get("duplicates", 0) + 1
+            extra["resent_copies"] = extra.get("resent_copies", 0) + 1
         elif verdict == LATE:  # older than a result already passed: order is kept
             self.counters.count_in(msg.stream)
             self.counters.drop(msg.stream, "late")

@@ -1,5 +1,5 @@
 """Who may send what: per-run secrets that stages sign their messages with, and the accept
-policies that check them. Pure: no sockets (transport.Receiver calls the policies).
+policies that check them. Pure: no sockets (wire.receiver.Receiver calls the policies).
 
 The supervisor makes one random token per stage process ("source[cam1]", "inference",
 "postprocess") and hands each process its own token and those of the peers it receives from,
