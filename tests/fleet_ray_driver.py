@@ -136,6 +136,28 @@ def status(address: str) -> dict:
     return json.loads(out)
 
 
+def scrape(address: str, sd_file: Path) -> dict:
+    """`fleet status --prometheus-sd`'s file, and per target whether its /metrics answered
+    with a streamseg_ metric."""
+    import urllib.request
+
+    proc = streamseg("fleet", "status", "--ray", address, "--prometheus-sd", str(sd_file))
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        return {"error": err}
+    groups = json.loads(sd_file.read_text())
+    answered = {}
+    for g in groups:
+        for target in g["targets"]:
+            try:
+                with urllib.request.urlopen(f"http://{target}/metrics", timeout=10) as r:
+                    body = r.read().decode()
+                answered[target] = "\nstreamseg_" in "\n" + body
+            except OSError as e:
+                answered[target] = str(e)
+    return {"groups": groups, "answered": answered}
+
+
 def measured(st: dict) -> dict | None:
     """The status when every camera's cell has measured its rate (else None)."""
     rows = st.get("cameras", [])
@@ -159,6 +181,7 @@ def fleet(fleet_file: str, facts: dict) -> None:
         )
         before = until(lambda: measured(status(c.address)), 30, interval=1.0) or status(c.address)
         facts["status_before"] = before
+        facts["metrics"] = scrape(c.address, Path(fleet_file).parent / "sd.json")
         head = c.head_node.node_id
         rows = before.get("cameras", [])
         moved = next((r for r in rows if r["node"] != head), None)

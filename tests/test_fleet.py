@@ -69,6 +69,53 @@ def test_status_and_endpoints_say_lost_for_a_cell_without_a_live_holder():
     assert leases.endpoints(5.0) == []
 
 
+def test_file_sd_lists_each_live_cells_metrics_with_its_cell_host_and_cameras(tmp_path):
+    import json
+
+    from streamseg.fleet.cli import write_sd
+    from streamseg.fleet.registry import file_sd
+
+    leases = Leases(lease_s=4.0)
+    leases.claim("c0", ("a", "b"), "10.0.0.1", "n1", "tcp://10.0.0.1:5000", 0.0,
+                 metrics="http://10.0.0.1:8001/metrics")  # fmt: skip
+    leases.claim("c1", ("c",), "10.0.0.2", "n2", "tcp://10.0.0.2:5000", 0.0)  # serves no page
+    leases.claim("c2", ("d",), "10.0.0.3", "n3", "tcp://10.0.0.3:5000", 3.0,
+                 metrics="http://[::1]:8003/metrics")  # fmt: skip
+    want = [
+        {"targets": ["10.0.0.1:8001"], "labels": {"cell": "c0", "host": "10.0.0.1",
+                                                  "cameras": "a,b"}},
+        {"targets": ["[::1]:8003"], "labels": {"cell": "c2", "host": "10.0.0.3", "cameras": "d"}},
+    ]  # fmt: skip
+    assert file_sd(leases.endpoints(3.5)) == want
+    assert file_sd(leases.endpoints(5.0)) == want[1:]  # c0's lease ran out: not scraped
+    assert {r["camera"]: r["metrics"] for r in leases.status(3.5)} == {
+        "a": "http://10.0.0.1:8001/metrics", "b": "http://10.0.0.1:8001/metrics", "c": "",
+        "d": "http://[::1]:8003/metrics",
+    }  # fmt: skip
+    sd = tmp_path / "streamseg.json"
+    sd.write_text("stale")
+    write_sd(str(sd), file_sd(leases.endpoints(3.5)))
+    assert json.loads(sd.read_text()) == want and [p.name for p in tmp_path.iterdir()] == [sd.name]
+    with pytest.raises(OSError):
+        write_sd(str(tmp_path / "missing" / "sd.json"), want)
+
+
+def test_a_cell_serves_its_page_on_its_publishers_host_unless_told_not_to():
+    fleet = cells.load(GOOD, path="f.toml")
+    serve, metrics = cells.serve_address(fleet, "127.0.0.1")
+    host, port = serve.rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0 and metrics == f"http://{serve}/metrics"
+    cmd = cells.watch_command(fleet, fleet.cameras, "tcp://127.0.0.1:5000", serve=serve)
+    assert cmd[cmd.index("--serve") + 1] == serve
+    assert "--serve" not in cells.watch_command(fleet, fleet.cameras, "tcp://127.0.0.1:5000")
+    off = cells.load("serve = false\n" + GOOD, path="f.toml")
+    assert not off.serve and cells.serve_address(off, "127.0.0.1") == ("", "")
+    own = cells.load('options = ["--serve", "9000"]\n' + GOOD.replace("options", "#"), path="f")
+    assert cells.serve_address(own, "127.0.0.1") == ("", "")
+    with pytest.raises(FleetError, match="serve = 1 has the wrong type"):
+        cells.load("serve = 1\n" + GOOD, path="f.toml")
+
+
 # -- spreading cameras --------------------------------------------------------------------------
 
 

@@ -167,6 +167,15 @@ def test_a_lost_node_cell_moves_and_its_cameras_resume_within_30_s(netns, fleet_
             assert r["fps"] > 0 and r["latency_ms"] > 0 and r["dropped"] >= 0, r
     assert all(rows[c]["epoch"] == move["to_epoch"] for c in moved)
     assert facts["fleet"]["rc"] == 0 and "moved" in facts["fleet"]["stderr"]
+    # one Prometheus file_sd list: every cell's /metrics, labelled with its cell and host
+    sd = facts["metrics"]
+    assert sorted(g["labels"]["cell"] for g in sd["groups"]) == ["cell0", "cell1"], sd
+    assert {g["labels"]["host"] for g in sd["groups"]} == {"127.0.0.1"}
+    assert sorted(",".join(sorted(g["labels"]["cameras"].split(","))) for g in sd["groups"]) == (
+        sorted(",".join(sorted(r["camera"] for r in facts["status_before"]["cameras"]
+                               if r["cell"] == cell)) for cell in ("cell0", "cell1"))
+    )  # fmt: skip
+    assert set(sd["answered"].values()) == {True}, sd["answered"]
 
     # never two cells at once: per camera, every result of one epoch came before any result
     # of the next, and a camera's results all came from one cell

@@ -12,6 +12,8 @@ A fleet file (TOML, flat):
     keys = ""                    # CURVE keypair DIR/NAME of the cells' publishers (needed when
     allow_keys = ""              #   the nodes are not loopback) and folder of allowed subscribers
     options = []                 # more `streamseg watch` options per cell: ["--device", "cpu"]
+    serve = true                 # each cell serves its page and /metrics on its node (HTTP, no
+                                 #   password: the live video too); false: none
 
     [[cameras]]
     name = "gate"                # stream id
@@ -68,6 +70,7 @@ class Fleet:
     keys: str = ""
     allow_keys: str = ""
     options: tuple[str, ...] = field(default=())
+    serve: bool = True
 
 
 _FIELDS = {
@@ -81,6 +84,7 @@ _FIELDS = {
     "keys": str,
     "allow_keys": str,
     "options": list,
+    "serve": bool,
 }
 
 
@@ -105,7 +109,7 @@ def load(text: str, *, path: str = "fleet.toml", base: Path = Path(".")) -> Flee
     for name, kind in _FIELDS.items():
         if name in doc:
             value = doc[name]
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise FleetError(f"{path}: {name} = {value!r} has the wrong type")
             kw[name] = value
     if kw.get("max_cameras_per_cell", 1) < 1 or kw.get("cells", 0) < 0:
@@ -187,12 +191,20 @@ def cell_names(n: int) -> list[str]:
 
 
 def watch_command(
-    fleet: Fleet, cameras: Sequence[Camera], endpoint: str, *, python: str = sys.executable
+    fleet: Fleet,
+    cameras: Sequence[Camera],
+    endpoint: str,
+    *,
+    serve: str = "",
+    python: str = sys.executable,
 ) -> list[str]:
-    """The `streamseg watch` a cell runs for its cameras, publishing on `endpoint`."""
+    """The `streamseg watch` a cell runs for its cameras, publishing on `endpoint` and serving
+    its page and /metrics on `serve` (HOST:PORT; "": not)."""
     cmd = [python, "-m", "streamseg.cli", "watch", "-q"]
     cmd += [f"{c.name}={c.url}" for c in cameras]
     cmd += ["--pipeline", fleet.pipeline, "--config", fleet.config, "--publish", endpoint]
+    if serve:
+        cmd += ["--serve", serve]
     if fleet.keys:
         cmd += ["--keys", fleet.keys, "--allow-keys", fleet.allow_keys]
     return cmd + list(fleet.options)
@@ -276,6 +288,17 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def serve_address(fleet: Fleet, host: str) -> tuple[str, str]:
+    """(the cell's --serve HOST:PORT, its metrics URL) on the host its publisher binds; ("", "")
+    when the fleet serves nothing, or its options name their own --serve (unknown to the
+    registry)."""
+    if not fleet.serve or "--serve" in fleet.options:
+        return "", ""
+    shown = f"[{host}]" if ":" in host else host
+    address = f"{shown}:{free_port(host)}"
+    return address, f"http://{address}/metrics"
+
+
 class Cell:
     """One cell on its node: claim the lease, run the pipeline while holding it, and again.
 
@@ -320,9 +343,12 @@ class Cell:
         names = [c.name for c in self.cameras]
         while not self._stop.is_set():
             endpoint = f"tcp://{self.host}:{free_port(self.host)}"
+            serve, metrics = serve_address(self.fleet, self.host)
             try:
                 epoch = ray.get(
-                    self.registry.claim.remote(self.cell, names, self.host, self.node, endpoint)
+                    self.registry.claim.remote(
+                        self.cell, names, self.host, self.node, endpoint, metrics
+                    )
                 )
             except ray.exceptions.RayError:
                 epoch = None
@@ -330,16 +356,16 @@ class Cell:
                 self._stop.wait(lease_s / 4)
                 continue
             self.epoch = epoch
-            self._hold(endpoint)
+            self._hold(endpoint, serve)
 
-    def _hold(self, endpoint: str) -> None:
+    def _hold(self, endpoint: str, serve: str) -> None:
         import ray
 
         from streamseg.stage import PARENT_ENV
 
         lease_s = self.fleet.lease_s
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
-        cmd = watch_command(self.fleet, self.cameras, endpoint)
+        cmd = watch_command(self.fleet, self.cameras, endpoint, serve=serve)
         proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )

@@ -211,6 +211,13 @@ def register(sub: Any) -> None:
         "joined; default) or local (start one here, for a single machine)",
     )
     p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.add_argument(
+        "--prometheus-sd",
+        metavar="FILE",
+        help="status: also write FILE, a Prometheus file_sd list of every cell's /metrics "
+        "labelled with its cell, host and cameras (replaced whole; run again, e.g. from cron, "
+        "to follow moves)",
+    )
     p.set_defaults(func=cmd_fleet)
 
 
@@ -226,7 +233,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     try:
         if args.fleet == "status":
-            return _status(_connect(args.ray), as_json=args.json)
+            return _status(_connect(args.ray), as_json=args.json, sd_file=args.prometheus_sd)
         if args.fleet == "rebalance":
             return _rebalance(_connect(args.ray))
         fleet = read(args.fleet)
@@ -236,12 +243,43 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         return 2
 
 
-def _status(ray: Any, *, as_json: bool) -> int:
+def write_sd(path: str, groups: list[dict[str, Any]]) -> None:
+    """Write a file_sd document whole: a temporary file beside it, renamed over it, so
+    Prometheus never reads half of one. OSError when the folder cannot be written."""
+    import json
+    import os
+    import tempfile
+
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(groups, f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a Prometheus of another user
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _status(ray: Any, *, as_json: bool, sd_file: str | None = None) -> int:
     import json
 
     from streamseg.fleet.ray_backend import registry_of
+    from streamseg.fleet.registry import file_sd
 
-    status = ray.get(registry_of(ray).status.remote())
+    registry = registry_of(ray)
+    if sd_file:
+        groups = file_sd(ray.get(registry.endpoints.remote()))
+        try:
+            write_sd(sd_file, groups)
+        except OSError as e:
+            print(f"streamseg fleet: error: {sd_file}: cannot write ({e.strerror})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    status = ray.get(registry.status.remote())
     if as_json:
         print(json.dumps(status, indent=1))
         return 0

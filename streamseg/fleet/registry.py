@@ -54,6 +54,8 @@ class Lease:
     renewed: float
     figures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Camera -> its figures as the holder last sent them (figures.Figures)."""
+    metrics: str = ""
+    """Its run's Prometheus page, http://host:port/metrics ("": none)."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,17 @@ class Leases:
         return lease is not None and lease.state != "stopped" and now - lease.renewed < self.lease_s
 
     def claim(
-        self, cell: str, cameras: tuple[str, ...], host: str, node: str, endpoint: str, now: float
+        self,
+        cell: str,
+        cameras: tuple[str, ...],
+        host: str,
+        node: str,
+        endpoint: str,
+        now: float,
+        metrics: str = "",
     ) -> int | None:
         """A new holder for `cell`: its epoch, or None while an earlier holder's lease is
-        live (ask again later)."""
+        live (ask again later). metrics: its run's http://host:port/metrics ("": none)."""
         old = self.leases.get(cell)
         if old is not None and self.live(cell, now):
             return None
@@ -99,7 +108,9 @@ class Leases:
             self.moves.append(
                 Move(cell, cameras, old.host, host, old.node, node, old.epoch, epoch, gap, now)
             )
-        self.leases[cell] = Lease(cell, epoch, host, node, endpoint, cameras, "starting", now, now)
+        self.leases[cell] = Lease(
+            cell, epoch, host, node, endpoint, cameras, "starting", now, now, metrics=metrics
+        )
         return epoch
 
     def renew(
@@ -125,7 +136,8 @@ class Leases:
             self.leases[cell] = replace(lease, state="stopped", renewed=now)
 
     def status(self, now: float) -> list[dict[str, Any]]:
-        """Per camera: its cell, epoch, host, endpoint and state (lost: no live holder)."""
+        """Per camera: its cell, epoch, host, endpoint, metrics page and state (lost: no live
+        holder)."""
         rows = []
         for lease in sorted(self.leases.values(), key=lambda x: x.cell):
             live = self.live(lease.cell, now) or lease.state == "stopped"
@@ -134,20 +146,40 @@ class Leases:
                 rows.append(
                     {"camera": camera, "cell": lease.cell, "epoch": lease.epoch,
                      "host": lease.host, "node": lease.node, "endpoint": lease.endpoint,
-                     "state": state, "since_s": round(now - lease.granted, 1),
+                     "metrics": lease.metrics, "state": state,
+                     "since_s": round(now - lease.granted, 1),
                      **lease.figures.get(camera, {})}
                 )  # fmt: skip
         return rows
 
     def endpoints(self, now: float) -> list[dict[str, Any]]:
-        """The cells with a live holder: cell, epoch, host, endpoint, cameras."""
+        """The cells with a live holder: cell, epoch, host, endpoint, metrics, cameras."""
         return [
             {"cell": x.cell, "epoch": x.epoch, "host": x.host, "node": x.node,
-             "endpoint": x.endpoint,
+             "endpoint": x.endpoint, "metrics": x.metrics,
              "cameras": list(x.cameras)}
             for x in sorted(self.leases.values(), key=lambda x: x.cell)
             if self.live(x.cell, now)
         ]  # fmt: skip
+
+
+def file_sd(endpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A Prometheus file_sd document (a JSON list) of the cells' metrics pages: one target
+    group per cell that serves one, labelled with its cell, host and cameras ("a,b"), so every
+    series Prometheus scrapes from a cell carries where it ran. endpoints: `endpoints()`'s
+    records. Pure."""
+    from urllib.parse import urlsplit
+
+    groups = []
+    for e in endpoints:
+        url = urlsplit(e.get("metrics") or "")
+        if not url.netloc:  # a holder that serves no page (or an older cell)
+            continue
+        labels = {"cell": e["cell"], "host": e["host"], "cameras": ",".join(e["cameras"])}
+        if url.path and url.path != "/metrics":
+            labels["__metrics_path__"] = url.path
+        groups.append({"targets": [url.netloc], "labels": labels})
+    return groups
 
 
 def rebalance_plan(cells: dict[str, str], room: dict[str, int]) -> list[tuple[str, str, str]]:
@@ -213,10 +245,12 @@ class Registry:
         return self.core.lease_s
 
     def claim(
-        self, cell: str, cameras: list[str], host: str, node: str, endpoint: str
+        self, cell: str, cameras: list[str], host: str, node: str, endpoint: str, metrics: str = ""
     ) -> int | None:
         with self._lock:
-            return self.core.claim(cell, tuple(cameras), host, node, endpoint, self._clock())
+            return self.core.claim(
+                cell, tuple(cameras), host, node, endpoint, self._clock(), metrics
+            )
 
     def renew(
         self, cell: str, epoch: int, state: str, figures: dict[str, Any] | None = None
