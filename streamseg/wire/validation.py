@@ -88,12 +88,19 @@ def _check_start(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_frame(f: dict[str, Any]) -> dict[str, Any]:
+def _stamp(f: dict[str, Any]) -> dict[str, Any]:
+    """A frame's stamp, as the source set it: stream, frame number, pts, capture time."""
     return {
         "stream": check_name(f["stream"], "stream"),
         "frame": integer(f["frame"], "frame"),
         "pts": finite(f["pts"], "pts"),
         "wall_time": finite(f["wall_time"], "wall_time"),
+    }
+
+
+def _check_frame(f: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_stamp(f),
         "image": _image(f["image"], "image"),
         "prev": integer(f["prev"], "prev", lo=-1),
     }
@@ -118,10 +125,7 @@ def _check_detections(f: dict[str, Any]) -> dict[str, Any]:
         known = colors[~np.isnan(colors)]  # NaN: unknown
         _in_range(known, "colors (NaN aside)", 0.0, 255.0)
     return {
-        "stream": check_name(f["stream"], "stream"),
-        "frame": integer(f["frame"], "frame"),
-        "pts": finite(f["pts"], "pts"),
-        "wall_time": finite(f["wall_time"], "wall_time"),
+        **_stamp(f),
         "width": width,
         "height": height,
         "boxes": boxes,
@@ -157,10 +161,7 @@ def _check_result(f: dict[str, Any]) -> dict[str, Any]:
         except ProtocolError as e:
             raise ProtocolError(f"instances[{i}]: {e}") from None
     return {
-        "stream": check_name(f["stream"], "stream"),
-        "frame": integer(f["frame"], "frame"),
-        "pts": finite(f["pts"], "pts"),
-        "wall_time": finite(f["wall_time"], "wall_time"),
+        **_stamp(f),
         "width": width,
         "height": height,
         "instances": instances,
