@@ -6,15 +6,17 @@ See the package docstring (`streamseg.postprocess.sinks`) for the contract a sin
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from streamseg.postprocess.instances import Instances
 from streamseg.wire.messages import StreamStart
 from streamseg.wire.results import Result
+
+T = TypeVar("T")
 
 
 class Rendered:
@@ -128,12 +130,17 @@ class Outputs:
         return {sink.name: sink.counts().to_json() for sink in self.sinks}
 
     def _each(self, act: Callable[[Sink], None]) -> None:
-        """`act` on every sink, even when one fails (the first error is raised after)."""
-        error: BaseException | None = None
-        for sink in self.sinks:
-            try:
-                act(sink)
-            except BaseException as e:  # noqa: BLE001 - re-raised once every sink had its turn
-                error = error or e
-        if error is not None:
-            raise error
+        each(self.sinks, act)
+
+
+def each(items: Iterable[T], act: Callable[[T], object]) -> None:
+    """`act` on every item, even when one fails (the first error is raised after): every sink
+    closes, every file of a sink closes, whatever one of them does."""
+    error: BaseException | None = None
+    for item in items:
+        try:
+            act(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised once every item had its turn
+            error = error or e
+    if error is not None:
+        raise error

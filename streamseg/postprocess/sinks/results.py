@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamseg.outputs import output_path
-from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
+from streamseg.postprocess.sinks.base import FrameOut, SinkCounts, each
 from streamseg.postprocess.sinks.files import ResultsSink
 from streamseg.wire.messages import StreamStart
 
@@ -48,15 +48,10 @@ class ResultsFiles:
 
     def close(self) -> None:
         files, self._files = list(self._files.values()), {}
-        error: BaseException | None = None
-        for out in files:
-            try:
-                out.close()
-            except BaseException as e:  # noqa: BLE001 - re-raised once all are closed
-                error = error or e
-            self._closed_lines += out.lines
-        if error is not None:
-            raise error
+        try:
+            each(files, lambda out: out.close())
+        finally:
+            self._closed_lines += sum(out.lines for out in files)
 
     def counts(self) -> SinkCounts:
         pending = sum(out.pending for out in self._files.values())

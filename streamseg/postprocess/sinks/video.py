@@ -5,7 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from streamseg.outputs import output_path
-from streamseg.postprocess.sinks.base import FrameOut, SinkCounts
+from streamseg.postprocess.sinks.base import FrameOut, SinkCounts, each
 from streamseg.postprocess.sinks.files import VideoSink
 from streamseg.postprocess.timeline import LiveTimeline
 from streamseg.wire.messages import StreamStart
@@ -58,15 +58,10 @@ class VideoFiles:
 
     def close(self) -> None:
         videos, self._videos = [v for v, _ in self._videos.values()], {}
-        error: BaseException | None = None
-        for video in videos:
-            try:
-                video.close()
-            except BaseException as e:  # noqa: BLE001 - re-raised once all are closed
-                error = error or e
-            self._closed_frames += video.frames
-        if error is not None:
-            raise error
+        try:
+            each(videos, lambda video: video.close())
+        finally:
+            self._closed_frames += sum(video.frames for video in videos)
 
     def counts(self) -> SinkCounts:
         frames = self._closed_frames + sum(v.frames for v, _ in self._videos.values())
